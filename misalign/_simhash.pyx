@@ -1,0 +1,708 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""SimHash fingerprints and an exact multi-index Hamming search, in C with the GIL released.
+
+Fingerprint of one text: NFKC + casefold, words = maximal runs of alphanumeric code points,
+shingles = n consecutive words joined by one space, each shingle hashed with XXH3-64 under a
+seed, and bit b of the fingerprint set when more than half of the shingle occurrences have bit b
+set.  Every occurrence weighs 1, so a repeated shingle counts as often as it occurs; unit weights
+let the 64 counters live bit-sliced in a few machine words (a carry-save adder: about three
+instructions per plane touched instead of 64 additions per shingle).
+
+Hamming search: the 64 bits are cut into m blocks with radii r_i such that sum(r_i + 1) > tau.
+Two fingerprints within tau then differ by at most r_i bits in some block i (pigeonhole), so
+probing every bucket within r_i of each block key finds every pair; each candidate is verified
+with a popcount, and a pair is reported only by the first block that can see it.  Exact: the
+same pairs as brute force.
+"""
+import unicodedata
+
+import numpy as np
+
+from libc.stdint cimport uint8_t, uint32_t, int32_t, int64_t, uint64_t
+from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.string cimport memset
+from cpython.unicode cimport PyUnicode_Check
+from cython.parallel cimport prange, parallel
+
+cdef extern from "_xxh3.h" nogil:
+    uint64_t mf_xxh3_64(const uint8_t *data, size_t n, uint64_t seed, const uint8_t *long_secret)
+    void mf_xxh3_derive_secret(uint64_t seed, uint8_t *out)
+    int MF_SECRET_SIZE
+
+cdef extern from *:
+    int __builtin_popcountll(unsigned long long) nogil
+    int __builtin_clzll(unsigned long long) nogil
+
+cdef extern from "Python.h":
+    bint Py_UNICODE_ISALNUM(Py_UCS4 ch) nogil
+    bint PyUnicode_IS_ASCII(object s)
+    void *PyUnicode_DATA(object s)
+    Py_ssize_t PyUnicode_GET_LENGTH(object s)
+    const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
+
+cdef enum:
+    PLANES = 40   # bit-sliced counter depth: up to 2**40 - 1 shingles in one text
+
+
+# ----------------------------------------------------------------------------------------------
+# fingerprinting
+
+cdef uint8_t[256] _ASCII_WORD    # 0: separator, else the lower-cased byte
+cdef int _c
+for _c in range(256):
+    if 48 <= _c <= 57 or 97 <= _c <= 122:
+        _ASCII_WORD[_c] = _c
+    elif 65 <= _c <= 90:
+        _ASCII_WORD[_c] = _c + 32
+    else:
+        _ASCII_WORD[_c] = 0
+
+
+cdef inline Py_ssize_t _utf8_decode(const uint8_t *s, Py_ssize_t i, Py_ssize_t n, Py_UCS4 *out) noexcept nogil:
+    """Decode the code point starting at s[i] (s[i] >= 0x80); return its byte length."""
+    cdef uint8_t b = s[i]
+    if b >= 0xF0 and i + 3 < n:
+        out[0] = ((b & 0x07) << 18) | ((s[i + 1] & 0x3F) << 12) | ((s[i + 2] & 0x3F) << 6) | (s[i + 3] & 0x3F)
+        return 4
+    if b >= 0xE0 and i + 2 < n:
+        out[0] = ((b & 0x0F) << 12) | ((s[i + 1] & 0x3F) << 6) | (s[i + 2] & 0x3F)
+        return 3
+    if b >= 0xC0 and i + 1 < n:
+        out[0] = ((b & 0x1F) << 6) | (s[i + 1] & 0x3F)
+        return 2
+    out[0] = 0xFFFD   # a stray continuation byte: treated as a separator
+    return 1
+
+
+cdef inline void _add_bitsliced(uint64_t *planes, int depth, uint64_t h) noexcept nogil:
+    """Add one to the counter of every bit set in h; `depth` planes are enough for the count.
+    A fixed depth per text keeps the loop's trip count predictable."""
+    cdef int k
+    cdef uint64_t carry = h, t
+    for k in range(depth):
+        t = planes[k] & carry
+        planes[k] ^= carry
+        carry = t
+
+
+cdef inline uint64_t _majority(const uint64_t *planes, int depth, uint64_t total) noexcept nogil:
+    """Bits whose bit-sliced count exceeds total // 2 (a strict majority of the shingles)."""
+    cdef uint64_t half = total >> 1, gt = 0, eq = ~(<uint64_t>0), c
+    cdef int k
+    for k in range(depth - 1, -1, -1):
+        c = planes[k]
+        if (half >> k) & 1:
+            eq &= c
+        else:
+            gt |= eq & c
+            eq &= ~c
+    return gt
+
+
+cdef inline Py_ssize_t _words_ascii(const uint8_t *s, Py_ssize_t n, uint8_t *norm,
+                                    Py_ssize_t *starts, Py_ssize_t *ends) noexcept nogil:
+    """Lower-cased words of an ASCII text into `norm`, one space apart; returns the word count.
+    Branch-free: every byte is stored, and only the write position and the word bounds move."""
+    cdef Py_ssize_t i, out = 0, nstart = 0, nend = 0
+    cdef uint8_t c
+    cdef int word, prev = 0
+    for i in range(n):
+        c = _ASCII_WORD[s[i]]
+        word = c != 0
+        norm[out] = c if word else 32
+        starts[nstart] = out
+        nstart += word & (prev ^ 1)
+        ends[nend] = out
+        nend += prev & (word ^ 1)
+        out += word | prev
+        prev = word
+    ends[nend] = out
+    nend += prev
+    return nend
+
+
+cdef Py_ssize_t _words_utf8(const uint8_t *s, Py_ssize_t n, uint8_t *norm,
+                            Py_ssize_t *starts, Py_ssize_t *ends) noexcept nogil:
+    """As _words_ascii for normalised UTF-8: a word is a run of alphanumeric code points."""
+    cdef Py_ssize_t i = 0, out = 0, words = 0, step, w
+    cdef uint8_t b
+    cdef Py_UCS4 cp
+    cdef bint in_word = False, alnum
+    while i < n:
+        b = s[i]
+        if b < 0x80:
+            alnum = _ASCII_WORD[b] != 0
+            step = 1
+        else:
+            step = _utf8_decode(s, i, n, &cp)
+            alnum = Py_UNICODE_ISALNUM(cp)
+        if alnum:
+            if not in_word:
+                if words:
+                    norm[out] = 32
+                    out += 1
+                starts[words] = out
+                in_word = True
+            if b < 0x80:
+                norm[out] = _ASCII_WORD[b]
+                out += 1
+            else:
+                for w in range(step):
+                    norm[out + w] = s[i + w]
+                out += step
+        elif in_word:
+            ends[words] = out
+            words += 1
+            in_word = False
+        i += step
+    if in_word:
+        ends[words] = out
+        words += 1
+    return words
+
+
+cdef uint64_t _fingerprint_one(const uint8_t *s, Py_ssize_t n, bint ascii, int ngram, uint64_t seed,
+                               const uint8_t *long_secret, uint8_t *norm, Py_ssize_t *starts,
+                               Py_ssize_t *ends, int64_t *shingle_count) noexcept nogil:
+    """`norm` holds n bytes, `starts`/`ends` n + 1 entries each (scratch owned by the caller).
+    A shingle is the substring of `norm` from its first word's start to its last word's end."""
+    cdef Py_ssize_t words, total, w
+    cdef uint64_t planes[PLANES]
+    cdef int depth
+    words = _words_ascii(s, n, norm, starts, ends) if ascii else _words_utf8(s, n, norm, starts, ends)
+    if words == 0:
+        shingle_count[0] = 0
+        return 0
+    total = words - ngram + 1 if words > ngram else 1
+    depth = 64 - __builtin_clzll(<uint64_t> total)
+    memset(planes, 0, depth * sizeof(uint64_t))
+    if words <= ngram:    # fewer words than n: the words it has make one shingle
+        _add_bitsliced(planes, depth, mf_xxh3_64(norm, ends[words - 1], seed, long_secret))
+    else:
+        for w in range(total):
+            _add_bitsliced(planes, depth, mf_xxh3_64(norm + starts[w], ends[w + ngram - 1] - starts[w],
+                                                     seed, long_secret))
+    shingle_count[0] = total
+    return _majority(planes, depth, total)
+
+
+cdef void _fingerprint_many(const uint8_t **ptrs, const Py_ssize_t *lens, const uint8_t *ascii,
+                            Py_ssize_t count, int ngram, uint64_t seed, int threads, uint64_t *out,
+                            int64_t *shingles) noexcept nogil:
+    cdef uint8_t long_secret[192]
+    cdef Py_ssize_t i, longest = 1
+    cdef uint8_t *norm
+    cdef Py_ssize_t *starts
+    cdef Py_ssize_t *ends
+    mf_xxh3_derive_secret(seed, long_secret)
+    for i in range(count):
+        if lens[i] > longest:
+            longest = lens[i]
+    with parallel(num_threads=threads):
+        norm = <uint8_t *> malloc(longest)
+        starts = <Py_ssize_t *> malloc((longest + 1) * sizeof(Py_ssize_t))
+        ends = <Py_ssize_t *> malloc((longest + 1) * sizeof(Py_ssize_t))
+        for i in prange(count, schedule="dynamic", chunksize=512):
+            out[i] = _fingerprint_one(ptrs[i], lens[i], ascii[i], ngram, seed, long_secret,
+                                      norm, starts, ends, &shingles[i])
+        free(norm)
+        free(starts)
+        free(ends)
+
+
+cdef object _normalise(str text):
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+def fingerprint(texts, int ngram=2, uint64_t seed=0, int threads=1):
+    """Fingerprint texts; return (uint64 fingerprints, int64 shingle counts).
+
+    `texts` is a sequence of str, or a pyarrow StringArray / LargeStringArray / ChunkedArray
+    (read from its buffers: ASCII rows create no Python object at all).  A text with no word
+    characters has 0 shingles and the fingerprint 0.  Raises TypeError / ValueError naming the
+    position of a non-string, null or non-UTF-8 item.
+    """
+    if ngram < 1:
+        raise ValueError(f"ngram must be at least 1, got {ngram}")
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    if hasattr(texts, "buffers") or hasattr(texts, "chunks"):
+        return _fingerprint_arrow(texts, ngram, seed, threads)
+    return _fingerprint_str(texts, ngram, seed, threads)
+
+
+cdef _fingerprint_str(texts, int ngram, uint64_t seed, int threads):
+    cdef Py_ssize_t n = len(texts), i, size
+    fps = np.empty(n, dtype=np.uint64)
+    counts = np.empty(n, dtype=np.int64)
+    cdef uint64_t[::1] fps_v = fps
+    cdef int64_t[::1] counts_v = counts
+    cdef const uint8_t **ptrs = <const uint8_t **> malloc(max(n, 1) * sizeof(void *))
+    cdef Py_ssize_t *lens = <Py_ssize_t *> malloc(max(n, 1) * sizeof(Py_ssize_t))
+    cdef uint8_t *ascii = <uint8_t *> malloc(max(n, 1))
+    keep_alive = []
+    if n == 0:
+        return fps, counts
+    try:
+        for i in range(n):
+            text = texts[i]
+            if not PyUnicode_Check(text):
+                raise TypeError(f"item {i} is {type(text).__name__}, expected str")
+            ascii[i] = PyUnicode_IS_ASCII(text)
+            if ascii[i]:
+                ptrs[i] = <const uint8_t *> PyUnicode_DATA(text)
+                lens[i] = PyUnicode_GET_LENGTH(text)
+            else:
+                text = _normalise(text)
+                keep_alive.append(text)
+                try:
+                    ptrs[i] = <const uint8_t *> PyUnicode_AsUTF8AndSize(text, &size)
+                except UnicodeEncodeError as exc:
+                    raise ValueError(f"item {i} is not valid Unicode ({exc.reason})") from None
+                lens[i] = size
+        with nogil:
+            _fingerprint_many(ptrs, lens, ascii, n, ngram, seed, threads, &fps_v[0], &counts_v[0])
+    finally:
+        free(ptrs)
+        free(lens)
+        free(ascii)
+    return fps, counts
+
+
+cdef _fingerprint_arrow(array, int ngram, uint64_t seed, int threads):
+    chunks = array.chunks if hasattr(array, "chunks") else [array]
+    results = []
+    cdef Py_ssize_t base = 0
+    for chunk in chunks:
+        results.append(_fingerprint_arrow_chunk(chunk, ngram, seed, threads, base))
+        base += len(chunk)
+    if not results:
+        return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int64)
+    return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
+
+
+cdef _fingerprint_arrow_chunk(chunk, int ngram, uint64_t seed, int threads, Py_ssize_t base):
+    type_name = str(chunk.type)
+    if type_name not in ("string", "large_string", "utf8", "large_utf8"):
+        raise TypeError(f"arrow array has type {type_name}, expected string")
+    cdef Py_ssize_t n = len(chunk), i, j, size
+    if chunk.null_count:
+        first = next(k for k, v in enumerate(chunk.is_null().to_pylist()) if v)
+        raise ValueError(f"item {base + first} is null, expected str")
+    fps = np.empty(n, dtype=np.uint64)
+    counts = np.empty(n, dtype=np.int64)
+    if n == 0:
+        return fps, counts
+    _, offsets_buf, data_buf = chunk.buffers()
+    offset_type = np.int64 if type_name.startswith("large") else np.int32
+    offsets = np.frombuffer(offsets_buf, dtype=offset_type)[chunk.offset:chunk.offset + n + 1]
+    cdef int64_t[::1] off = np.ascontiguousarray(offsets, dtype=np.int64)
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None and data_buf.size else np.zeros(1, np.uint8)
+    cdef const uint8_t[::1] raw = data
+    cdef uint64_t[::1] fps_v = fps
+    cdef int64_t[::1] counts_v = counts
+    cdef const uint8_t **ptrs = <const uint8_t **> malloc(n * sizeof(void *))
+    cdef Py_ssize_t *lens = <Py_ssize_t *> malloc(n * sizeof(Py_ssize_t))
+    cdef uint8_t *ascii = <uint8_t *> malloc(n)
+    cdef bint any_non_ascii = False
+    keep_alive = []
+    try:
+        with nogil:
+            for i in range(n):
+                ptrs[i] = &raw[0] + off[i]
+                lens[i] = off[i + 1] - off[i]
+                ascii[i] = 1
+                for j in range(off[i], off[i + 1]):
+                    if raw[j] >= 0x80:
+                        ascii[i] = 0
+                        any_non_ascii = True
+                        break
+        if any_non_ascii:
+            # Unicode normalisation needs Python's tables: only non-ASCII rows pay for it.
+            for i in range(n):
+                if not ascii[i]:
+                    blob = bytes(raw[off[i]:off[i + 1]])
+                    try:
+                        text = _normalise(blob.decode("utf-8"))
+                    except UnicodeDecodeError as exc:
+                        raise ValueError(f"item {base + i} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+                    keep_alive.append(text)
+                    ptrs[i] = <const uint8_t *> PyUnicode_AsUTF8AndSize(text, &size)
+                    lens[i] = size
+        with nogil:
+            _fingerprint_many(ptrs, lens, ascii, n, ngram, seed, threads, &fps_v[0], &counts_v[0])
+    finally:
+        free(ptrs)
+        free(lens)
+        free(ascii)
+    return fps, counts
+
+
+def xxh3_64(bytes data, uint64_t seed=0):
+    """XXH3-64 of `data` (exposed so tests can check our C hash against the reference)."""
+    cdef uint8_t long_secret[192]
+    mf_xxh3_derive_secret(seed, long_secret)
+    return mf_xxh3_64(<const uint8_t *> <char *> data, len(data), seed, long_secret)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hamming search
+
+cdef inline int _popcount(uint64_t x) noexcept nogil:
+    return __builtin_popcountll(x)
+
+
+cdef struct PairBuffer:
+    int64_t *i
+    int64_t *j
+    uint8_t *d
+    Py_ssize_t size
+    Py_ssize_t cap
+
+
+cdef int _push_pair(PairBuffer *buf, int64_t a, int64_t b, uint8_t d) noexcept nogil:
+    cdef Py_ssize_t cap
+    if buf.size == buf.cap:
+        cap = buf.cap * 2 if buf.cap else 1024
+        buf.i = <int64_t *> realloc(buf.i, cap * sizeof(int64_t))
+        buf.j = <int64_t *> realloc(buf.j, cap * sizeof(int64_t))
+        buf.d = <uint8_t *> realloc(buf.d, cap)
+        if buf.i == NULL or buf.j == NULL or buf.d == NULL:
+            return -1
+        buf.cap = cap
+    buf.i[buf.size] = a
+    buf.j[buf.size] = b
+    buf.d[buf.size] = d
+    buf.size += 1
+    return 0
+
+
+def _masks(int width, int radius):
+    """Every `width`-bit mask with at most `radius` bits set, lightest first."""
+    from itertools import combinations
+    out = [0]
+    for r in range(1, min(radius, width) + 1):
+        for bits in combinations(range(width), r):
+            m = 0
+            for b in bits:
+                m |= 1 << b
+            out.append(m)
+    return np.array(out, dtype=np.uint32)
+
+
+cdef class HammingIndex:
+    """Exact Hamming search within `tau` (inclusive) over 64-bit fingerprints.
+
+    One index serves both modes: `add` / `query` / `add_unique` for streaming insert-and-query,
+    and `pairs` for the batch self-join of everything added.  `plan` is a list of
+    (shift, width, radius) blocks; build one with `misalign.dedup.plan_blocks`.
+    """
+    cdef readonly int tau
+    cdef readonly object plan
+    cdef int nblocks
+    cdef int shifts[16]
+    cdef int widths[16]
+    cdef int radii[16]
+    cdef uint32_t *masks[16]
+    cdef Py_ssize_t nmasks[16]
+    cdef int32_t *heads[16]
+    cdef int32_t *nexts[16]
+    cdef uint64_t *fps
+    cdef Py_ssize_t size
+    cdef Py_ssize_t cap
+    cdef object _mask_arrays
+
+    def __cinit__(self, int tau, plan):
+        cdef int b
+        if not 0 <= tau <= 63:
+            raise ValueError(f"tau must be between 0 and 63, got {tau}")
+        plan = [tuple(int(x) for x in block) for block in plan]
+        if not 1 <= len(plan) <= 16:
+            raise ValueError("a plan has 1 to 16 blocks")
+        if sum(r + 1 for _, _, r in plan) <= tau:
+            raise ValueError(f"plan {plan} cannot see every pair within tau={tau}: "
+                             "the radii plus one per block must add up to more than tau")
+        if sorted((s, w) for s, w, _ in plan) != _tiling(plan):
+            raise ValueError(f"plan {plan} must tile the 64 bits with blocks of 1 to 24 bits")
+        self.tau = tau
+        self.plan = plan
+        self.nblocks = len(plan)
+        self._mask_arrays = []
+        for b, (shift, width, radius) in enumerate(plan):
+            self.shifts[b] = shift
+            self.widths[b] = width
+            self.radii[b] = radius
+            masks = _masks(width, radius)
+            self._mask_arrays.append(masks)
+            self.masks[b] = _mask_pointer(masks)
+            self.nmasks[b] = len(masks)
+            self.heads[b] = <int32_t *> malloc((<Py_ssize_t>1 << width) * sizeof(int32_t))
+            if self.heads[b] == NULL:
+                raise MemoryError()
+            memset(self.heads[b], 0xFF, (<Py_ssize_t>1 << width) * sizeof(int32_t))
+            self.nexts[b] = NULL
+        self.fps = NULL
+        self.size = 0
+        self.cap = 0
+
+    def __dealloc__(self):
+        cdef int b
+        for b in range(self.nblocks):
+            free(self.heads[b])
+            free(self.nexts[b])
+        free(self.fps)
+
+    def __len__(self):
+        return self.size
+
+    cdef int _reserve(self, Py_ssize_t extra) except -1:
+        cdef Py_ssize_t cap = self.cap
+        cdef int b
+        if self.size + extra <= cap:
+            return 0
+        if self.size + extra > 2147483647:
+            raise OverflowError("a HammingIndex holds at most 2**31 - 1 fingerprints")
+        while cap < self.size + extra:
+            cap = cap * 2 if cap else 1024
+        self.fps = <uint64_t *> realloc(self.fps, cap * sizeof(uint64_t))
+        if self.fps == NULL:
+            raise MemoryError()
+        for b in range(self.nblocks):
+            self.nexts[b] = <int32_t *> realloc(self.nexts[b], cap * sizeof(int32_t))
+            if self.nexts[b] == NULL:
+                raise MemoryError()
+        self.cap = cap
+        return 0
+
+    cdef inline void _insert(self, uint64_t fp) noexcept nogil:
+        cdef int b
+        cdef uint32_t key
+        cdef int32_t id = <int32_t> self.size
+        self.fps[id] = fp
+        for b in range(self.nblocks):
+            key = <uint32_t> ((fp >> self.shifts[b]) & ((<uint64_t>1 << self.widths[b]) - 1))
+            self.nexts[b][id] = self.heads[b][key]
+            self.heads[b][key] = id
+        self.size += 1
+
+    cdef inline int64_t _find(self, uint64_t fp, int *dist) noexcept nogil:
+        """Nearest stored fingerprint within tau (ties: the earliest added), or -1."""
+        cdef int b, d, best_d = 65
+        cdef Py_ssize_t m
+        cdef uint32_t key
+        cdef int32_t id
+        cdef int64_t best = -1
+        for b in range(self.nblocks):
+            key = <uint32_t> ((fp >> self.shifts[b]) & ((<uint64_t>1 << self.widths[b]) - 1))
+            for m in range(self.nmasks[b]):
+                id = self.heads[b][key ^ self.masks[b][m]]
+                while id >= 0:
+                    d = _popcount(self.fps[id] ^ fp)
+                    if d <= self.tau and (d < best_d or (d == best_d and id < best)):
+                        best_d = d
+                        best = id
+                    id = self.nexts[b][id]
+        dist[0] = best_d
+        return best
+
+    def add(self, fingerprints):
+        """Add fingerprints; they get ids len(self), len(self) + 1, ..."""
+        cdef const uint64_t[::1] fp = np.ascontiguousarray(fingerprints, dtype=np.uint64)
+        cdef Py_ssize_t i, n = fp.shape[0]
+        self._reserve(n)
+        with nogil:
+            for i in range(n):
+                self._insert(fp[i])
+
+    def query(self, fingerprints):
+        """For each fingerprint, the id of the nearest stored one within tau (-1 if none) and
+        its distance (-1 if none)."""
+        cdef const uint64_t[::1] fp = np.ascontiguousarray(fingerprints, dtype=np.uint64)
+        cdef Py_ssize_t i, n = fp.shape[0]
+        ids = np.empty(n, dtype=np.int64)
+        dists = np.empty(n, dtype=np.int64)
+        cdef int64_t[::1] ids_v = ids
+        cdef int64_t[::1] dists_v = dists
+        cdef int d
+        with nogil:
+            for i in range(n):
+                ids_v[i] = self._find(fp[i], &d)
+                dists_v[i] = d if ids_v[i] >= 0 else -1
+        return ids, dists
+
+    def add_unique(self, fingerprints):
+        """Stream insert-and-query: add each fingerprint, in order, only if nothing stored
+        (including earlier ones of this call) lies within tau.  Returns (added mask, id of the
+        nearest match or -1)."""
+        cdef const uint64_t[::1] fp = np.ascontiguousarray(fingerprints, dtype=np.uint64)
+        cdef Py_ssize_t i, n = fp.shape[0]
+        added = np.zeros(n, dtype=bool)
+        match = np.empty(n, dtype=np.int64)
+        cdef uint8_t[::1] added_v = added.view(np.uint8)
+        cdef int64_t[::1] match_v = match
+        cdef int d
+        self._reserve(n)
+        with nogil:
+            for i in range(n):
+                match_v[i] = self._find(fp[i], &d)
+                if match_v[i] < 0:
+                    self._insert(fp[i])
+                    added_v[i] = 1
+        return added, match
+
+    def fingerprints(self):
+        """The stored fingerprints, in id order (a copy)."""
+        if self.size == 0:
+            return np.empty(0, dtype=np.uint64)
+        return np.asarray(<uint64_t[:self.size]> self.fps).copy()
+
+    def pairs(self):
+        """All pairs (i < j) of stored fingerprints within tau, as int64 arrays i, j and uint8
+        distances, sorted by (i, j)."""
+        cdef PairBuffer buf
+        buf.i = NULL
+        buf.j = NULL
+        buf.d = NULL
+        buf.size = 0
+        buf.cap = 0
+        cdef int b, status = 0
+        try:
+            with nogil:
+                for b in range(self.nblocks):
+                    status = self._join_block(b, &buf)
+                    if status:
+                        break
+            if status:
+                raise MemoryError()
+            if buf.size == 0:
+                return (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64),
+                        np.empty(0, dtype=np.uint8))
+            i = np.asarray(<int64_t[:buf.size]> buf.i).copy()
+            j = np.asarray(<int64_t[:buf.size]> buf.j).copy()
+            d = np.asarray(<uint8_t[:buf.size]> buf.d).copy()
+        finally:
+            free(buf.i)
+            free(buf.j)
+            free(buf.d)
+        order = np.lexsort((j, i))
+        return i[order], j[order], d[order]
+
+    cdef int _join_block(self, int b, PairBuffer *buf) noexcept nogil:
+        """Counting-sort the fingerprints by block b, then compare each bucket with every bucket
+        within radius: contiguous runs, so the verification loop streams through cache."""
+        cdef Py_ssize_t nb = <Py_ssize_t>1 << self.widths[b], n = self.size, k, m
+        cdef uint64_t keymask = (<uint64_t>1 << self.widths[b]) - 1
+        cdef int shift = self.shifts[b]
+        cdef int64_t *start = <int64_t *> calloc(nb + 1, sizeof(int64_t))
+        cdef uint64_t *sfp = <uint64_t *> malloc(max(n, 1) * sizeof(uint64_t))
+        cdef int32_t *sid = <int32_t *> malloc(max(n, 1) * sizeof(int32_t))
+        cdef uint32_t v, u, key
+        cdef int64_t a, a_end, c, c_start, c_end, pos
+        cdef uint64_t x
+        cdef int d, status = 0
+        if start == NULL or sfp == NULL or sid == NULL:
+            free(start)
+            free(sfp)
+            free(sid)
+            return -1
+        for k in range(n):
+            start[((self.fps[k] >> shift) & keymask) + 1] += 1
+        for k in range(nb):
+            start[k + 1] += start[k]
+        for k in range(n):     # stable: ids stay ascending inside a bucket
+            key = <uint32_t> ((self.fps[k] >> shift) & keymask)
+            pos = start[key]
+            sfp[pos] = self.fps[k]
+            sid[pos] = <int32_t> k
+            start[key] = pos + 1
+        for k in range(nb, 0, -1):
+            start[k] = start[k - 1]
+        start[0] = 0
+        for v in range(<uint32_t> nb):
+            if start[v] == start[v + 1]:
+                continue
+            for m in range(self.nmasks[b]):
+                u = v ^ self.masks[b][m]
+                if u < v:
+                    continue
+                for a in range(start[v], start[v + 1]):
+                    x = sfp[a]
+                    c_start = a + 1 if u == v else start[u]
+                    c_end = start[u + 1]
+                    for c in range(c_start, c_end):
+                        d = _popcount(x ^ sfp[c])
+                        if d <= self.tau and self._first_block_seeing(b, x ^ sfp[c]):
+                            if sid[a] < sid[c]:
+                                status = _push_pair(buf, sid[a], sid[c], <uint8_t> d)
+                            else:
+                                status = _push_pair(buf, sid[c], sid[a], <uint8_t> d)
+                            if status:
+                                break
+                    if status:
+                        break
+                if status:
+                    break
+            if status:
+                break
+        free(start)
+        free(sfp)
+        free(sid)
+        return status
+
+    cdef inline bint _first_block_seeing(self, int b, uint64_t diff) noexcept nogil:
+        cdef int e
+        for e in range(b):
+            if _popcount((diff >> self.shifts[e]) & ((<uint64_t>1 << self.widths[e]) - 1)) <= self.radii[e]:
+                return False
+        return True
+
+
+cdef uint32_t *_mask_pointer(object masks):
+    cdef uint32_t[::1] view = masks
+    return &view[0]
+
+
+def _tiling(plan):
+    out, shift = [], 0
+    for _, width, _ in sorted(plan):
+        if not 1 <= width <= 24:
+            return None
+        out.append((shift, width))
+        shift += width
+    return out if shift == 64 else None
+
+
+# ----------------------------------------------------------------------------------------------
+# clusters
+
+def components(Py_ssize_t n, i, j):
+    """Connected components of the graph on n nodes with edges (i[k], j[k]); each node's label is
+    the smallest node of its component (union-find with path halving, union by smaller root)."""
+    cdef const int64_t[::1] iv = np.ascontiguousarray(i, dtype=np.int64)
+    cdef const int64_t[::1] jv = np.ascontiguousarray(j, dtype=np.int64)
+    parent = np.arange(n, dtype=np.int64)
+    cdef int64_t[::1] p = parent
+    cdef Py_ssize_t k, e = iv.shape[0]
+    cdef int64_t a, b
+    if jv.shape[0] != e:
+        raise ValueError("i and j must have the same length")
+    for k in range(e):
+        if not (0 <= iv[k] < n and 0 <= jv[k] < n):
+            raise ValueError(f"edge {k} ({iv[k]}, {jv[k]}) is outside 0..{n - 1}")
+    with nogil:
+        for k in range(e):
+            a = iv[k]
+            while p[a] != a:
+                p[a] = p[p[a]]
+                a = p[a]
+            b = jv[k]
+            while p[b] != b:
+                p[b] = p[p[b]]
+                b = p[b]
+            if a < b:
+                p[b] = a
+            elif b < a:
+                p[a] = b
+        for k in range(n):
+            p[k] = p[p[k]]   # roots are the smallest nodes, and parents always point lower
+    return parent

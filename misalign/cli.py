@@ -1,0 +1,132 @@
+"""The `misalign-fast` command line."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import pyarrow as pa
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from misalign import io
+from misalign.dedup import DEFAULT_NGRAM, DEFAULT_TAU, Deduplicator
+from misalign.errors import MisalignError
+
+console = Console(stderr=True)
+out = Console()
+
+PROGRESS_ROWS = 200_000   # below this a run takes well under a second: no bar
+CHUNK_ROWS = 100_000
+
+
+class _Group(click.Group):
+    """Turn our own errors into one line on stderr and exit status 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MisalignError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="misalign-fast")
+def main():
+    """misalign-fast: build and run a misalignment benchmark for language models.
+
+    Stage I builds a dataset of prompts paired with aligned and misaligned responses across
+    safety, value and cultural domains; Stage II measures how well models detect the
+    misaligned ones.  Start with `misalign-fast dedup --help`.
+    """
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("output_path", metavar="OUTPUT", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--column", default="text", show_default=True, help="Column holding the text to compare.")
+@click.option("--tau", default=DEFAULT_TAU, show_default=True, type=click.IntRange(0, 63),
+              help="Largest Hamming distance (of 64 bits) still counted as a near-duplicate.")
+@click.option("--ngram", default=DEFAULT_NGRAM, show_default=True, type=click.IntRange(1, 16),
+              help="Words per shingle.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1),
+              help="Seed of the shingle hash (XXH3-64).")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Threads for fingerprinting.")
+@click.option("--format", "fmt", type=click.Choice(io.FORMATS),
+              help="Input and output format; by default taken from each file's extension.")
+@click.option("--clusters", "clusters_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write every row's cluster: row, cluster, representative, distance.")
+@click.option("--merge-empty", is_flag=True,
+              help="Treat all texts without words as one cluster (by default each stands alone).")
+def dedup(input_path, output_path, column, tau, ngram, seed, threads, fmt, clusters_path, merge_empty):
+    """Remove near-duplicate rows from INPUT and write the rest to OUTPUT.
+
+    Each text gets a 64-bit SimHash of its word n-grams; rows within --tau bits of each other
+    are linked, and of each linked cluster only the first row is kept, in input order.
+    INPUT and OUTPUT are JSON Lines, CSV or Parquet.
+
+    Example: misalign-fast dedup prompts.jsonl unique.jsonl --column prompt --tau 10
+    """
+    started = time.perf_counter()
+    in_fmt = io.detect_format(input_path, fmt)
+    out_fmt = io.detect_format(output_path, fmt)
+    if out_fmt != in_fmt:
+        raise MisalignError(f"{output_path}: output is written in the input's format "
+                            f"({in_fmt}); give it a .{in_fmt} name")
+    if clusters_path is not None:
+        io.detect_format(clusters_path)
+    table = io.read_table(input_path, in_fmt)
+    texts = io.text_column(table, column, input_path, in_fmt)
+    deduper = Deduplicator(tau=tau, ngram=ngram, seed=seed, threads=threads, merge_empty=merge_empty)
+
+    fps, empty = _fingerprint_with_progress(deduper, texts)
+    result = deduper.fit_fingerprints(fps, empty)
+    io.write_rows_like(input_path, table, result.keep, output_path, in_fmt)
+    if clusters_path is not None:
+        io.write_table(pa.table({"row": np.arange(len(fps)), "cluster": result.cluster,
+                                 "representative": result.representative,
+                                 "distance": result.distance}), clusters_path)
+    seconds = time.perf_counter() - started
+    text_mb = sum(c.buffers()[2].size if c.buffers()[2] is not None else 0 for c in texts.chunks) / 1e6
+    _print_dedup_summary(len(fps), result, seconds, text_mb, output_path)
+
+
+def _fingerprint_with_progress(deduper, texts):
+    n = len(texts)
+    if n < PROGRESS_ROWS:
+        fps, shingles = deduper.fingerprints(texts)
+        return fps, shingles == 0
+    fps, shingles = np.empty(n, np.uint64), np.empty(n, np.int64)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} rows"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("fingerprinting", total=n)
+        for start in range(0, n, CHUNK_ROWS):
+            stop = min(start + CHUNK_ROWS, n)
+            fps[start:stop], shingles[start:stop] = deduper.fingerprints(texts[start:stop])
+            progress.update(task, completed=stop)
+    return fps, shingles == 0
+
+
+def _print_dedup_summary(rows, result, seconds, text_mb, output_path):
+    sizes = np.bincount(result.cluster)
+    table = Table(title="dedup", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("rows in", f"{rows:,}")
+    table.add_row("rows kept", f"{int(result.keep.sum()):,}")
+    table.add_row("rows removed", f"{rows - int(result.keep.sum()):,}")
+    table.add_row("clusters with duplicates", f"{int((sizes > 1).sum()):,}")
+    table.add_row("seconds", f"{seconds:.2f}")
+    table.add_row("text MB/s", f"{text_mb / seconds:.1f}" if seconds > 0 else "-")
+    table.add_row("written", str(output_path))
+    out.print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+import json
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from misalign.cli import main
+
+ROWS = [
+    {"id": 1, "text": "How do I pick a lock?", "note": "007"},
+    {"id": 2, "text": "Tell me about green tea.", "note": "a"},
+    {"id": 3, "text": "how do I pick a LOCK??", "note": "b"},
+    {"id": 4, "text": "Something else, about gardens.", "note": "c"},
+]
+
+
+def write(path, rows, fmt):
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif fmt == "csv":
+        pacsv.write_csv(pa.Table.from_pylist(rows), path)
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def read(path, fmt):
+    if fmt == "jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines()]
+    if fmt == "csv":
+        return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+            column_types={"id": pa.string(), "text": pa.string(), "note": pa.string()})).to_pylist()
+    return pq.read_table(path).to_pylist()
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_dedup_each_format_keeps_first_of_each_cluster(tmp_path, fmt):
+    src, dst, clusters = tmp_path / f"in.{fmt}", tmp_path / f"out.{fmt}", tmp_path / "clusters.csv"
+    write(src, ROWS, fmt)
+    result = run("dedup", src, dst, "--tau", 6, "--clusters", clusters)
+    assert result.exit_code == 0, result.output
+    kept = read(dst, fmt)
+    assert [str(r["id"]) for r in kept] == ["1", "2", "4"]
+    if fmt == "csv":
+        assert kept[0]["note"] == "007"    # CSV values are text: no type guessing
+    table = pacsv.read_csv(clusters).to_pylist()
+    assert [r["representative"] for r in table] == [0, 1, 0, 3]
+    assert "rows kept" in result.output
+
+
+def test_jsonl_output_copies_kept_lines_verbatim(tmp_path):
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text('{"text": "alpha beta", "z": 1,  "a": [1, 2]}\n\n{"text": "ALPHA beta!", "z": 2, "a": []}\n'
+                   '{"text": "gamma", "z": 3, "a": null}')
+    assert run("dedup", src, dst).exit_code == 0
+    assert dst.read_text() == '{"text": "alpha beta", "z": 1,  "a": [1, 2]}\n{"text": "gamma", "z": 3, "a": null}\n'
+
+
+BAD_INPUTS = [
+    ("missing.jsonl", None, "cannot read"),
+    ("nocol.jsonl", '{"prompt": "x"}\n', "has no column 'text' (columns: prompt)"),
+    ("number.jsonl", '{"text": "x"}\n{"text": 5}\n', "row 2: field 'text' is int here but str"),
+    ("allnumbers.jsonl", '{"text": 1}\n{"text": 5}\n', "row 1: column 'text' holds int64 values"),
+    ("null.jsonl", '{"text": "x"}\n\n{"text": null}\n', "row 3: column 'text' is null or missing"),
+    ("broken.jsonl", '{"text": "x"}\n{"text": "y"\n', "row 2: is not valid JSON"),
+    ("utf8.jsonl", b'{"text": "ok"}\n{"text": "bad \xff byte"}\n', "row 2: column 'text' is not valid UTF-8"),
+    ("utf8.csv", b'text\nok\n"bad \xfe"\n', "row 2: column 'text' is not valid UTF-8"),
+    ("parquet.csv", "PARQUET", "looks like a Parquet file, not CSV"),
+    ("fake.parquet", "text\nnot parquet\n", "is not a Parquet file"),
+    ("prompts.txt", "text\n", "cannot tell the format"),
+]
+
+
+@pytest.mark.parametrize("name,content,message", BAD_INPUTS)
+def test_bad_input_is_one_clear_line_and_no_output(tmp_path, name, content, message):
+    src, dst = tmp_path / name, tmp_path / ("out" + (tmp_path / name).suffix)
+    if content == "PARQUET":
+        pq.write_table(pa.table({"text": ["a"]}), src)
+    elif isinstance(content, bytes):
+        src.write_bytes(content)
+    elif content is not None:
+        src.write_text(content)
+    result = run("dedup", src, dst)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert str(src) in lines[0] and message in " ".join(lines), result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([name] if content is not None else [])
+
+
+def test_output_format_must_match_input(tmp_path):
+    src = tmp_path / "in.jsonl"
+    write(src, ROWS, "jsonl")
+    result = run("dedup", src, tmp_path / "out.csv")
+    assert result.exit_code == 2 and "input's format" in result.output
+
+
+def test_help_explains_the_command():
+    result = run("dedup", "--help")
+    assert result.exit_code == 0 and "near-duplicate" in result.output and "--tau" in result.output

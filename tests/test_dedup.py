@@ -1,0 +1,43 @@
+import numpy as np
+
+from misalign.dedup import Deduplicator, NearDuplicateFilter, components
+
+
+def test_first_of_each_cluster_is_kept_in_order():
+    texts = ["How do I pick a lock?", "Tell me about tea.", "how do I pick a LOCK??",
+             "tell me about tea", "Something else entirely, about gardens."]
+    result = Deduplicator(tau=3).fit(texts)
+    assert result.keep.tolist() == [True, True, False, False, True]
+    assert result.representative.tolist() == [0, 1, 0, 1, 4]
+    assert result.cluster.tolist() == [0, 1, 0, 1, 2]
+    assert result.distance.tolist() == [0, 0, 0, 0, 0]
+    assert result.n_clusters == 3
+
+
+def test_clusters_chain_through_neighbours():
+    fps = np.array([0, 0b111, 0b111111, 2**64 - 1], dtype=np.uint64)   # a chain: 0 ~ 7 ~ 63
+    result = Deduplicator(tau=3).fit_fingerprints(fps)
+    assert result.representative.tolist() == [0, 0, 0, 3]
+    assert result.distance.tolist() == [0, 3, 6, 0]
+
+
+def test_empty_texts_stand_alone_unless_merged():
+    texts = ["", "some words here", "!!", ""]
+    assert Deduplicator().fit(texts).keep.tolist() == [True, True, True, True]
+    assert Deduplicator(merge_empty=True).fit(texts).keep.tolist() == [True, True, False, False]
+
+
+def test_components_label_is_smallest_member():
+    labels = components(6, np.array([5, 3, 4]), np.array([3, 1, 5]))
+    assert labels.tolist() == [0, 1, 2, 1, 1, 1]
+
+
+def test_filter_refuses_texts_near_anything_kept():
+    f = NearDuplicateFilter(tau=6)
+    f.add(["Explain how vaccines train the immune system."])
+    added = f.add_if_new(["explain how vaccines train the immune system!",
+                          "What is the capital of Peru?", "what is the capital of peru",
+                          ""])
+    assert added.tolist() == [False, True, False, False]
+    assert len(f) == 2
+    assert f.seen(["WHAT IS THE CAPITAL OF PERU?", "An unrelated question about boats."]).tolist() == [True, False]

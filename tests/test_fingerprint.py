@@ -1,0 +1,104 @@
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import xxhash
+from hypothesis import given, settings, strategies as st
+
+from misalign import _simhash
+from misalign.dedup import fingerprint
+from reference import simhash
+
+TEXTS = [
+    "How do I pick a lock?",
+    "Ünïcödé façade, ﬁne ligatures and ＦＵＬＬＷＩＤＴＨ letters",
+    "Straße STRASSE strasse",
+    "emoji 🙂 between words, and 中文字符 too",
+    "one",
+    "",
+    "!!! ... ???",
+    "  leading and trailing separators  \n\t",
+    "x" * 300 + " long word shingle over the 240-byte hash threshold " + "y" * 1200,
+]
+
+
+@pytest.mark.parametrize("length", [*range(0, 260), 511, 512, 1023, 1024, 1025, 2047, 2100])
+def test_xxh3_matches_reference(length):
+    data = os.urandom(length)
+    for seed in (0, 1, 2**64 - 1, 0x9E3779B97F4A7C15):
+        assert _simhash.xxh3_64(data, seed) == xxhash.xxh3_64_intdigest(data, seed)
+
+
+@pytest.mark.parametrize("ngram", [1, 2, 3, 5])
+def test_fingerprint_matches_python_reference(ngram):
+    got = fingerprint(TEXTS, ngram=ngram, seed=7)
+    assert got.dtype == np.uint64
+    assert got.tolist() == [simhash(t, ngram, 7) for t in TEXTS]
+
+
+text_alphabet = st.characters(codec="utf-8", exclude_categories=("Cs",))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=text_alphabet, max_size=80), max_size=12),
+       st.integers(1, 4), st.integers(0, 2**64 - 1))
+def test_fingerprint_property(texts, ngram, seed):
+    assert fingerprint(texts, ngram=ngram, seed=seed).tolist() == [simhash(t, ngram, seed) for t in texts]
+
+
+def test_arrow_buffers_match_python_strings():
+    texts = TEXTS * 3
+    expected = fingerprint(texts)
+    for array in (pa.array(texts, pa.string()), pa.array(texts, pa.large_string())):
+        assert fingerprint(array).tolist() == expected.tolist()
+        assert fingerprint(array.slice(4, 11)).tolist() == expected[4:15].tolist()
+    chunked = pa.chunked_array([texts[:5], texts[5:], []])
+    assert fingerprint(chunked).tolist() == expected.tolist()
+
+
+def test_threads_do_not_change_results():
+    texts = [f"prompt number {i} about {i % 17} things" for i in range(5000)]
+    assert fingerprint(texts, threads=1).tolist() == fingerprint(texts, threads=2).tolist()
+
+
+def test_empty_and_wordless_texts_have_fingerprint_zero_and_no_shingles():
+    fps, shingles = _simhash.fingerprint(["", "?!", "a b"], ngram=2)
+    assert fps[:2].tolist() == [0, 0]
+    assert shingles.tolist() == [0, 0, 1]
+
+
+def test_fewer_words_than_ngram_use_the_words_they_have():
+    only = xxhash.xxh3_64_intdigest(b"hello world", 0)
+    assert fingerprint(["Hello, WORLD!"], ngram=5).tolist() == [only]
+
+
+def test_normalisation_merges_case_width_and_punctuation():
+    a, b, c = fingerprint(["Full width", "ＦＵＬＬ  WIDTH!", "full wide"])
+    assert a == b != c
+
+
+def test_seed_changes_fingerprints():
+    assert fingerprint(["a seeded text"], seed=1)[0] != fingerprint(["a seeded text"], seed=2)[0]
+
+
+def test_bad_items_are_named():
+    with pytest.raises(TypeError, match="item 1 is int"):
+        fingerprint(["ok", 3])
+    with pytest.raises(TypeError, match="item 0 is NoneType"):
+        fingerprint([None])
+    with pytest.raises(ValueError, match="item 1 is not valid Unicode"):
+        fingerprint(["ok", "bad \udcff surrogate"])
+    with pytest.raises(ValueError, match="item 2 is null"):
+        fingerprint(pa.array(["a", "b", None]))
+    with pytest.raises(TypeError, match="expected string"):
+        fingerprint(pa.array([1, 2]))
+    with pytest.raises(ValueError, match="ngram"):
+        fingerprint(["x"], ngram=0)
+
+
+def test_invalid_utf8_in_arrow_buffer_is_named():
+    bad = pa.Array.from_buffers(pa.string(), 2, [None, pa.py_buffer(np.array([0, 2, 4], np.int32)),
+                                                 pa.py_buffer(b"ok\xff\xfe")])
+    with pytest.raises(ValueError, match="item 1 is not valid UTF-8"):
+        fingerprint(bad)
