@@ -20,7 +20,7 @@ import numpy as np
 
 from libc.stdint cimport uint8_t, uint32_t, int32_t, int64_t, uint64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 from cpython.unicode cimport PyUnicode_Check
 from cython.parallel cimport prange, parallel
 
@@ -28,6 +28,10 @@ cdef extern from "_xxh3.h" nogil:
     uint64_t mf_xxh3_64(const uint8_t *data, size_t n, uint64_t seed, const uint8_t *long_secret)
     void mf_xxh3_derive_secret(uint64_t seed, uint8_t *out)
     int MF_SECRET_SIZE
+
+cdef extern from "_words.h" nogil:
+    Py_ssize_t mf_ascii_words(const uint8_t *s, Py_ssize_t n, uint8_t *low, Py_ssize_t *starts,
+                              Py_ssize_t *ends)
 
 cdef extern from *:
     int __builtin_popcountll(unsigned long long) nogil
@@ -99,31 +103,10 @@ cdef inline uint64_t _majority(const uint64_t *planes, int depth, uint64_t total
     return gt
 
 
-cdef inline Py_ssize_t _words_ascii(const uint8_t *s, Py_ssize_t n, uint8_t *norm,
-                                    Py_ssize_t *starts, Py_ssize_t *ends) noexcept nogil:
-    """Lower-cased words of an ASCII text into `norm`, one space apart; returns the word count.
-    Branch-free: every byte is stored, and only the write position and the word bounds move."""
-    cdef Py_ssize_t i, out = 0, nstart = 0, nend = 0
-    cdef uint8_t c
-    cdef int word, prev = 0
-    for i in range(n):
-        c = _ASCII_WORD[s[i]]
-        word = c != 0
-        norm[out] = c if word else 32
-        starts[nstart] = out
-        nstart += word & (prev ^ 1)
-        ends[nend] = out
-        nend += prev & (word ^ 1)
-        out += word | prev
-        prev = word
-    ends[nend] = out
-    nend += prev
-    return nend
-
-
 cdef Py_ssize_t _words_utf8(const uint8_t *s, Py_ssize_t n, uint8_t *norm,
                             Py_ssize_t *starts, Py_ssize_t *ends) noexcept nogil:
-    """As _words_ascii for normalised UTF-8: a word is a run of alphanumeric code points."""
+    """Words of normalised UTF-8 text into `norm`, lower-cased and one space apart, so that any
+    run of words is a plain substring; a word is a run of alphanumeric code points."""
     cdef Py_ssize_t i = 0, out = 0, words = 0, step, w
     cdef uint8_t b
     cdef Py_UCS4 cp
@@ -162,28 +145,57 @@ cdef Py_ssize_t _words_utf8(const uint8_t *s, Py_ssize_t n, uint8_t *norm,
 
 
 cdef uint64_t _fingerprint_one(const uint8_t *s, Py_ssize_t n, bint ascii, int ngram, uint64_t seed,
-                               const uint8_t *long_secret, uint8_t *norm, Py_ssize_t *starts,
-                               Py_ssize_t *ends, int64_t *shingle_count) noexcept nogil:
-    """`norm` holds n bytes, `starts`/`ends` n + 1 entries each (scratch owned by the caller).
-    A shingle is the substring of `norm` from its first word's start to its last word's end."""
-    cdef Py_ssize_t words, total, w
+                               const uint8_t *long_secret, uint8_t *low, uint8_t *norm,
+                               Py_ssize_t *starts, Py_ssize_t *ends, int64_t *shingle_count) noexcept nogil:
+    """Scratch owned by the caller: `low` and `norm` n + 64 bytes, `starts`/`ends` n + 1 entries.
+
+    A shingle's bytes are its words joined by single spaces.  The UTF-8 path builds that text in
+    `norm` for the whole document.  The ASCII path leaves separators where they were (as spaces
+    in `low`): a shingle whose gaps are all one byte long is already a plain substring, and only
+    the others (after a comma, a full stop, a line break) are assembled in `norm`.
+    """
+    cdef Py_ssize_t words, total, w, k, pos, length
+    cdef const uint8_t *text
     cdef uint64_t planes[PLANES]
     cdef int depth
-    words = _words_ascii(s, n, norm, starts, ends) if ascii else _words_utf8(s, n, norm, starts, ends)
+    if ascii:
+        words = mf_ascii_words(s, n, low, starts, ends)
+        text = low
+    else:
+        words = _words_utf8(s, n, norm, starts, ends)
+        text = norm
     if words == 0:
         shingle_count[0] = 0
         return 0
-    total = words - ngram + 1 if words > ngram else 1
+    if words < ngram:    # fewer words than n: the words it has make one shingle
+        ngram = <int> words
+    total = words - ngram + 1
     depth = 64 - __builtin_clzll(<uint64_t> total)
     memset(planes, 0, depth * sizeof(uint64_t))
-    if words <= ngram:    # fewer words than n: the words it has make one shingle
-        _add_bitsliced(planes, depth, mf_xxh3_64(norm, ends[words - 1], seed, long_secret))
-    else:
-        for w in range(total):
-            _add_bitsliced(planes, depth, mf_xxh3_64(norm + starts[w], ends[w + ngram - 1] - starts[w],
-                                                     seed, long_secret))
+    for w in range(total):
+        length = ends[w + ngram - 1] - starts[w]
+        if not ascii or _single_spaced(starts, ends, w, ngram):
+            _add_bitsliced(planes, depth, mf_xxh3_64(text + starts[w], length, seed, long_secret))
+        else:
+            pos = 0
+            for k in range(w, w + ngram):
+                if k > w:
+                    norm[pos] = 32
+                    pos += 1
+                memcpy(norm + pos, low + starts[k], ends[k] - starts[k])
+                pos += ends[k] - starts[k]
+            _add_bitsliced(planes, depth, mf_xxh3_64(norm, pos, seed, long_secret))
     shingle_count[0] = total
     return _majority(planes, depth, total)
+
+
+cdef inline bint _single_spaced(const Py_ssize_t *starts, const Py_ssize_t *ends, Py_ssize_t w,
+                                int ngram) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(w, w + ngram - 1):
+        if starts[k + 1] - ends[k] != 1:
+            return False
+    return True
 
 
 cdef void _fingerprint_many(const uint8_t **ptrs, const Py_ssize_t *lens, const uint8_t *ascii,
@@ -192,6 +204,7 @@ cdef void _fingerprint_many(const uint8_t **ptrs, const Py_ssize_t *lens, const 
     cdef uint8_t long_secret[192]
     cdef Py_ssize_t i, longest = 1
     cdef uint8_t *norm
+    cdef uint8_t *low
     cdef Py_ssize_t *starts
     cdef Py_ssize_t *ends
     mf_xxh3_derive_secret(seed, long_secret)
@@ -199,13 +212,15 @@ cdef void _fingerprint_many(const uint8_t **ptrs, const Py_ssize_t *lens, const 
         if lens[i] > longest:
             longest = lens[i]
     with parallel(num_threads=threads):
-        norm = <uint8_t *> malloc(longest)
+        norm = <uint8_t *> malloc(longest + 64)
+        low = <uint8_t *> malloc(longest + 64)
         starts = <Py_ssize_t *> malloc((longest + 1) * sizeof(Py_ssize_t))
         ends = <Py_ssize_t *> malloc((longest + 1) * sizeof(Py_ssize_t))
         for i in prange(count, schedule="dynamic", chunksize=512):
             out[i] = _fingerprint_one(ptrs[i], lens[i], ascii[i], ngram, seed, long_secret,
-                                      norm, starts, ends, &shingles[i])
+                                      low, norm, starts, ends, &shingles[i])
         free(norm)
+        free(low)
         free(starts)
         free(ends)
 

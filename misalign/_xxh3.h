@@ -138,8 +138,9 @@ static inline void mf_scramble(uint64_t *acc, const uint8_t *sec) {
     }
 }
 
-/* Inputs over 240 bytes; `secret` is the one derived from the seed (MF_SECRET_SIZE bytes). */
-static uint64_t mf_xxh3_long(const uint8_t *in, size_t n, const uint8_t *secret) {
+/* Inputs over 240 bytes; `secret` is the one derived from the seed (MF_SECRET_SIZE bytes).
+ * Kept out of line so that the short paths, which shingles take, inline into the caller. */
+__attribute__((noinline)) static uint64_t mf_xxh3_long(const uint8_t *in, size_t n, const uint8_t *secret) {
     uint64_t acc[8] = {MF_P32_3, MF_P64_1, MF_P64_2, MF_P64_3, MF_P64_4, MF_P32_2, MF_P64_5, MF_P32_1};
     const size_t stripes_per_block = (MF_SECRET_SIZE - 64) / 8;
     const size_t block = 64 * stripes_per_block;
@@ -162,7 +163,8 @@ static uint64_t mf_xxh3_long(const uint8_t *in, size_t n, const uint8_t *secret)
     return mf_avalanche(result);
 }
 
-static inline uint64_t mf_xxh3_64(const uint8_t *in, size_t n, uint64_t seed, const uint8_t *long_secret) {
+__attribute__((always_inline)) static inline uint64_t mf_xxh3_64(const uint8_t *in, size_t n, uint64_t seed,
+                                                                 const uint8_t *long_secret) {
     if (n <= 16) return mf_xxh3_upto16(in, n, seed);
     if (n <= 240) return mf_xxh3_upto240(in, n, seed);
     return mf_xxh3_long(in, n, long_secret);

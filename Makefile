@@ -1,0 +1,25 @@
+# Two entry points for a fresh machine: `make demo` (set up, then run the main job on the bundled
+# sample) and `make test` (set up, then run the test suite).  Both create .venv here.
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test setup bench clean
+
+$(STAMP): pyproject.toml setup.py misalign/_simhash.pyx misalign/_xxh3.h misalign/_words.h scripts/setup.sh
+	bash scripts/setup.sh
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/misalign-fast dedup misalign/data/sample_prompts.jsonl runs/demo/unique_prompts.jsonl \
+		--column prompt --clusters runs/demo/clusters.csv
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/bench_simhash.py
+
+clean:
+	rm -rf build runs $(VENV) misalign/*.so misalign/_simhash.c
