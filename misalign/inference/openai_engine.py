@@ -1,0 +1,198 @@
+"""Any OpenAI-compatible server (vLLM's, or a hosted API) behind the same Engine interface.
+
+Requests run concurrently (at most `max_in_flight` at once), each with a timeout, and are
+retried with exponential backoff on 429, 5xx and connection errors.  The API key is read from
+the environment variable the config names and never logged or written anywhere.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from misalign.inference.base import (ChoiceError, EngineError, EngineStats, Generation, Prompt, SamplingConfig, Timer,
+                                     check_choices, renormalise)
+
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+@dataclass
+class OpenAIConfig:
+    base_url: str                      # e.g. http://127.0.0.1:8000/v1
+    model: str
+    api_key_env: str | None = None     # name of the variable holding the key, e.g. OPENAI_API_KEY
+    chat: bool = False                 # /v1/chat/completions instead of /v1/completions
+    max_in_flight: int = 16
+    timeout_s: float = 60.0
+    retries: int = 3
+    backoff_s: float = 0.5
+    top_logprobs: int = 20
+
+
+class OpenAIEngine:
+    def __init__(self, config: OpenAIConfig):
+        self.config = config
+        self.model = config.model
+        self._stats = EngineStats()
+        self._first_tokens: dict[tuple, list | None] = {}
+        self._headers = {}
+        if config.api_key_env:
+            key = os.environ.get(config.api_key_env)
+            if not key:
+                raise EngineError(f"environment variable {config.api_key_env} (the API key for "
+                                  f"{config.base_url}) is not set")
+            self._headers["Authorization"] = f"Bearer {key}"
+
+    # -- transport -----------------------------------------------------------------------------
+
+    async def _post(self, client, path: str, body: dict) -> dict:
+        import httpx
+        url = path if path.startswith("http") else self.config.base_url.rstrip("/") + path
+        last = "no attempt"
+        for attempt in range(self.config.retries + 1):
+            if attempt:
+                await asyncio.sleep(self.config.backoff_s * 2 ** (attempt - 1))
+            try:
+                response = await client.post(url, json=body, headers=self._headers)
+            except httpx.TransportError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                continue
+            if response.status_code in RETRY_STATUS:
+                last = f"HTTP {response.status_code}"
+                continue
+            if response.status_code >= 400:
+                raise EngineError(f"{url} refused the request: HTTP {response.status_code} {response.text[:300]}")
+            return response.json()
+        raise EngineError(f"{url} did not answer after {self.config.retries} retries ({last})")
+
+    def _post_all(self, path: str, bodies: list[dict]) -> list[dict]:
+        import httpx
+
+        async def run():
+            limit = asyncio.Semaphore(self.config.max_in_flight)
+            async with httpx.AsyncClient(timeout=self.config.timeout_s) as client:
+                async def one(body):
+                    async with limit:
+                        return await self._post(client, path, body)
+                return await asyncio.gather(*(one(b) for b in bodies))
+
+        with Timer(self._stats):
+            return asyncio.run(run())
+
+    def _body(self, prompt: Prompt, **fields) -> tuple[str, dict]:
+        if self.config.chat:
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            return "/chat/completions", {"model": self.model, "messages": messages, **fields}
+        if not isinstance(prompt, str):
+            raise EngineError("chat messages need OpenAIConfig(chat=True)")
+        return "/completions", {"model": self.model, "prompt": prompt, **fields}
+
+    def _count(self, reply: dict) -> Generation:
+        choice = reply["choices"][0]
+        text = choice["message"]["content"] if "message" in choice else choice["text"]
+        usage = reply.get("usage") or {}
+        details = usage.get("prompt_tokens_details") or {}
+        gen = Generation(text=text or "", prompt_tokens=usage.get("prompt_tokens", 0),
+                         completion_tokens=usage.get("completion_tokens", 0),
+                         cached_tokens=details.get("cached_tokens") or 0)
+        self._stats.requests += 1
+        self._stats.prompt_tokens += gen.prompt_tokens
+        self._stats.generated_tokens += gen.completion_tokens
+        self._stats.cached_tokens += gen.cached_tokens
+        return gen
+
+    # -- the interface -------------------------------------------------------------------------
+
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig | None = None) -> list[Generation]:
+        sampling = sampling or SamplingConfig()
+        requests = [self._body(p, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
+                               top_p=sampling.top_p) for p in prompts]
+        replies = self._post_all(requests[0][0] if requests else "/completions", [b for _, b in requests])
+        return [self._count(r) for r in replies]
+
+    def label_probs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> np.ndarray:
+        """From the first answer token's top log-probabilities.  A choice is matched by the
+        token that starts it; when the server gives no log-probabilities, or none of the
+        choices is among them, the answer text is parsed instead (counted in stats as
+        parsed_fallbacks), and an answer that starts with no choice is a NaN row (unparsable)."""
+        check_choices(choices, [c.strip() for c in choices])
+        tokens = self._vllm_first_tokens(tuple(choices))
+        if tokens is not None:
+            return self._label_probs_by_token_ids(prompts, tokens)
+        for a in choices:
+            for b in choices:
+                if a != b and b.strip().startswith(a.strip()):
+                    raise ChoiceError(f"choice {b!r} starts with choice {a!r}: a server's answer "
+                                      "token could not tell them apart")
+        extra = ({"logprobs": True, "top_logprobs": self.config.top_logprobs} if self.config.chat
+                 else {"logprobs": self.config.top_logprobs})
+        requests = [self._body(p, max_tokens=1, temperature=0.0, **extra) for p in prompts]
+        replies = self._post_all(requests[0][0] if requests else "/completions", [b for _, b in requests])
+        probs = np.empty((len(replies), len(choices)))
+        for row, reply in enumerate(replies):
+            text = self._count(reply).text
+            top = _top_logprobs(reply["choices"][0])
+            scores = [max((lp for tok, lp in top.items() if tok.strip() and c.startswith(tok.strip())),
+                          default=None) for c in choices]
+            if any(s is not None for s in scores):
+                probs[row] = renormalise(scores)
+                continue
+            self._stats.parsed_fallbacks += 1
+            hits = [i for i, c in enumerate(choices) if text.strip() and c.startswith(text.strip())]
+            probs[row] = np.eye(len(choices))[hits[0]] if len(hits) == 1 else np.nan
+            self._stats.unparsable += len(hits) != 1
+        return probs
+
+    def _vllm_first_tokens(self, choices: tuple) -> list[tuple[int, str]] | None:
+        """(id, text) of each choice's first token, from a vLLM server's /tokenize and
+        /detokenize; None for servers without them (they get the top-logprobs path)."""
+        if choices in self._first_tokens:
+            return self._first_tokens[choices]
+        root = self.config.base_url.rstrip("/").removesuffix("/v1")
+        try:
+            ids = [r["tokens"][0] for r in self._post_all(root + "/tokenize", [
+                {"model": self.model, "prompt": c, "add_special_tokens": False} for c in choices])]
+            texts = [r["prompt"] for r in self._post_all(root + "/detokenize", [
+                {"model": self.model, "tokens": [i]} for i in ids])]
+        except (EngineError, KeyError, IndexError):
+            tokens = None
+        else:
+            check_choices(choices, ids)
+            tokens = list(zip(ids, texts))
+        self._first_tokens[choices] = tokens
+        return tokens
+
+    def _label_probs_by_token_ids(self, prompts, tokens) -> np.ndarray:
+        """vLLM's `logprob_token_ids`: the exact log-probability of each choice's first token."""
+        ids = [i for i, _ in tokens]
+        requests = [self._body(p, max_tokens=1, temperature=0.0, logprob_token_ids=ids,
+                               logprobs=True if self.config.chat else 1) for p in prompts]
+        replies = self._post_all(requests[0][0] if requests else "/completions", [b for _, b in requests])
+        probs = np.empty((len(replies), len(tokens)))
+        for row, reply in enumerate(replies):
+            self._count(reply)
+            top = _top_logprobs(reply["choices"][0])
+            probs[row] = renormalise([top.get(text) for _, text in tokens])
+        return probs
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        replies = self._post_all("/embeddings", [{"model": self.model, "input": t} for t in texts])
+        self._stats.requests += len(replies)
+        vectors = np.array([r["data"][0]["embedding"] for r in replies], dtype=np.float32)
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+    def stats(self) -> EngineStats:
+        return self._stats
+
+
+def _top_logprobs(choice: dict) -> dict[str, float]:
+    """token -> logprob of the first generated token, from a completions or chat reply."""
+    logprobs = choice.get("logprobs") or {}
+    if "content" in logprobs:                       # chat
+        first = (logprobs.get("content") or [{}])[0]
+        return {t["token"]: t["logprob"] for t in first.get("top_logprobs", [])}
+    tops = logprobs.get("top_logprobs") or [{}]     # completions
+    return dict(tops[0] or {})

