@@ -26,9 +26,10 @@ class EngineConfig:
     gpu_memory_utilization: float | None = None  # None: 0.9 on a GPU, 0.3 on CPU (it reserves RAM)
     tensor_parallel_size: int = 1
     seed: int = 0
-    cpu_kv_cache_gib: float = 1.0
+    cpu_kv_cache_gib: int = 1                   # whole GiB: vLLM parses it as an integer
     enforce_eager: bool = False                 # skip graph compilation: faster start, slower steps
     chat: bool | None = None                    # None: use the chat template when the model has one
+    order_by_prefix: bool = True                # send requests sharing a prefix together
 
 
 def on_gpu() -> bool:
@@ -80,7 +81,7 @@ class VLLMEngine:
 
     def _run(self, texts: list[str], params) -> list:
         """Generate in prefix order, record stats, return outputs in the caller's order."""
-        order = prefix_order(texts)
+        order = prefix_order(texts) if self.config.order_by_prefix else list(range(len(texts)))
         with Timer(self._stats):
             outputs = self.llm.generate([texts[i] for i in order], params, use_tqdm=False)
         results = [None] * len(texts)

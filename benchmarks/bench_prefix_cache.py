@@ -1,0 +1,72 @@
+"""Prefix caching: a classification-shaped workload sent grouped by prefix vs shuffled.
+
+    python benchmarks/bench_prefix_cache.py                     # tiny stand-in model on CPU
+    python benchmarks/bench_prefix_cache.py --model PATH_OR_ID  # a real model (GPU extra)
+
+Each request is one of three long instructions (a dimension's taxonomy, as the classify stage
+sends them) followed by a short item, answered with one label token.  The same engine serves
+both orders, which are run twice, alternating, and the best of each is kept.  The baseline is
+"shuffled": what a pipeline that ignores prefixes sends.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import time
+
+from misalign.inference import EngineConfig, VLLMEngine
+from misalign.inference.tiny import bundled_prompts, make_tiny_model
+
+
+def workload(n_items: int, n_prefixes: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    items = bundled_prompts()
+    prefixes = [f"Task {p}. You label prompts by domain. Answer with one code.\n" + "\n".join(
+        f"D{k:02d}: prompts about topic {k} of family {p}, its causes, its harms and its remedies."
+        for k in range(40)) for p in range(n_prefixes)]
+    return [f"{rng.choice(prefixes)}\nPrompt: {rng.choice(items)} (#{i})\nCode:" for i in range(n_items)]
+
+
+def measure(engine, prompts):
+    """Seconds, prefix-cache hit rate and prompt tokens of one label_probs call, from a cold cache."""
+    engine.llm.reset_prefix_cache()
+    cached, tokens = engine.stats().cached_tokens, engine.stats().prompt_tokens
+    start = time.perf_counter()
+    engine.label_probs(prompts, ["A", "B"])
+    seconds = time.perf_counter() - start
+    tokens = engine.stats().prompt_tokens - tokens
+    return seconds, (engine.stats().cached_tokens - cached) / tokens, tokens
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="model path or id (default: build the tiny stand-in)")
+    parser.add_argument("--requests", type=int, default=600)
+    parser.add_argument("--prefixes", type=int, default=30, help="distinct instruction prefixes")
+    parser.add_argument("--max-num-seqs", type=int, default=64)
+    args = parser.parse_args()
+    model = args.model or str(make_tiny_model(tempfile.mkdtemp() + "/tiny"))
+    prompts = workload(args.requests, args.prefixes, seed=0)
+    random.Random(1).shuffle(prompts)
+    engine = VLLMEngine(EngineConfig(model=model, max_model_len=2048, max_num_seqs=args.max_num_seqs))
+    engine.label_probs(prompts[:8], ["A", "B"])           # warm-up
+    best = {}
+    for _ in range(2):
+        for name, grouped in (("grouped by prefix", True), ("shuffled (baseline)", False)):
+            engine.config.order_by_prefix = grouped
+            result = measure(engine, prompts)
+            if name not in best or result[0] < best[name][0]:
+                best[name] = result
+    print(f"model: {model}{' (tiny random-weight stand-in)' if not args.model else ''}; {args.requests} requests, "
+          f"{args.prefixes} prefixes, max_num_seqs={args.max_num_seqs}; best of 2\n")
+    print("| order | seconds | requests/s | prompt tokens/s | share of prompt tokens from cache |")
+    print("|---|---|---|---|---|")
+    for name, (seconds, hit, tokens) in best.items():
+        print(f"| {name} | {seconds:.2f} | {args.requests / seconds:,.1f} | {tokens / seconds:,.0f} | {hit:.1%} |")
+    ratio = best["shuffled (baseline)"][0] / best["grouped by prefix"][0]
+    print(f"\ngrouped / shuffled throughput: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
