@@ -66,6 +66,7 @@ def main():
         print(f"| {name} | {seconds:.2f} | {args.requests / seconds:,.1f} | {tokens / seconds:,.0f} | {hit:.1%} |")
     ratio = best["shuffled (baseline)"][0] / best["grouped by prefix"][0]
     print(f"\ngrouped / shuffled throughput: {ratio:.2f}x")
+    engine.close()
 
 
 if __name__ == "__main__":

@@ -31,11 +31,15 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_model):
     from misalign.inference import EngineConfig, VLLMEngine
-    return VLLMEngine(EngineConfig(model=str(tiny_model), max_model_len=2048, max_num_seqs=32))
+    engine = VLLMEngine(EngineConfig(model=str(tiny_model), max_model_len=2048, max_num_seqs=32))
+    yield engine
+    engine.close()
 
 
 @pytest.fixture(scope="session")
 def minilm_engine():
     from misalign.inference import EngineConfig, VLLMEngine
     from misalign.inference.embedding_model import minilm_path
-    return VLLMEngine(EngineConfig(model=str(minilm_path()), runner="pooling", max_model_len=256))
+    engine = VLLMEngine(EngineConfig(model=str(minilm_path()), runner="pooling", max_model_len=256))
+    yield engine
+    engine.close()

@@ -134,3 +134,10 @@ class VLLMEngine:
 
     def stats(self) -> EngineStats:
         return self._stats
+
+    def close(self) -> None:
+        """Stop vLLM's engine process now rather than at interpreter exit (when its log
+        streams may already be closed)."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
