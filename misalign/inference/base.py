@@ -3,6 +3,7 @@ and the renormalisation of answer log-probabilities."""
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence, Union
 
@@ -107,10 +108,8 @@ class Timer:
     _start: float = field(default=0.0, init=False)
 
     def __enter__(self):
-        import time
         self._start = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
-        import time
         self.stats.seconds += time.perf_counter() - self._start
