@@ -3,10 +3,12 @@
     python benchmarks/bench_prefix_cache.py                     # tiny stand-in model on CPU
     python benchmarks/bench_prefix_cache.py --model PATH_OR_ID  # a real model (GPU extra)
 
-Each request is one of three long instructions (a dimension's taxonomy, as the classify stage
+Each request is one of --prefixes long instructions (a domain list, as the classify stage
 sends them) followed by a short item, answered with one label token.  The same engine serves
-both orders, which are run twice, alternating, and the best of each is kept.  The baseline is
-"shuffled": what a pipeline that ignores prefixes sends.
+both orders, each from a cold prefix cache, twice, alternating, and the best of each is kept.
+The baseline is "shuffled": what a pipeline that ignores prefixes sends.  --kv-blocks caps the
+KV cache (CPU blocks hold 128 tokens) so that, as with a large model on a full GPU, the
+prefixes do not all fit at once; 0 leaves the whole cache.
 """
 from __future__ import annotations
 
@@ -45,11 +47,13 @@ def main():
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--prefixes", type=int, default=30, help="distinct instruction prefixes")
     parser.add_argument("--max-num-seqs", type=int, default=64)
+    parser.add_argument("--kv-blocks", type=int, default=64, help="KV cache blocks (0: all)")
     args = parser.parse_args()
     model = args.model or str(make_tiny_model(tempfile.mkdtemp() + "/tiny"))
     prompts = workload(args.requests, args.prefixes, seed=0)
     random.Random(1).shuffle(prompts)
-    engine = VLLMEngine(EngineConfig(model=model, max_model_len=2048, max_num_seqs=args.max_num_seqs))
+    engine = VLLMEngine(EngineConfig(model=model, max_model_len=2048, max_num_seqs=args.max_num_seqs,
+                                     kv_cache_blocks=args.kv_blocks or None))
     engine.label_probs(prompts[:8], ["A", "B"])           # warm-up
     best = {}
     for _ in range(2):
@@ -59,7 +63,8 @@ def main():
             if name not in best or result[0] < best[name][0]:
                 best[name] = result
     print(f"model: {model}{' (tiny random-weight stand-in)' if not args.model else ''}; {args.requests} requests, "
-          f"{args.prefixes} prefixes, max_num_seqs={args.max_num_seqs}; best of 2\n")
+          f"{args.prefixes} prefixes, max_num_seqs={args.max_num_seqs}, "
+          f"KV cache {engine.cache_tokens():,} tokens; best of 2\n")
     print("| order | seconds | requests/s | prompt tokens/s | share of prompt tokens from cache |")
     print("|---|---|---|---|---|")
     for name, (seconds, hit, tokens) in best.items():

@@ -27,6 +27,7 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     seed: int = 0
     cpu_kv_cache_gib: int = 1                   # whole GiB: vLLM parses it as an integer
+    kv_cache_blocks: int | None = None          # cap the KV cache at this many blocks (benchmarks)
     enforce_eager: bool = False                 # skip graph compilation: faster start, slower steps
     chat: bool | None = None                    # None: use the chat template when the model has one
     order_by_prefix: bool = True                # send requests sharing a prefix together
@@ -59,6 +60,7 @@ class VLLMEngine:
                            max_model_len=config.max_model_len, max_num_seqs=config.max_num_seqs,
                            gpu_memory_utilization=utilisation, tensor_parallel_size=config.tensor_parallel_size,
                            seed=config.seed, enforce_eager=config.enforce_eager,
+                           num_gpu_blocks_override=config.kv_cache_blocks,
                            # encoder-only pooling models keep no KV cache to share
                            enable_prefix_caching=config.runner == "generate",
                            disable_log_stats=False)
@@ -134,6 +136,11 @@ class VLLMEngine:
 
     def stats(self) -> EngineStats:
         return self._stats
+
+    def cache_tokens(self) -> int:
+        """How many tokens the KV cache holds."""
+        cache = self.llm.llm_engine.vllm_config.cache_config
+        return (cache.num_gpu_blocks or 0) * cache.block_size
 
     def close(self) -> None:
         """Stop vLLM's engine process now rather than at interpreter exit (when its log
