@@ -5,8 +5,8 @@ Fingerprint of one text: NFKC + casefold, words = maximal runs of alphanumeric c
 shingles = n consecutive words joined by one space, each shingle hashed with XXH3-64 under a
 seed, and bit b of the fingerprint set when more than half of the shingle occurrences have bit b
 set.  Every occurrence weighs 1, so a repeated shingle counts as often as it occurs; unit weights
-let the 64 counters live bit-sliced in a few machine words (a carry-save adder: about three
-instructions per plane touched instead of 64 additions per shingle).
+let the 64 counters live as byte lanes of eight machine words (eight independent shift-mask-add
+steps per shingle instead of 64 additions), spilled to 32-bit counters every 127 shingles.
 
 Hamming search: the 64 bits are cut into m blocks with radii r_i such that sum(r_i + 1) > tau.
 Two fingerprints within tau then differ by at most r_i bits in some block i (pigeonhole), so
@@ -35,7 +35,6 @@ cdef extern from "_words.h" nogil:
 
 cdef extern from *:
     int __builtin_popcountll(unsigned long long) nogil
-    int __builtin_clzll(unsigned long long) nogil
 
 cdef extern from "Python.h":
     bint Py_UNICODE_ISALNUM(Py_UCS4 ch) nogil
@@ -43,9 +42,6 @@ cdef extern from "Python.h":
     void *PyUnicode_DATA(object s)
     Py_ssize_t PyUnicode_GET_LENGTH(object s)
     const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
-
-cdef enum:
-    PLANES = 40   # bit-sliced counter depth: up to 2**40 - 1 shingles in one text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -78,29 +74,60 @@ cdef inline Py_ssize_t _utf8_decode(const uint8_t *s, Py_ssize_t i, Py_ssize_t n
     return 1
 
 
-cdef inline void _add_bitsliced(uint64_t *planes, int depth, uint64_t h) noexcept nogil:
-    """Add one to the counter of every bit set in h; `depth` planes are enough for the count.
-    A fixed depth per text keeps the loop's trip count predictable."""
-    cdef int k
-    cdef uint64_t carry = h, t
-    for k in range(depth):
-        t = planes[k] & carry
-        planes[k] ^= carry
-        carry = t
+cdef struct BitCounter:
+    uint64_t lanes[8]     # byte lane L of lanes[j] counts bit 8 * L + j (at most 127)
+    uint32_t wide[64]     # spill for texts with more than 127 shingles
+    int pending
+    bint spilled
+
+cdef enum:
+    LANE_LIMIT = 127      # keeps lane + (127 - half) below 256 in _majority's byte compare
+
+cdef uint64_t LOW_BITS = 0x0101010101010101ULL
 
 
-cdef inline uint64_t _majority(const uint64_t *planes, int depth, uint64_t total) noexcept nogil:
-    """Bits whose bit-sliced count exceeds total // 2 (a strict majority of the shingles)."""
-    cdef uint64_t half = total >> 1, gt = 0, eq = ~(<uint64_t>0), c
-    cdef int k
-    for k in range(depth - 1, -1, -1):
-        c = planes[k]
-        if (half >> k) & 1:
-            eq &= c
-        else:
-            gt |= eq & c
-            eq &= ~c
-    return gt
+cdef inline void _counter_init(BitCounter *c) noexcept nogil:
+    memset(c.lanes, 0, sizeof(c.lanes))
+    c.pending = 0
+    c.spilled = False
+
+
+cdef void _counter_spill(BitCounter *c) noexcept nogil:
+    cdef int j, lane
+    if not c.spilled:
+        memset(c.wide, 0, sizeof(c.wide))
+        c.spilled = True
+    for j in range(8):
+        for lane in range(8):
+            c.wide[8 * lane + j] += (c.lanes[j] >> (8 * lane)) & 0xFF
+        c.lanes[j] = 0
+    c.pending = 0
+
+
+cdef inline void _counter_add(BitCounter *c, uint64_t h) noexcept nogil:
+    """Add one to the counter of every bit set in h."""
+    cdef int j
+    for j in range(8):
+        c.lanes[j] += (h >> j) & LOW_BITS
+    c.pending += 1
+    if c.pending == LANE_LIMIT:
+        _counter_spill(c)
+
+
+cdef inline uint64_t _majority(BitCounter *c, uint64_t total) noexcept nogil:
+    """Bits counted more than total // 2 times (a strict majority of the shingles)."""
+    cdef uint64_t half = total >> 1, out = 0, t
+    cdef int j, b
+    if not c.spilled:   # total < 127: compare all eight lanes of a word at once
+        for j in range(8):
+            t = c.lanes[j] + LOW_BITS * (LANE_LIMIT - half)
+            out |= ((t >> 7) & LOW_BITS) << j
+        return out
+    _counter_spill(c)
+    for b in range(64):
+        if c.wide[b] > half:
+            out |= (<uint64_t> 1) << b
+    return out
 
 
 cdef Py_ssize_t _words_utf8(const uint8_t *s, Py_ssize_t n, uint8_t *norm,
@@ -156,8 +183,7 @@ cdef uint64_t _fingerprint_one(const uint8_t *s, Py_ssize_t n, bint ascii, int n
     """
     cdef Py_ssize_t words, total, w, k, pos, length
     cdef const uint8_t *text
-    cdef uint64_t planes[PLANES]
-    cdef int depth
+    cdef BitCounter counter
     if ascii:
         words = mf_ascii_words(s, n, low, starts, ends)
         text = low
@@ -170,12 +196,11 @@ cdef uint64_t _fingerprint_one(const uint8_t *s, Py_ssize_t n, bint ascii, int n
     if words < ngram:    # fewer words than n: the words it has make one shingle
         ngram = <int> words
     total = words - ngram + 1
-    depth = 64 - __builtin_clzll(<uint64_t> total)
-    memset(planes, 0, depth * sizeof(uint64_t))
+    _counter_init(&counter)
     for w in range(total):
         length = ends[w + ngram - 1] - starts[w]
         if not ascii or _single_spaced(starts, ends, w, ngram):
-            _add_bitsliced(planes, depth, mf_xxh3_64(text + starts[w], length, seed, long_secret))
+            _counter_add(&counter, mf_xxh3_64(text + starts[w], length, seed, long_secret))
         else:
             pos = 0
             for k in range(w, w + ngram):
@@ -184,9 +209,9 @@ cdef uint64_t _fingerprint_one(const uint8_t *s, Py_ssize_t n, bint ascii, int n
                     pos += 1
                 memcpy(norm + pos, low + starts[k], ends[k] - starts[k])
                 pos += ends[k] - starts[k]
-            _add_bitsliced(planes, depth, mf_xxh3_64(norm, pos, seed, long_secret))
+            _counter_add(&counter, mf_xxh3_64(norm, pos, seed, long_secret))
     shingle_count[0] = total
-    return _majority(planes, depth, total)
+    return _majority(&counter, total)
 
 
 cdef inline bint _single_spaced(const Py_ssize_t *starts, const Py_ssize_t *ends, Py_ssize_t w,

@@ -20,6 +20,7 @@ TEXTS = [
     "!!! ... ???",
     "  leading and trailing separators  \n\t",
     "x" * 300 + " long word shingle over the 240-byte hash threshold " + "y" * 1200,
+    " ".join(f"w{i % 50}, and" for i in range(400)),    # over 127 shingles: the counters spill
 ]
 
 
