@@ -128,6 +128,120 @@ def _print_dedup_summary(rows, result, seconds, text_mb, output_path):
     out.print(table)
 
 
+@main.command()
+@click.option("--dimension", type=click.Choice(["safety", "value", "cultural"]),
+              help="Show one dimension only.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def taxonomy(dimension, as_json):
+    """Print the 111 domains: 14 safety, 56 value and 41 cultural.
+
+    Each domain has a code, its name as the paper gives it, and the one-line description that
+    misalign-fast puts into prompts and uses for zero-shot classification.
+    """
+    import json
+
+    from misalign.taxonomy import DIMENSIONS, Taxonomy
+    tax = Taxonomy.load()
+    dims = [dimension] if dimension else list(DIMENSIONS)
+    if as_json:
+        click.echo(json.dumps({d: [{"code": x.code, "name": x.name, "description": x.description}
+                                   for x in tax.of(d)] for d in dims}, indent=1, ensure_ascii=False))
+        return
+    for dim in dims:
+        table = Table(title=f"{dim} — {tax.sources[dim]} ({len(tax.of(dim))} domains)", title_justify="left")
+        table.add_column("code", style="bold")
+        table.add_column("domain")
+        table.add_column("description")
+        for d in tax.of(dim):
+            table.add_row(d.code, d.name, d.description)
+        out.print(table)
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("output_path", metavar="OUTPUT", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--column", default="prompt", show_default=True, help="Column holding the prompt.")
+@click.option("--probe", "probe_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Label with a probe saved by --train instead of zero-shot similarity.")
+@click.option("--train", "train_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Train a probe on this labelled file (columns safety, value, cultural: a domain "
+                   "name, or empty for none), save it, and label INPUT with it.")
+@click.option("--save-probe", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where --train saves the probe (default: OUTPUT with .probe.npz).")
+@click.option("--reference-columns", default="safety,value,cultural", show_default=True,
+              help="Columns of INPUT with reference labels; where present, agreement is reported.")
+@click.option("--delta", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="A domain is assigned when its probability is at least this.")
+def classify(input_path, output_path, column, probe_path, train_path, save_probe, reference_columns, delta):
+    """Label every prompt of INPUT with a safety, a value and a cultural domain (or none).
+
+    Uses sentence embeddings (the bundled all-MiniLM-L6-v2): zero-shot similarity to the domain
+    descriptions by default, or a linear probe trained on labelled prompts, which is much closer
+    to an LLM's labels at a fraction of the cost.  Writes INPUT's columns plus <dim>_domain,
+    <dim>_prob and <dim>_probs for each dimension.
+    """
+    from misalign.stages import classify as cls
+    from misalign.taxonomy import DIMENSIONS, Taxonomy
+
+    if probe_path and train_path:
+        raise MisalignError("give --probe or --train, not both")
+    fmt = io.detect_format(input_path)
+    out_fmt = io.detect_format(output_path)
+    table = io.read_table(input_path, fmt)
+    prompts = io.text_column(table, column, input_path, fmt).to_pylist()
+    train = None
+    if train_path:
+        train_fmt = io.detect_format(train_path)
+        train = io.read_table(train_path, train_fmt)
+        train_prompts = io.text_column(train, column, train_path, train_fmt).to_pylist()
+        missing = [d for d in DIMENSIONS if d not in train.column_names]
+        if missing:
+            raise MisalignError(f"{train_path}: no label column {', '.join(missing)}")
+    taxonomy = Taxonomy.load()
+    started = time.perf_counter()
+    engine = cls.embedding_engine()
+    try:
+        embeddings = engine.embed(prompts)
+        if train is not None:
+            labels = {d: [v or None for v in train.column(d).to_pylist()] for d in DIMENSIONS}
+            probe = cls.train_probe(engine.embed(train_prompts), labels, taxonomy, engine.model)
+            save_probe = save_probe or output_path.with_suffix(".probe.npz")
+            probe.save(save_probe)
+            console.print(f"probe trained on {len(train_prompts):,} prompts, saved to {save_probe}")
+        elif probe_path:
+            probe = cls.LinearProbe.load(probe_path)
+        else:
+            probe = None
+        method = "probe" if probe else "zero-shot"
+        labels = probe.classify(embeddings, delta) if probe else \
+            cls.ZeroShotClassifier(engine, taxonomy, cls.ClassifyConfig(delta=delta)).classify(embeddings)
+    finally:
+        engine.close()
+    columns = cls.label_columns(labels)
+    result = table
+    for name, values in columns.items():
+        if name in result.column_names:
+            result = result.drop_columns([name])
+        result = result.append_column(name, pa.array(values))
+    io.write_table(result, output_path, out_fmt)
+    seconds = time.perf_counter() - started
+
+    model_name = Path(engine.model).parent.name if Path(engine.model).name == "model" else Path(engine.model).name
+    summary = Table(title=f"classify ({method} on {model_name} embeddings, delta={delta})", title_justify="left")
+    for name in ("dimension", "labelled", "assigned", "agreement n", "accuracy", "macro-F1"):
+        summary.add_column(name, justify="right" if name != "dimension" else "left")
+    refs = [c.strip() for c in reference_columns.split(",") if c.strip() in table.column_names]
+    for dim in DIMENSIONS:
+        assigned = sum(a is not None for a in columns[f"{dim}_domain"])
+        row = [dim, f"{len(prompts):,}", f"{assigned:,}", "-", "-", "-"]
+        if dim in refs:
+            score = cls.agreement(columns[f"{dim}_domain"], [v or None for v in table.column(dim).to_pylist()])
+            row[3:] = [f"{score['n']:,}", f"{score['accuracy']:.3f}", f"{score['macro_f1']:.3f}"]
+        summary.add_row(*row)
+    out.print(summary)
+    out.print(f"{len(prompts):,} prompts in {seconds:.1f} s; written to {output_path}")
+
+
 @main.group()
 def models():
     """Local models: build the tiny stand-in used by the tests and the CPU demo."""

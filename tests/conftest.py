@@ -8,6 +8,14 @@ SHARED_DATA = Path(os.environ.get("MISALIGN_SHARED_DATA", REPO.parent / "shared"
 
 
 @pytest.fixture(scope="session")
+def taxonomy_reference():
+    path = SHARED_DATA / "taxonomy_reference.json"
+    if not path.exists():
+        pytest.skip(f"{path} is absent (it lives in ../shared, beside a developer checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
 def paper_prompts_csv():
     """The paper's 6,000 dev prompts; external data, so tests that need it skip without it."""
     path = SHARED_DATA / "paper_prompts_dev.csv"
@@ -38,8 +46,7 @@ def tiny_engine(tiny_model):
 
 @pytest.fixture(scope="session")
 def minilm_engine():
-    from misalign.inference import EngineConfig, VLLMEngine
-    from misalign.inference.embedding_model import minilm_path
-    engine = VLLMEngine(EngineConfig(model=str(minilm_path()), runner="pooling", max_model_len=256))
+    from misalign.stages.classify import embedding_engine
+    engine = embedding_engine()
     yield engine
     engine.close()

@@ -1,0 +1,182 @@
+"""Classify prompts onto the taxonomy: per dimension, a probability for every domain and "none".
+
+The embedding method (this module) is the fast path: prompts and domain descriptions are
+embedded with a sentence-embedding model (all-MiniLM-L6-v2 by default, on CPU).
+
+- zero-shot: softmax over cosine similarities / temperature, with "none" scored as a fixed
+  similarity (`none_similarity`): a prompt close to no description gets "none".
+- probe: a multinomial logistic regression per dimension on the embeddings, trained on labelled
+  prompts (the paper's LLM labels, or ours on a sample) and saved as .npz; it labels the rest
+  at embedding speed.
+
+A domain is assigned when its probability is at least delta (0.5); since the probabilities of a
+dimension sum to 1, a dimension carries at most one domain, and a prompt can carry one in each
+dimension.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from misalign.errors import InputError
+from misalign.taxonomy import DIMENSIONS, Taxonomy
+
+NONE = "none"
+UNKNOWN = "Unknown"      # the paper's label for "the classifier gave no usable answer"
+
+
+@dataclass
+class ClassifyConfig:
+    delta: float = 0.5
+    temperature: float = 0.05
+    none_similarity: float = 0.3
+
+
+@dataclass
+class DimensionLabels:
+    classes: list[str]               # domain names of the dimension, then "none"
+    probs: np.ndarray                # (n, len(classes))
+    delta: float
+
+    @property
+    def assigned(self) -> list[str | None]:
+        """The domain with probability >= delta, else None (which includes a "none" win)."""
+        best = self.probs.argmax(axis=1)
+        return [self.classes[k] if self.probs[i, k] >= self.delta and self.classes[k] != NONE else None
+                for i, k in enumerate(best)]
+
+
+def classes_of(taxonomy: Taxonomy, dimension: str) -> list[str]:
+    return [d.name for d in taxonomy.of(dimension)] + [NONE]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class ZeroShotClassifier:
+    def __init__(self, engine, taxonomy: Taxonomy, config: ClassifyConfig | None = None):
+        self.config = config or ClassifyConfig()
+        self.taxonomy = taxonomy
+        self.descriptions = {dim: engine.embed([f"{d.name}: {d.description}" for d in taxonomy.of(dim)])
+                             for dim in DIMENSIONS}
+
+    def classify(self, embeddings: np.ndarray) -> dict[str, DimensionLabels]:
+        out = {}
+        for dim in DIMENSIONS:
+            sims = embeddings @ self.descriptions[dim].T
+            none = np.full((len(sims), 1), self.config.none_similarity)
+            probs = softmax(np.hstack([sims, none]) / self.config.temperature)
+            out[dim] = DimensionLabels(classes_of(self.taxonomy, dim), probs, self.config.delta)
+        return out
+
+
+@dataclass
+class LinearProbe:
+    """One softmax-regression head per dimension over sentence embeddings."""
+    weights: dict[str, np.ndarray]       # (dim, classes)
+    biases: dict[str, np.ndarray]
+    classes: dict[str, list[str]]
+    embedding_model: str
+
+    def classify(self, embeddings: np.ndarray, delta: float = 0.5) -> dict[str, DimensionLabels]:
+        return {dim: DimensionLabels(self.classes[dim], softmax(embeddings @ self.weights[dim] + self.biases[dim]),
+                                     delta) for dim in self.weights}
+
+    def save(self, path) -> None:
+        arrays = {}
+        for dim in self.weights:
+            arrays[f"{dim}.weights"] = self.weights[dim]
+            arrays[f"{dim}.biases"] = self.biases[dim]
+            arrays[f"{dim}.classes"] = np.array(self.classes[dim])
+        np.savez(path, embedding_model=np.array(self.embedding_model), **arrays)
+
+    @classmethod
+    def load(cls, path) -> "LinearProbe":
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(path, f"is not a probe saved by misalign-fast ({exc})") from None
+        dims = sorted({k.split(".")[0] for k in data.files if "." in k}, key=DIMENSIONS.index)
+        return cls({d: data[f"{d}.weights"] for d in dims}, {d: data[f"{d}.biases"] for d in dims},
+                   {d: data[f"{d}.classes"].tolist() for d in dims}, str(data["embedding_model"]))
+
+
+def train_probe(embeddings: np.ndarray, labels: dict[str, list[str | None]], taxonomy: Taxonomy,
+                embedding_model: str, l2: float = 1e-5, epochs: int = 800, lr: float = 0.1,
+                seed: int = 0) -> LinearProbe:
+    """Fit a softmax regression per dimension (full-batch Adam).  Labels: a domain name, None or
+    "" for none; the paper's "Unknown" rows are left out of that dimension's training."""
+    rng = np.random.default_rng(seed)
+    weights, biases, classes = {}, {}, {}
+    for dim, column in labels.items():
+        names = classes_of(taxonomy, dim)
+        index = {name: k for k, name in enumerate(names)}
+        rows, targets = [], []
+        for i, label in enumerate(column):
+            if label == UNKNOWN:
+                continue
+            label = label or NONE
+            if label not in index:
+                raise InputError("training labels", f"{label!r} is not a {dim} domain")
+            rows.append(i)
+            targets.append(index[label])
+        x, y = embeddings[rows], np.array(targets)
+        w = rng.normal(0, 0.01, size=(x.shape[1], len(names)))
+        b = np.zeros(len(names))
+        onehot = np.eye(len(names))[y]
+        m = [np.zeros_like(w), np.zeros_like(b)]
+        v = [np.zeros_like(w), np.zeros_like(b)]
+        for step in range(1, epochs + 1):
+            p = softmax(x @ w + b)
+            grad_w = x.T @ (p - onehot) / len(x) + l2 * w
+            grad_b = (p - onehot).mean(axis=0)
+            for k, (param, grad) in enumerate(((w, grad_w), (b, grad_b))):
+                m[k] = 0.9 * m[k] + 0.1 * grad
+                v[k] = 0.999 * v[k] + 0.001 * grad ** 2
+                param -= lr * (m[k] / (1 - 0.9 ** step)) / (np.sqrt(v[k] / (1 - 0.999 ** step)) + 1e-8)
+        weights[dim], biases[dim], classes[dim] = w.astype(np.float32), b.astype(np.float32), names
+    return LinearProbe(weights, biases, classes, embedding_model)
+
+
+def agreement(predicted: list[str | None], reference: list[str | None]) -> dict:
+    """Accuracy and macro-F1 (over the classes the reference uses) on rows with a usable
+    reference label; None / "" mean none, "Unknown" rows are skipped."""
+    pairs = [(p or NONE, r or NONE) for p, r in zip(predicted, reference) if r != UNKNOWN]
+    if not pairs:
+        return {"n": 0, "accuracy": float("nan"), "macro_f1": float("nan")}
+    pred, ref = map(np.array, zip(*pairs))
+    f1s = []
+    for label in np.unique(ref):
+        tp = np.sum((pred == label) & (ref == label))
+        precision = tp / max(np.sum(pred == label), 1)
+        recall = tp / np.sum(ref == label)
+        f1s.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
+    return {"n": len(pairs), "accuracy": float(np.mean(pred == ref)), "macro_f1": float(np.mean(f1s))}
+
+
+def embedding_engine(model: str | Path | None = None, max_model_len: int = 256):
+    """A pooling VLLMEngine for the embedding model (the bundled MiniLM by default).  On CPU it
+    runs in float32: the checkpoint's float16 runs five times slower there (measured)."""
+    from misalign.inference import EngineConfig, VLLMEngine
+    from misalign.inference.embedding_model import minilm_path
+    from misalign.inference.vllm_engine import on_gpu
+    return VLLMEngine(EngineConfig(model=str(model or minilm_path()), runner="pooling", max_model_len=max_model_len,
+                                   dtype="auto" if on_gpu() else "float32"))
+
+
+def label_columns(labels: dict[str, DimensionLabels]) -> dict[str, list]:
+    """Output columns: <dim>_domain (name or null), <dim>_prob (its probability, or that of
+    none), <dim>_probs (every class of the dimension, taxonomy order, none last)."""
+    columns = {}
+    for dim, result in labels.items():
+        assigned = result.assigned
+        best = result.probs.max(axis=1)
+        columns[f"{dim}_domain"] = assigned
+        columns[f"{dim}_prob"] = best.astype(np.float32).tolist()
+        columns[f"{dim}_probs"] = [row.astype(np.float32).tolist() for row in result.probs]
+    return columns
