@@ -2,6 +2,7 @@
 
 vLLM's CPU backend sizes its KV cache from the VLLM_CPU_KVCACHE_SPACE environment variable
 (GiB), read when the engine starts; `EngineConfig.cpu_kv_cache_gib` sets it unless the user did.
+VLLM_LOGGING_LEVEL defaults to WARNING here for the same reason (set it to INFO to see vLLM's).
 Scripts that start an engine need an `if __name__ == "__main__":` guard (vLLM spawns workers).
 """
 from __future__ import annotations
@@ -46,6 +47,8 @@ class VLLMEngine:
         self.config = config
         self.model = config.model
         self._stats = EngineStats()
+        # vLLM logs every engine step at INFO on stdout; a pipeline's own tables should stay readable
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         gpu = on_gpu()
         if not gpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kv_cache_gib))
