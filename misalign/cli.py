@@ -228,7 +228,7 @@ def classify(input_path, output_path, column, probe_path, train_path, save_probe
 
     model_name = Path(engine.model).parent.name if Path(engine.model).name == "model" else Path(engine.model).name
     summary = Table(title=f"classify ({method} on {model_name} embeddings, delta={delta})", title_justify="left")
-    for name in ("dimension", "labelled", "assigned", "agreement n", "accuracy", "macro-F1"):
+    for name in ("dimension", "prompts", "assigned", "agreement n", "accuracy", "macro-F1"):
         summary.add_column(name, justify="right" if name != "dimension" else "left")
     refs = [c.strip() for c in reference_columns.split(",") if c.strip() in table.column_names]
     for dim in DIMENSIONS:
