@@ -254,6 +254,56 @@ cdef object _normalise(str text):
     return unicodedata.normalize("NFKC", text).casefold()
 
 
+cdef class _TextBatch:
+    """Where each text's UTF-8 bytes are, how long they are and whether they are ASCII; holds the
+    normalised copies of non-ASCII texts until their fingerprints are computed."""
+    cdef const uint8_t **ptrs
+    cdef Py_ssize_t *lens
+    cdef uint8_t *ascii
+    cdef Py_ssize_t n
+    cdef list keep_alive
+
+    def __cinit__(self, Py_ssize_t n):
+        self.n = n
+        self.ptrs = <const uint8_t **> malloc(max(n, 1) * sizeof(void *))
+        self.lens = <Py_ssize_t *> malloc(max(n, 1) * sizeof(Py_ssize_t))
+        self.ascii = <uint8_t *> malloc(max(n, 1))
+        self.keep_alive = []
+        if self.ptrs == NULL or self.lens == NULL or self.ascii == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.ptrs)
+        free(self.lens)
+        free(self.ascii)
+
+    cdef inline void set_ascii(self, Py_ssize_t i, const uint8_t *data, Py_ssize_t length) noexcept nogil:
+        self.ptrs[i] = data
+        self.lens[i] = length
+        self.ascii[i] = 1
+
+    cdef int set_text(self, Py_ssize_t i, str text) except -1:
+        """A non-ASCII text: normalise it (Unicode tables live in Python) and point at its UTF-8."""
+        cdef Py_ssize_t size
+        text = _normalise(text)
+        self.keep_alive.append(text)
+        self.ptrs[i] = <const uint8_t *> PyUnicode_AsUTF8AndSize(text, &size)
+        self.lens[i] = size
+        self.ascii[i] = 0
+        return 0
+
+    cdef tuple fingerprints(self, int ngram, uint64_t seed, int threads):
+        fps = np.empty(self.n, dtype=np.uint64)
+        counts = np.empty(self.n, dtype=np.int64)
+        cdef uint64_t[::1] fps_v = fps
+        cdef int64_t[::1] counts_v = counts
+        if self.n:
+            with nogil:
+                _fingerprint_many(self.ptrs, self.lens, self.ascii, self.n, ngram, seed, threads,
+                                  &fps_v[0], &counts_v[0])
+        return fps, counts
+
+
 def fingerprint(texts, int ngram=2, uint64_t seed=0, int threads=1):
     """Fingerprint texts; return (uint64 fingerprints, int64 shingle counts).
 
@@ -272,41 +322,20 @@ def fingerprint(texts, int ngram=2, uint64_t seed=0, int threads=1):
 
 
 cdef _fingerprint_str(texts, int ngram, uint64_t seed, int threads):
-    cdef Py_ssize_t n = len(texts), i, size
-    fps = np.empty(n, dtype=np.uint64)
-    counts = np.empty(n, dtype=np.int64)
-    cdef uint64_t[::1] fps_v = fps
-    cdef int64_t[::1] counts_v = counts
-    cdef const uint8_t **ptrs = <const uint8_t **> malloc(max(n, 1) * sizeof(void *))
-    cdef Py_ssize_t *lens = <Py_ssize_t *> malloc(max(n, 1) * sizeof(Py_ssize_t))
-    cdef uint8_t *ascii = <uint8_t *> malloc(max(n, 1))
-    keep_alive = []
-    if n == 0:
-        return fps, counts
-    try:
-        for i in range(n):
-            text = texts[i]
-            if not PyUnicode_Check(text):
-                raise TypeError(f"item {i} is {type(text).__name__}, expected str")
-            ascii[i] = PyUnicode_IS_ASCII(text)
-            if ascii[i]:
-                ptrs[i] = <const uint8_t *> PyUnicode_DATA(text)
-                lens[i] = PyUnicode_GET_LENGTH(text)
-            else:
-                text = _normalise(text)
-                keep_alive.append(text)
-                try:
-                    ptrs[i] = <const uint8_t *> PyUnicode_AsUTF8AndSize(text, &size)
-                except UnicodeEncodeError as exc:
-                    raise ValueError(f"item {i} is not valid Unicode ({exc.reason})") from None
-                lens[i] = size
-        with nogil:
-            _fingerprint_many(ptrs, lens, ascii, n, ngram, seed, threads, &fps_v[0], &counts_v[0])
-    finally:
-        free(ptrs)
-        free(lens)
-        free(ascii)
-    return fps, counts
+    cdef Py_ssize_t i, n = len(texts)
+    cdef _TextBatch batch = _TextBatch(n)
+    for i in range(n):
+        text = texts[i]
+        if not PyUnicode_Check(text):
+            raise TypeError(f"item {i} is {type(text).__name__}, expected str")
+        if PyUnicode_IS_ASCII(text):
+            batch.set_ascii(i, <const uint8_t *> PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text))
+            continue
+        try:
+            batch.set_text(i, text)
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"item {i} is not valid Unicode ({exc.reason})") from None
+    return batch.fingerprints(ngram, seed, threads)
 
 
 cdef _fingerprint_arrow(array, int ngram, uint64_t seed, int threads):
@@ -325,57 +354,38 @@ cdef _fingerprint_arrow_chunk(chunk, int ngram, uint64_t seed, int threads, Py_s
     type_name = str(chunk.type)
     if type_name not in ("string", "large_string", "utf8", "large_utf8"):
         raise TypeError(f"arrow array has type {type_name}, expected string")
-    cdef Py_ssize_t n = len(chunk), i, j, size
+    cdef Py_ssize_t n = len(chunk), i, j
     if chunk.null_count:
         first = next(k for k, v in enumerate(chunk.is_null().to_pylist()) if v)
         raise ValueError(f"item {base + first} is null, expected str")
-    fps = np.empty(n, dtype=np.uint64)
-    counts = np.empty(n, dtype=np.int64)
+    cdef _TextBatch batch = _TextBatch(n)
     if n == 0:
-        return fps, counts
+        return batch.fingerprints(ngram, seed, threads)
     _, offsets_buf, data_buf = chunk.buffers()
     offset_type = np.int64 if type_name.startswith("large") else np.int32
     offsets = np.frombuffer(offsets_buf, dtype=offset_type)[chunk.offset:chunk.offset + n + 1]
     cdef int64_t[::1] off = np.ascontiguousarray(offsets, dtype=np.int64)
     data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None and data_buf.size else np.zeros(1, np.uint8)
     cdef const uint8_t[::1] raw = data
-    cdef uint64_t[::1] fps_v = fps
-    cdef int64_t[::1] counts_v = counts
-    cdef const uint8_t **ptrs = <const uint8_t **> malloc(n * sizeof(void *))
-    cdef Py_ssize_t *lens = <Py_ssize_t *> malloc(n * sizeof(Py_ssize_t))
-    cdef uint8_t *ascii = <uint8_t *> malloc(n)
     cdef bint any_non_ascii = False
-    keep_alive = []
-    try:
-        with nogil:
-            for i in range(n):
-                ptrs[i] = &raw[0] + off[i]
-                lens[i] = off[i + 1] - off[i]
-                ascii[i] = 1
-                for j in range(off[i], off[i + 1]):
-                    if raw[j] >= 0x80:
-                        ascii[i] = 0
-                        any_non_ascii = True
-                        break
-        if any_non_ascii:
-            # Unicode normalisation needs Python's tables: only non-ASCII rows pay for it.
-            for i in range(n):
-                if not ascii[i]:
-                    blob = bytes(raw[off[i]:off[i + 1]])
-                    try:
-                        text = _normalise(blob.decode("utf-8"))
-                    except UnicodeDecodeError as exc:
-                        raise ValueError(f"item {base + i} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-                    keep_alive.append(text)
-                    ptrs[i] = <const uint8_t *> PyUnicode_AsUTF8AndSize(text, &size)
-                    lens[i] = size
-        with nogil:
-            _fingerprint_many(ptrs, lens, ascii, n, ngram, seed, threads, &fps_v[0], &counts_v[0])
-    finally:
-        free(ptrs)
-        free(lens)
-        free(ascii)
-    return fps, counts
+    with nogil:
+        for i in range(n):
+            batch.set_ascii(i, &raw[0] + off[i], off[i + 1] - off[i])
+            for j in range(off[i], off[i + 1]):
+                if raw[j] >= 0x80:
+                    batch.ascii[i] = 0
+                    any_non_ascii = True
+                    break
+    if any_non_ascii:
+        for i in range(n):
+            if batch.ascii[i]:
+                continue
+            try:
+                text = bytes(raw[off[i]:off[i + 1]]).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"item {base + i} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+            batch.set_text(i, text)
+    return batch.fingerprints(ngram, seed, threads)
 
 
 def xxh3_64(bytes data, uint64_t seed=0):
