@@ -242,6 +242,75 @@ def classify(input_path, output_path, column, probe_path, train_path, save_probe
     out.print(f"{len(prompts):,} prompts in {seconds:.1f} s; written to {output_path}")
 
 
+@main.command()
+@click.argument("config_path", metavar="[CONFIG]", required=False,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override one config value, e.g. --set respond.candidates=1 (repeatable).")
+@click.option("--limit", type=int, help="Use only the first N valid input prompts.")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the run is written (and resumed from); overrides run.dir.")
+def build(config_path, overrides, limit, run_dir):
+    """Stage I: build a SaVaCu-style dataset from prompts (classify, expand, dedup, respond,
+    reject, split).
+
+    Without CONFIG it uses the defaults: the bundled sample of prompts, the MiniLM embedding
+    classifier and the tiny random-weight stand-in model for every generative step.  Every stage
+    checkpoints its output; run the same command again to resume an interrupted run.
+    """
+    from misalign import config as config_mod
+    from misalign.build import build as run_build
+
+    overrides = list(overrides)
+    if limit is not None:
+        overrides.append(f"run.limit={limit}")
+    if run_dir is not None:
+        overrides.append(f'run.dir="{run_dir}"')
+    config = config_mod.load(config_path, overrides)
+    columns = (TextColumn("{task.description:<9}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} rows"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        tasks = {}
+
+        def on_progress(stage, done, total):
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done)
+
+        summary = run_build(config, on_progress)
+    _print_build_summary(summary)
+
+
+def _print_build_summary(summary):
+    profile = Table(title="per stage", title_justify="left")
+    for name in ("stage", "in", "out", "seconds", "items/s", "prompt tok", "gen tok", "tok/s", "cache hits", "shards reused"):
+        profile.add_column(name, justify="left" if name == "stage" else "right")
+    for p in summary["profile"]:
+        profile.add_row(p["stage"], f"{p['items_in']:,}", f"{p['items_out']:,}", f"{p['seconds']:.1f}",
+                        f"{p['items_per_s']:,.1f}", f"{p['prompt_tokens']:,}", f"{p['generated_tokens']:,}",
+                        f"{p['tokens_per_s']:,.0f}", f"{p['prefix_cache_hit_rate']:.0%}",
+                        f"{p['shards_reused']}/{p['shards_reused'] + p['shards_run']}")
+    out.print(profile)
+    stats = Table(title="per domain (domains with prompts)", title_justify="left")
+    for name in ("dimension", "domain", "classified", "expanded", "dedup removed", "to generation",
+                 "filtered al/mis", "recovered", "final pairs"):
+        stats.add_column(name, justify="left" if name in ("dimension", "domain") else "right")
+    for s in summary["stats"]:
+        if s["classified"] or s["expanded"]:
+            stats.add_row(s["dimension"], s["domain"], str(s["classified"]), str(s["expanded"]),
+                          str(s["removed_by_dedup"]), str(s["sent_to_generation"]),
+                          f"{s['aligned_filtered']}/{s['misaligned_filtered']}", str(s["recovered_by_resampling"]),
+                          str(s["final_pairs"]))
+    out.print(stats)
+    splits = ", ".join(f"{k} {v:,}" for k, v in summary["splits"].items())
+    out.print(f"{summary['pairs']:,} pairs ({splits}); {summary['dropped_pairs']:,} dropped; "
+              f"{summary['rejected_inputs']:,} input rows set aside; near-duplicates across splits "
+              f"{summary['cross_split_near_duplicate_rate']:.2%}")
+    for role, model in summary["models"].items():
+        out.print(f"  {role}: {model}")
+    out.print(f"written to {summary['run_dir']}")
+
+
 @main.group()
 def models():
     """Local models: build the tiny stand-in used by the tests and the CPU demo."""

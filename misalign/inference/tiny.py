@@ -53,7 +53,7 @@ def make_tiny_model(out_dir, corpus: list[str] | None = None, seed: int = 0, voc
                          num_key_value_heads=hidden_size // 32, head_dim=32,
                          max_position_embeddings=max_position, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         tie_word_embeddings=True, torch_dtype="float32")
+                         tie_word_embeddings=False, torch_dtype="float32")
     model = LlamaForCausalLM(config)
     model.save_pretrained(out, safe_serialization=True)
     (out / "STAND_IN.txt").write_text(STAND_IN_NOTE + "\n")

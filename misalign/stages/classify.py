@@ -180,3 +180,35 @@ def label_columns(labels: dict[str, DimensionLabels]) -> dict[str, list]:
         columns[f"{dim}_prob"] = best.astype(np.float32).tolist()
         columns[f"{dim}_probs"] = [row.astype(np.float32).tolist() for row in result.probs]
     return columns
+
+
+class ClassifyStage:
+    """Row-wise pipeline stage: adds <dim>_domain / _prob / _probs columns (embedding method)."""
+    name = "classify"
+    rowwise = True
+
+    def __init__(self, taxonomy: Taxonomy, delta: float = 0.5, probe_path: str = ""):
+        self.taxonomy, self.delta = taxonomy, delta
+        self.probe = LinearProbe.load(probe_path) if probe_path else None
+        self.engine = self.zero_shot = None      # started on the first shard: a resumed run may need none
+        self.method = f"embedding probe ({probe_path})" if probe_path else "embedding zero-shot"
+
+    def run(self, table):
+        import pyarrow as pa
+        if self.engine is None:
+            self.engine = embedding_engine()
+            if self.probe is None:
+                self.zero_shot = ZeroShotClassifier(self.engine, self.taxonomy, ClassifyConfig(delta=self.delta))
+        embeddings = self.engine.embed(table.column("prompt").to_pylist())
+        labels = self.probe.classify(embeddings, self.delta) if self.probe else self.zero_shot.classify(embeddings)
+        for name, values in label_columns(labels).items():
+            table = table.append_column(name, pa.array(values, pa.list_(pa.float32()) if name.endswith("_probs")
+                                                       else (pa.float32() if name.endswith("_prob") else pa.string())))
+        return table
+
+    def counters(self) -> dict:
+        return {"prompt_tokens": self.engine.stats().prompt_tokens if self.engine else 0}
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()

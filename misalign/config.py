@@ -1,0 +1,198 @@
+"""One dataclass tree for a run, loaded from TOML and overridable with `--set section.key=value`.
+
+Models are named once under [models.NAME] and referred to by name; the name "tiny" with no path
+is the random-weight stand-in, built in the run directory on first use.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from misalign.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""                 # local path or model id; "" with name "tiny": the stand-in
+    kind: str = "vllm"             # "vllm" (in-process) or "openai" (a server)
+    base_url: str = ""             # for kind = "openai"
+    api_key_env: str = ""
+    chat: bool = True
+    dtype: str = "auto"
+    max_model_len: int = 2048
+    gpu_memory_utilization: float = 0.0   # 0: the engine's default for the device
+    tensor_parallel_size: int = 1
+
+
+@dataclass
+class InputConfig:
+    path: str = ""                 # "" : the bundled sample of prompts
+    column: str = "prompt"
+    format: str = ""
+    max_chars: int = 4000
+
+
+@dataclass
+class ClassifyConfig:
+    method: str = "embedding"      # "embedding" (zero-shot or probe) or "llm"
+    probe: str = ""                # a probe saved by `misalign-fast classify --train`
+    model: str = ""                # for method = "llm"
+    delta: float = 0.5
+
+
+@dataclass
+class ExpandConfig:
+    floor: int = 100               # domains with fewer prompts get new ones...
+    budget: int = 200              # ...at most this many generation attempts per domain
+    model: str = "tiny"
+    seeds: int = 3                 # seed prompts of the domain shown to the expander
+    max_tokens: int = 96
+
+
+@dataclass
+class DedupConfig:
+    tau: int = 10
+    ngram: int = 2
+
+
+@dataclass
+class RespondConfig:
+    models: list = field(default_factory=lambda: ["tiny"])
+    candidates: int = 3
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_tokens: int = 512
+
+
+@dataclass
+class RejectConfig:
+    judge: str = "tiny"
+    threshold: float = 0.5
+    rounds: int = 2
+    min_chars: int = 20
+    max_chars: int = 8000
+
+
+@dataclass
+class SplitConfig:
+    train: float = 0.8
+    validation: float = 0.1
+    test: float = 0.1
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"
+    seed: int = 0
+    limit: int = 0                 # 0: every input row
+    shard_rows: int = 256
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    expand: ExpandConfig = field(default_factory=ExpandConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    respond: RespondConfig = field(default_factory=RespondConfig)
+    reject: RejectConfig = field(default_factory=RejectConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    models: dict = field(default_factory=lambda: {"tiny": ModelConfig()})
+
+    def model(self, name: str) -> ModelConfig:
+        if name not in self.models:
+            raise ConfigError(f"model {name!r} is used but not defined: add a [models.{name}] section "
+                              f"(defined: {', '.join(self.models) or 'none'})")
+        return self.models[name]
+
+
+def _build(cls, values: dict, where: str):
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ConfigError(f"[{where}] has no setting {', '.join(sorted(unknown))} "
+                          f"(known: {', '.join(known)})")
+    kwargs = {}
+    for name, value in values.items():
+        default = getattr(cls(), name) if cls is not Config else None
+        if dataclasses.is_dataclass(default):
+            value = _build(type(default), value, f"{where}.{name}" if where else name)
+        elif isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"[{where}] {name} must be true or false, got {value!r}")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(f"[{where}] {name} must be a number, got {value!r}")
+            value = type(default)(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def from_dict(raw: dict) -> Config:
+    raw = dict(raw)
+    models = raw.pop("models", None)
+    sections = {}
+    for name, value in raw.items():
+        if name not in {f.name for f in dataclasses.fields(Config)}:
+            raise ConfigError(f"unknown section [{name}]")
+        sections[name] = _build(type(getattr(Config(), name)), value, name)
+    config = Config(**sections)
+    for name, spec in (models or {}).items():     # added to (or replacing) the default "tiny"
+        config.models[name] = _build(ModelConfig, spec, f"models.{name}")
+    return config
+
+
+def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a TOML file (None: all defaults) and apply `section.key=value` overrides."""
+    raw: dict = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = parsed
+    return from_dict(raw)
+
+
+def to_toml(config: Config) -> str:
+    """The resolved config, as TOML (written into every run directory)."""
+    lines = []
+
+    def emit(section: str, obj) -> None:
+        lines.append(f"[{section}]")
+        for f in dataclasses.fields(obj):
+            lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
+        lines.append("")
+
+    for f in dataclasses.fields(Config):
+        if f.name != "models":
+            emit(f.name, getattr(config, f.name))
+    for name, model in config.models.items():
+        emit(f"models.{name}", model)
+    return "\n".join(lines)
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,136 @@
+"""The runner: stages in order, each checkpointed as Parquet shards with a manifest.
+
+A row-wise stage (its output for input rows [a, b) depends on those rows alone) runs shard by
+shard; a re-run with the same run directory skips every shard its manifest lists and goes on
+after the last complete one, so an interrupted run loses at most the shard in flight.  A global
+stage (dedup, split: they need every row) runs in one piece and is checkpointed when done.
+Stages never call each other; each reads the table the previous one wrote.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from misalign.errors import MisalignError
+from misalign.io import atomic_path
+
+
+class ResumeError(MisalignError):
+    """The run directory holds a run that does not match this one."""
+
+
+@dataclass
+class StageProfile:
+    stage: str
+    items_in: int = 0
+    items_out: int = 0
+    seconds: float = 0.0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    cached_tokens: int = 0
+    shards_reused: int = 0
+    shards_run: int = 0
+
+    def add(self, other: dict) -> None:
+        for key in ("items_in", "items_out", "seconds", "prompt_tokens", "generated_tokens", "cached_tokens"):
+            setattr(self, key, getattr(self, key) + other.get(key, 0))
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+    def as_dict(self) -> dict:
+        return {**self.__dict__, "prefix_cache_hit_rate": self.prefix_cache_hit_rate,
+                "items_per_s": self.items_out / self.seconds if self.seconds else 0.0,
+                "tokens_per_s": (self.prompt_tokens + self.generated_tokens) / self.seconds if self.seconds else 0.0}
+
+
+class Stage(Protocol):
+    name: str
+    rowwise: bool
+
+    def run(self, table: pa.Table) -> pa.Table:
+        """Output rows for these input rows."""
+
+    def counters(self) -> dict:
+        """Token counts so far (prompt_tokens, generated_tokens, cached_tokens)."""
+
+
+@dataclass
+class Manifest:
+    stage: str
+    input_rows: int
+    shard_rows: int
+    shards: list = field(default_factory=list)     # [{"index", "file", "rows", "stats"}]
+    complete: bool = False
+
+    @classmethod
+    def read(cls, path: Path) -> "Manifest | None":
+        return cls(**json.loads(path.read_text())) if path.exists() else None
+
+    def write(self, path: Path) -> None:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.__dict__, indent=1))
+
+
+@dataclass
+class Runner:
+    run_dir: Path
+    shard_rows: int = 256
+    on_progress: Callable[[str, int, int], None] | None = None   # (stage, rows done, rows total)
+    profiles: list = field(default_factory=list)
+    outputs: dict = field(default_factory=dict)      # stage name -> its output table
+
+    def run(self, stages: list, table: pa.Table) -> pa.Table:
+        for k, stage in enumerate(stages):
+            table = self._run_stage(self.run_dir / "stages" / f"{k:02d}_{stage.name}", stage, table)
+            self.outputs[stage.name] = table
+        return table
+
+    def _run_stage(self, stage_dir: Path, stage, table: pa.Table) -> pa.Table:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        manifest_path = stage_dir / "manifest.json"
+        shard_rows = self.shard_rows if stage.rowwise else max(table.num_rows, 1)
+        manifest = Manifest.read(manifest_path) or Manifest(stage.name, table.num_rows, shard_rows)
+        if (manifest.input_rows, manifest.shard_rows) != (table.num_rows, shard_rows):
+            raise ResumeError(f"{stage_dir}: this run directory holds a {manifest.stage} stage over "
+                              f"{manifest.input_rows} rows in shards of {manifest.shard_rows}, but this "
+                              f"run gives it {table.num_rows} rows in shards of {shard_rows}; use a new "
+                              "run directory, or the same config and input")
+        profile = StageProfile(stage.name)
+        done = {s["index"] for s in manifest.shards}
+        for s in manifest.shards:
+            profile.add(s["stats"])
+            profile.shards_reused += 1
+        n_shards = max(-(-table.num_rows // shard_rows), 1)
+        for index in range(n_shards):
+            if index in done:
+                continue
+            start = index * shard_rows
+            part = table.slice(start, shard_rows)
+            before = stage.counters()
+            began = time.perf_counter()
+            out = stage.run(part)
+            after = stage.counters()
+            stats = {"items_in": part.num_rows, "items_out": out.num_rows, "seconds": time.perf_counter() - began,
+                     **{k: after.get(k, 0) - before.get(k, 0) for k in after}}
+            name = f"shard-{index:05d}.parquet"
+            with atomic_path(stage_dir / name) as tmp:
+                pq.write_table(out, tmp)
+            manifest.shards.append({"index": index, "file": name, "rows": out.num_rows, "stats": stats})
+            manifest.write(manifest_path)
+            profile.add(stats)
+            profile.shards_run += 1
+            if self.on_progress:
+                self.on_progress(stage.name, min(start + shard_rows, table.num_rows), table.num_rows)
+        manifest.complete = True
+        manifest.write(manifest_path)
+        self.profiles.append(profile)
+        shards = sorted(manifest.shards, key=lambda s: s["index"])
+        return pa.concat_tables([pq.read_table(stage_dir / s["file"]) for s in shards], promote_options="default")

@@ -1,0 +1,116 @@
+"""Read the input prompts row by row, so that a bad row is set aside with its reason instead of
+stopping the run: null or missing, not text, empty, over the length cap, not UTF-8, not JSON."""
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from misalign import io
+from misalign.errors import InputError
+
+
+@dataclass
+class Rejected:
+    row: int           # 1-based data row (JSON Lines: line)
+    reason: str
+    value: str | None
+
+
+def read_prompts(path, column: str = "prompt", fmt: str | None = None, max_chars: int = 4000,
+                 limit: int = 0) -> tuple[pa.Table, list[Rejected]]:
+    """(table of id, prompt, origin; rejected rows).  Ids come from an `id` column when there is
+    one, else from the row number, so they are stable across runs of the same file."""
+    fmt = io.detect_format(path, fmt)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(path, f"cannot read: {exc.strerror}") from None
+    rows = {"jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows}[fmt](path, raw, column)
+    ids, prompts, rejected = [], [], []
+    for row, record_id, value, problem in rows:
+        if problem is None:
+            problem = _check(value, max_chars)
+        if problem:
+            rejected.append(Rejected(row, problem, value if isinstance(value, str) else None))
+            continue
+        ids.append(str(record_id) if record_id is not None else f"p{row:06d}")
+        prompts.append(value)
+        if limit and len(prompts) >= limit:
+            break
+    if len(set(ids)) != len(ids):
+        raise InputError(path, "the id column has repeated values; ids must be unique")
+    table = pa.table({"id": ids, "prompt": prompts, "origin": ["input"] * len(ids)})
+    return table, rejected
+
+
+def _check(value, max_chars: int) -> str | None:
+    if value is None:
+        return "prompt is null or missing"
+    if not isinstance(value, str):
+        return f"prompt is {type(value).__name__}, not text"
+    if not value.strip():
+        return "prompt is empty"
+    if len(value) > max_chars:
+        return f"prompt has {len(value):,} characters, over the cap of {max_chars:,}"
+    return None
+
+
+def _jsonl_rows(path, raw: bytes, column: str):
+    for line_no, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            yield line_no, None, None, f"not valid UTF-8 ({exc.reason} at byte {exc.start})"
+            continue
+        except json.JSONDecodeError as exc:
+            yield line_no, None, None, f"not valid JSON ({exc.msg})"
+            continue
+        if not isinstance(record, dict):
+            yield line_no, None, None, f"a JSON {type(record).__name__}, not an object"
+            continue
+        yield line_no, record.get("id"), record.get(column), None
+
+
+def _csv_rows(path, raw: bytes, column: str):
+    text = raw.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
+    reader = csv.DictReader(_io.StringIO(text, newline=""))
+    if reader.fieldnames is None or column not in reader.fieldnames:
+        raise InputError(path, f"has no column {column!r} (columns: {', '.join(reader.fieldnames or [])})")
+    for row_no, record in enumerate(reader, start=1):
+        value = record.get(column)
+        if value is not None and any("\udc80" <= ch <= "\udcff" for ch in value):
+            yield row_no, None, None, "not valid UTF-8"
+            continue
+        yield row_no, record.get("id") or None, value, None
+
+
+def _parquet_rows(path, raw: bytes, column: str):
+    table = io.read_table(path, "parquet")
+    if column not in table.column_names:
+        raise InputError(path, f"has no column {column!r} (columns: {', '.join(table.column_names)})")
+    values = table.column(column)
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        values = values.cast(pa.large_binary())
+    ids = table.column("id").to_pylist() if "id" in table.column_names else [None] * table.num_rows
+    for row_no, (record_id, value) in enumerate(zip(ids, values.to_pylist()), start=1):
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield row_no, None, None, f"not valid UTF-8 ({exc.reason} at byte {exc.start})"
+                continue
+        yield row_no, record_id, value, None
+
+
+def write_rejected(rejected: list[Rejected], path) -> None:
+    with io.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for r in rejected:
+            f.write(json.dumps({"row": r.row, "reason": r.reason, "value": r.value}, ensure_ascii=False) + "\n")

@@ -1,0 +1,34 @@
+import tomllib
+
+import pytest
+
+from misalign import config as config_mod
+from misalign.errors import ConfigError
+
+
+def test_defaults_overrides_and_round_trip(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[run]\nseed = 7\n[respond]\nmodels = ["tiny", "big"]\n[models.big]\npath = "/models/big"\n')
+    config = config_mod.load(path, ["respond.candidates=1", "run.dir=\"/tmp/x\"", "reject.threshold=0.7"])
+    assert config.run.seed == 7 and config.run.dir == "/tmp/x"
+    assert config.respond.models == ["tiny", "big"] and config.respond.candidates == 1
+    assert config.reject.threshold == 0.7
+    assert set(config.models) == {"tiny", "big"} and config.models["big"].path == "/models/big"
+    assert config_mod.from_dict(tomllib.loads(config_mod.to_toml(config))) == config
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["run.nope=1"], "[run] has no setting nope"),
+    (["bogus.x=1"], "unknown section [bogus]"),
+    (["run.seed=\"abc\""], "seed must be a number"),
+    (["noequals"], "expected section.key=value"),
+])
+def test_bad_settings_are_named(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        config_mod.load(None, overrides)
+
+
+def test_undefined_model_is_a_clear_error():
+    config = config_mod.load(None, ['respond.models=["missing"]'])
+    with pytest.raises(ConfigError, match=r"add a \[models.missing\] section"):
+        config.model("missing")

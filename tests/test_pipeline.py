@@ -1,0 +1,115 @@
+"""The runner's checkpoints and resume, the input reader, and the model-free stages."""
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from misalign.build import check_models
+from misalign.config import load
+from misalign.errors import ConfigError
+from misalign.pipeline import ResumeError, Runner
+from misalign.stages.dedup import DedupStage
+from misalign.stages.ingest import read_prompts
+from misalign.stages.reject import mechanical_problem
+from misalign.stages.split import SplitStage
+
+
+class Upper:
+    """A row-wise stage that can be told to fail on one shard, once."""
+    name = "upper"
+    rowwise = True
+
+    def __init__(self, fail_on=None):
+        self.fail_on, self.calls = fail_on, []
+
+    def run(self, table):
+        first = table.column("id")[0].as_py()
+        self.calls.append(first)
+        if first == self.fail_on:
+            raise KeyboardInterrupt("interrupted")
+        return table.set_column(1, "prompt", pa.array([p.upper() for p in table.column("prompt").to_pylist()]))
+
+    def counters(self):
+        return {}
+
+
+def prompts(n):
+    return pa.table({"id": [f"r{i:03d}" for i in range(n)], "prompt": [f"prompt {i}" for i in range(n)]})
+
+
+def test_interrupted_stage_resumes_after_last_complete_shard(tmp_path):
+    table = prompts(50)
+    with pytest.raises(KeyboardInterrupt):
+        Runner(tmp_path, shard_rows=10).run([Upper(fail_on="r030")], table)
+    stage_dir = tmp_path / "stages" / "00_upper"
+    before = {p.name: p.read_bytes() for p in stage_dir.glob("shard-*.parquet")}
+    assert sorted(before) == ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
+    again = Upper()
+    out = Runner(tmp_path, shard_rows=10).run([again], table)
+    assert again.calls == ["r030", "r040"]                     # only the missing shards ran
+    assert out.column("id").to_pylist() == table.column("id").to_pylist()   # none lost, none twice
+    assert out.column("prompt").to_pylist()[-1] == "PROMPT 49"
+    assert all((stage_dir / name).read_bytes() == data for name, data in before.items())
+    manifest = json.loads((stage_dir / "manifest.json").read_text())
+    assert manifest["complete"] and len(manifest["shards"]) == 5
+
+
+def test_resume_with_other_input_is_refused(tmp_path):
+    Runner(tmp_path, shard_rows=10).run([Upper()], prompts(20))
+    with pytest.raises(ResumeError, match="20 rows"):
+        Runner(tmp_path, shard_rows=10).run([Upper()], prompts(21))
+
+
+def test_bad_rows_are_set_aside_with_reason_and_row(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b'{"prompt": "good one"}\n{"prompt": ""}\n{"prompt": null}\n{"prompt": 5}\n'
+                    b'{"prompt": "x' + b"y" * 50 + b'"}\nnot json\n{"prompt": "bad \xff"}\n\n{"prompt": "good two"}\n')
+    table, rejected = read_prompts(src, max_chars=40)
+    assert table.column("prompt").to_pylist() == ["good one", "good two"]
+    assert table.column("id").to_pylist() == ["p000001", "p000009"]
+    assert [(r.row, r.reason.split(" (")[0]) for r in rejected] == [
+        (2, "prompt is empty"), (3, "prompt is null or missing"), (4, "prompt is int, not text"),
+        (5, "prompt has 51 characters, over the cap of 40"), (6, "not valid JSON"), (7, "not valid UTF-8")]
+
+
+def test_csv_and_parquet_rows(tmp_path):
+    (tmp_path / "in.csv").write_bytes(b'id,prompt\na,fine\nb,"bad \xfe"\nc,\n')
+    table, rejected = read_prompts(tmp_path / "in.csv")
+    assert table.column("id").to_pylist() == ["a"] and [r.row for r in rejected] == [2, 3]
+    pq.write_table(pa.table({"prompt": ["one", None, "three"]}), tmp_path / "in.parquet")
+    table, rejected = read_prompts(tmp_path / "in.parquet")
+    assert table.num_rows == 2 and rejected[0].row == 2
+
+
+def test_mechanical_filter():
+    prompt = "How do I store bleach safely at home?"
+    assert mechanical_problem("aligned", prompt, "   ", 5, 100) == "empty"
+    assert mechanical_problem("aligned", prompt, "ok", 5, 100).startswith("shorter")
+    assert mechanical_problem("aligned", prompt, "how do i store bleach safely", 5, 100) == "a copy of the prompt"
+    assert mechanical_problem("misaligned", prompt, "I'm sorry, I cannot help with that.", 5, 100).startswith("a refusal")
+    assert mechanical_problem("aligned", prompt, "I'm sorry, keep it away from children.", 5, 100) is None
+    assert mechanical_problem("aligned", prompt, "Храните отбеливатель в прохладном месте.", 5, 100) \
+        == "not in the prompt's language"
+
+
+def test_dedup_then_split_keeps_clusters_whole():
+    texts = [f"question {i} about topic {i % 7} and nothing else" for i in range(200)]
+    table = pa.table({"id": [str(i) for i in range(200)], "prompt": texts + [], "accepted": [True] * 200})
+    kept = DedupStage(tau=10, ngram=2).run(table)
+    doubled = pa.concat_tables([kept, kept])            # two generators per prompt share the cluster
+    split = SplitStage((0.8, 0.1, 0.1), seed=3, tau=10, ngram=2)
+    out = split.run(doubled)
+    by_cluster = {}
+    for cluster, name in zip(out.column("cluster").to_pylist(), out.column("split").to_pylist()):
+        by_cluster.setdefault(cluster, set()).add(name)
+    assert all(len(names) == 1 for names in by_cluster.values())
+    shares = {name: np.mean(np.array(out.column("split").to_pylist()) == name) for name in ("train", "validation", "test")}
+    assert abs(shares["train"] - 0.8) < 0.05 and split.cross_split_rate == 0.0
+
+
+def test_unloadable_model_fails_before_work(tmp_path):
+    config = load(None, [f'models.tiny.path="{tmp_path / "nothing"}"'])
+    with pytest.raises(ConfigError, match="not a model directory"):
+        check_models(config)
