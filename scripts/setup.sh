@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 quiet() { grep -v -e '^WARNING: Location' -e '^ *!!' || true; }
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip setuptools wheel Cython 2>&1 | quiet
+.venv/bin/python -m pip install -q --upgrade pip 2>&1 | quiet
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   extra=gpu
 else

@@ -35,7 +35,7 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_model):
     from misalign.inference import EngineConfig, VLLMEngine
-    engine = VLLMEngine(EngineConfig(model=str(tiny_model), max_model_len=2048, max_num_seqs=32))
+    engine = VLLMEngine(EngineConfig(model=str(tiny_model), max_model_len=4096, max_num_seqs=32))
     yield engine
     engine.close()
 

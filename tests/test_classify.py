@@ -84,3 +84,19 @@ def test_classify_command_trains_a_probe_and_reports_agreement(tmp_path):
     assert "macro-F1" in result.output and "probe" in result.output
     assert out.column("cultural_domain").to_pylist()[0] == "Culinary Arts"
     assert len(out.column("value_probs")[0].as_py()) == 57
+
+
+def test_llm_classifier_reads_answer_code_probabilities(tiny_engine):
+    from misalign.stages.classify import LLMClassifier
+    prompts = COOKING[:3]
+    before = tiny_engine.stats().cached_tokens
+    labels = LLMClassifier(tiny_engine, TAX, delta=0.5).classify(prompts)
+    for dim in DIMENSIONS:
+        probs = labels[dim].probs
+        assert probs.shape == (3, len(TAX.of(dim)) + 1)
+        assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+        assert labels[dim].classes[-1] == "none"
+        for row, assigned in zip(probs, labels[dim].assigned):
+            best = int(row.argmax())
+            assert assigned == (labels[dim].classes[best] if row[best] >= 0.5 and best < len(row) - 1 else None)
+    assert tiny_engine.stats().cached_tokens > before     # the instruction + domain list is a shared prefix

@@ -32,3 +32,18 @@ def test_undefined_model_is_a_clear_error():
     config = config_mod.load(None, ['respond.models=["missing"]'])
     with pytest.raises(ConfigError, match=r"add a \[models.missing\] section"):
         config.model("missing")
+
+
+def test_paper_config_loads_and_names_missing_weights_before_any_work():
+    from pathlib import Path
+
+    from misalign.build import check_models
+    config = config_mod.load(Path(__file__).parents[1] / "configs" / "paper-gpu.toml")
+    assert config.classify.method == "llm" and len(config.respond.models) == 4
+    with pytest.raises(ConfigError, match="is not a model directory"):
+        check_models(config)
+
+
+def test_embedded_default_is_the_cpu_demo():
+    config = config_mod.load(config_mod.embedded_default())
+    assert config.expand.floor == 2 and config.respond.models == ["tiny"] and config.run.dir == "runs/demo"

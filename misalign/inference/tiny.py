@@ -26,7 +26,7 @@ def bundled_prompts() -> list[str]:
 
 
 def make_tiny_model(out_dir, corpus: list[str] | None = None, seed: int = 0, vocab_size: int = 1024,
-                    hidden_size: int = 64, layers: int = 2, max_position: int = 2048) -> Path:
+                    hidden_size: int = 64, layers: int = 2, max_position: int = 4096) -> Path:
     """Build and save the tiny model in `out_dir`; return the path."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -182,31 +182,73 @@ def label_columns(labels: dict[str, DimensionLabels]) -> dict[str, list]:
     return columns
 
 
+# One character per answer, so that every choice is one token to every tokenizer; "0" is none.
+LLM_CODES = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz123456789"
+
+
+class LLMClassifier:
+    """An LLM reads one prompt per dimension (instruction and domain list first, so the prefix
+    cache serves them; the item last) and the answer code's probabilities are the labels."""
+
+    def __init__(self, engine, taxonomy: Taxonomy, delta: float = 0.5):
+        from misalign.stages.common import template
+        self.engine, self.taxonomy, self.delta = engine, taxonomy, delta
+        self.heads = {}
+        for dim in DIMENSIONS:
+            domains = taxonomy.of(dim)
+            codes = LLM_CODES[:len(domains)]
+            listing = "\n".join(f"{c}: {d.name} ({d.description})" for c, d in zip(codes, domains))
+            self.heads[dim] = (template("classify").replace("{domains}", listing).replace("{dimension}", dim),
+                               [*codes, "0"])
+
+    def classify(self, prompts: list[str]) -> dict[str, DimensionLabels]:
+        out = {}
+        for dim, (head, choices) in self.heads.items():
+            probs = self.engine.label_probs([head.replace("{prompt}", p) for p in prompts], choices)
+            out[dim] = DimensionLabels(classes_of(self.taxonomy, dim), probs, self.delta)
+        return out
+
+
 class ClassifyStage:
-    """Row-wise pipeline stage: adds <dim>_domain / _prob / _probs columns (embedding method)."""
+    """Row-wise pipeline stage: adds <dim>_domain / _prob / _probs columns, from embeddings
+    (zero-shot or a probe) or, with an engine, from an LLM's answer probabilities."""
     name = "classify"
     rowwise = True
 
-    def __init__(self, taxonomy: Taxonomy, delta: float = 0.5, probe_path: str = ""):
+    def __init__(self, taxonomy: Taxonomy, delta: float = 0.5, probe_path: str = "", llm=None, llm_name: str = ""):
         self.taxonomy, self.delta = taxonomy, delta
         self.probe = LinearProbe.load(probe_path) if probe_path else None
+        self.llm = llm                           # a zero-argument callable giving the engine, or None
         self.engine = self.zero_shot = None      # started on the first shard: a resumed run may need none
-        self.method = f"embedding probe ({probe_path})" if probe_path else "embedding zero-shot"
+        self.method = (f"LLM answer probabilities ({llm_name})" if llm else
+                       f"embedding probe ({probe_path})" if probe_path else "embedding zero-shot")
 
     def run(self, table):
         import pyarrow as pa
+        if self.llm is not None:
+            labels = LLMClassifier(self.llm(), self.taxonomy, self.delta).classify(table.column("prompt").to_pylist())
+            return self._append(table, labels)
         if self.engine is None:
             self.engine = embedding_engine()
             if self.probe is None:
                 self.zero_shot = ZeroShotClassifier(self.engine, self.taxonomy, ClassifyConfig(delta=self.delta))
         embeddings = self.engine.embed(table.column("prompt").to_pylist())
         labels = self.probe.classify(embeddings, self.delta) if self.probe else self.zero_shot.classify(embeddings)
+        return self._append(table, labels)
+
+    @staticmethod
+    def _append(table, labels):
+        import pyarrow as pa
         for name, values in label_columns(labels).items():
             table = table.append_column(name, pa.array(values, pa.list_(pa.float32()) if name.endswith("_probs")
                                                        else (pa.float32() if name.endswith("_prob") else pa.string())))
         return table
 
     def counters(self) -> dict:
+        if self.llm is not None:
+            stats = self.llm().stats()
+            return {"prompt_tokens": stats.prompt_tokens, "generated_tokens": stats.generated_tokens,
+                    "cached_tokens": stats.cached_tokens}
         return {"prompt_tokens": self.engine.stats().prompt_tokens if self.engine else 0}
 
     def close(self) -> None:
