@@ -9,10 +9,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from conftest import shared_file
+from misalign.dedup import fingerprint
 
 # greedy decoding, small shards and short answers: deterministic and quick on a CPU
 FAST = ["respond.temperature=0.0", "respond.candidates=1", "respond.max_tokens=24", "expand.max_tokens=24",
@@ -68,6 +69,17 @@ def test_build_300_prompts_writes_the_run_directory(tmp_path):
         ["classify", "expand", "dedup", "respond", "reject", "split"]
     assert "Stand-in models" in (run_dir / "README.md").read_text()
     assert "per stage" in result.stdout and "pairs (train" in result.stdout
+    assert_expansion_kept_its_distance(run_dir)
+
+
+def assert_expansion_kept_its_distance(run_dir, tau=10):
+    """Every generated prompt is more than tau bits from every prompt kept before it."""
+    expanded = pq.read_table(run_dir / "stages" / "01_expand" / "shard-00000.parquet").to_pylist()
+    fps = fingerprint([r["prompt"] for r in expanded])
+    generated = [k for k, r in enumerate(expanded) if r["origin"] == "expanded"]
+    assert generated, "the build generated no prompt to check"
+    for k in generated:
+        assert np.bitwise_count(fps[:k] ^ fps[k]).min() > tau
 
 
 def test_sigkill_mid_stage_then_resume_equals_an_uninterrupted_run(tmp_path):

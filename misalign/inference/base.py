@@ -61,8 +61,10 @@ class Engine(Protocol):
 
     model: str
 
-    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig | None = None) -> list[Generation]:
-        """One generation per prompt, in the caller's order."""
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig | None = None,
+                 seeds: Sequence[int] | None = None) -> list[Generation]:
+        """One generation per prompt, in the caller's order; `seeds` are per-prompt sampling
+        seeds, honoured where the backend supports them."""
 
     def label_probs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> np.ndarray:
         """(n, len(choices)) probabilities of each answer, rows summing to 1 (NaN if unparsable)."""

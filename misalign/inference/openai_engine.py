@@ -106,10 +106,13 @@ class OpenAIEngine:
 
     # -- the interface -------------------------------------------------------------------------
 
-    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig | None = None) -> list[Generation]:
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig | None = None,
+                 seeds: Sequence[int] | None = None) -> list[Generation]:
         sampling = sampling or SamplingConfig()
+        seeds = list(seeds) if seeds is not None else [None] * len(prompts)
         requests = [self._body(p, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
-                               top_p=sampling.top_p) for p in prompts]
+                               top_p=sampling.top_p, **({"seed": int(s)} if s is not None else {}))
+                    for p, s in zip(prompts, seeds)]
         replies = self._post_all(requests[0][0] if requests else "/completions", [b for _, b in requests])
         return [self._count(r) for r in replies]
 

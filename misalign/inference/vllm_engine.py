@@ -57,6 +57,7 @@ class VLLMEngine:
         except ImportError as exc:
             raise EngineError("vLLM is not installed: install misalign-fast[cpu] (CPU) or "
                               f"misalign-fast[gpu] (NVIDIA GPU) ({exc})") from None
+        self.gpu = gpu
         utilisation = config.gpu_memory_utilization or (0.9 if gpu else 0.3)
         try:
             self.llm = LLM(model=config.model, runner=config.runner, dtype=config.dtype,
@@ -85,8 +86,11 @@ class VLLMEngine:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def _run(self, texts: list[str], params) -> list:
-        """Generate in prefix order, record stats, return outputs in the caller's order."""
+        """Generate in prefix order, record stats, return outputs in the caller's order.
+        `params` is one SamplingParams, or a list of one per text."""
         order = prefix_order(texts) if self.config.order_by_prefix else list(range(len(texts)))
+        if isinstance(params, list):
+            params = [params[i] for i in order]
         with Timer(self._stats):
             outputs = self.llm.generate([texts[i] for i in order], params, use_tqdm=False)
         results = [None] * len(texts)
@@ -100,11 +104,18 @@ class VLLMEngine:
 
     # -- the interface -------------------------------------------------------------------------
 
-    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig | None = None) -> list[Generation]:
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig | None = None,
+                 seeds: Sequence[int] | None = None) -> list[Generation]:
+        """`seeds`, one per prompt, make sampled outputs independent of batching and resume; they
+        are used on GPUs only (vLLM's CPU backend refuses per-request seeds), and are moot when
+        decoding is greedy."""
         from vllm import SamplingParams
         sampling = sampling or SamplingConfig()
-        params = SamplingParams(max_tokens=sampling.max_tokens, temperature=sampling.temperature,
-                                top_p=sampling.top_p)
+        fields = dict(max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p)
+        if seeds is not None and self.gpu and sampling.temperature > 0:
+            params = [SamplingParams(**fields, seed=int(s)) for s in seeds]
+        else:
+            params = SamplingParams(**fields)
         outputs = self._run([self.render(p) for p in prompts], params)
         return [Generation(text=o.outputs[0].text, prompt_tokens=len(o.prompt_token_ids),
                            completion_tokens=len(o.outputs[0].token_ids), cached_tokens=o.num_cached_tokens or 0)

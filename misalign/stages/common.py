@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from functools import cache
+
+import xxhash
 from importlib import resources
 
 from misalign.taxonomy import DIMENSIONS
@@ -19,6 +21,12 @@ def row_domains(row: dict) -> list[tuple[str, str]]:
 def describe_domains(row: dict) -> str:
     found = row_domains(row)
     return "; ".join(f"{dim}: {name}" for dim, name in found) if found else "general safety, values and culture"
+
+
+def item_seed(*parts) -> int:
+    """A sampling seed for one item (e.g. run seed, prompt id, generator, side, candidate):
+    the same item gets the same seed however the work is batched or resumed."""
+    return xxhash.xxh64_intdigest("\x1f".join(map(str, parts))) >> 1
 
 
 def engine_counters(engines) -> dict:

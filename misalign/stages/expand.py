@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from misalign.dedup import NearDuplicateFilter
 from misalign.inference import SamplingConfig
-from misalign.stages.common import engine_counters, template
+from misalign.stages.common import engine_counters, item_seed, template
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
 
@@ -17,10 +17,10 @@ class ExpandStage:
     name = "expand"
     rowwise = False
 
-    def __init__(self, pool, model: str, taxonomy: Taxonomy, floor: int, budget: int, seeds: int, max_tokens: int,
-                 temperature: float, tau: int, ngram: int):
-        self.pool, self.model, self.taxonomy = pool, model, taxonomy
-        self.floor, self.budget, self.seeds = floor, budget, seeds
+    def __init__(self, pool, model: str, taxonomy: Taxonomy, floor: int, budget: int, examples: int,
+                 max_tokens: int, temperature: float, tau: int, ngram: int, seed: int = 0):
+        self.pool, self.model, self.taxonomy, self.seed = pool, model, taxonomy, seed
+        self.floor, self.budget, self.examples = floor, budget, examples
         self.sampling = SamplingConfig(max_tokens=max_tokens, temperature=temperature, top_p=0.95)
         self.tau, self.ngram = tau, ngram
 
@@ -34,7 +34,7 @@ class ExpandStage:
             missing = self.floor - counts[(domain.dimension, domain.name)]
             if missing <= 0:
                 continue
-            examples = [r["prompt"] for r in rows if r[f"{domain.dimension}_domain"] == domain.name][: self.seeds]
+            examples = [r["prompt"] for r in rows if r[f"{domain.dimension}_domain"] == domain.name][: self.examples]
             shown = "\n".join(f"- {e}" for e in examples) or "- (none yet)"
             attempts = made = 0
             while made < missing and attempts < self.budget:
@@ -43,7 +43,8 @@ class ExpandStage:
                 prompts = [template("expand").format(domain=domain.name, description=domain.description,
                                                      examples=shown) + f" (#{attempts + k + 1})" for k in range(batch)]
                 attempts += batch
-                for gen in self.pool.get(self.model).generate(prompts, self.sampling):
+                seeds = [item_seed(self.seed, domain.code, attempts - batch + k) for k in range(batch)]
+                for gen in self.pool.get(self.model).generate(prompts, self.sampling, seeds):
                     text = " ".join(gen.text.strip().splitlines()[:1]).strip()
                     if made < missing and len(text.split()) >= 3 and kept.add_if_new([text])[0]:
                         made += 1

@@ -16,7 +16,7 @@ import re
 import pyarrow as pa
 
 from misalign.inference import SamplingConfig
-from misalign.stages.common import describe_domains, engine_counters, template
+from misalign.stages.common import describe_domains, engine_counters, item_seed, template
 from misalign.stages.respond import response_prompt
 
 REFUSAL = re.compile(r"\b(i can ?not|i can't|i won't|i will not|i'm sorry|i am sorry|as an ai)\b", re.I)
@@ -48,8 +48,8 @@ class RejectStage:
     rowwise = True
 
     def __init__(self, pool, judge: str, generators: list[str], threshold: float, rounds: int, min_chars: int,
-                 max_chars: int, candidates: int, sampling: SamplingConfig):
-        self.pool, self.judge, self.generators = pool, judge, generators
+                 max_chars: int, candidates: int, sampling: SamplingConfig, seed: int = 0):
+        self.pool, self.judge, self.generators, self.seed = pool, judge, generators, seed
         self.threshold, self.rounds = threshold, rounds
         self.min_chars, self.max_chars = min_chars, max_chars
         self.candidates, self.sampling = candidates, sampling
@@ -100,7 +100,7 @@ class RejectStage:
             pending = {key: None for key, value in best.items() if value[0] is None}
             if not pending or round_no == self.rounds:
                 break
-            pending = self._resample(rows, pending, reasons)
+            pending = self._resample(rows, pending, reasons, round_no + 1)
         out = []
         for i, row in enumerate(rows):
             aligned, misaligned = best[(i, "aligned")], best[(i, "misaligned")]
@@ -121,7 +121,7 @@ class RejectStage:
             pa.field("drop_reason", pa.string())])
         return pa.Table.from_pylist(out, schema=schema)
 
-    def _resample(self, rows, pending: dict, reasons: dict) -> dict:
+    def _resample(self, rows, pending: dict, reasons: dict, round_no: int) -> dict:
         """New candidates for the sides without a winner, with the judge's reason as feedback."""
         fresh = {}
         by_generator: dict = {}
@@ -130,7 +130,9 @@ class RejectStage:
         for name, keys in by_generator.items():
             requests = [response_prompt(kind, rows[i], template("feedback").format(reason=reasons.get((i, kind), "")))
                         for i, kind in keys for _ in range(self.candidates)]
-            texts = [g.text.strip() for g in self.pool.get(name).generate(requests, self.sampling)]
+            seeds = [item_seed(self.seed, rows[i]["id"], name, kind, "round", round_no, k)
+                     for i, kind in keys for k in range(self.candidates)]
+            texts = [g.text.strip() for g in self.pool.get(name).generate(requests, self.sampling, seeds)]
             for n, key in enumerate(keys):
                 fresh[key] = texts[n * self.candidates:(n + 1) * self.candidates]
         return fresh

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from misalign.inference import SamplingConfig
-from misalign.stages.common import describe_domains, engine_counters, template
+from misalign.stages.common import describe_domains, engine_counters, item_seed, template
 
 
 def response_prompt(kind: str, row: dict, feedback: str = "") -> str:
@@ -17,8 +17,8 @@ class RespondStage:
     name = "respond"
     rowwise = True
 
-    def __init__(self, pool, generators: list[str], candidates: int, sampling: SamplingConfig):
-        self.pool, self.generators = pool, generators
+    def __init__(self, pool, generators: list[str], candidates: int, sampling: SamplingConfig, seed: int = 0):
+        self.pool, self.generators, self.seed = pool, generators, seed
         self.candidates = candidates
         self.sampling = sampling
 
@@ -29,9 +29,10 @@ class RespondStage:
             engine = self.pool.get(name)
             # one batch per generator, aligned prompts then misaligned ones: the shared
             # instruction prefix of each half stays together for the prefix cache
-            requests = [response_prompt(kind, row) for kind in ("aligned", "misaligned")
-                        for row in rows for _ in range(self.candidates)]
-            texts = [g.text.strip() for g in engine.generate(requests, self.sampling)]
+            keys = [(kind, row, k) for kind in ("aligned", "misaligned") for row in rows for k in range(self.candidates)]
+            requests = [response_prompt(kind, row) for kind, row, _ in keys]
+            seeds = [item_seed(self.seed, row["id"], name, kind, k) for kind, row, k in keys]
+            texts = [g.text.strip() for g in engine.generate(requests, self.sampling, seeds)]
             k, half = self.candidates, len(rows) * self.candidates
             for i, row in enumerate(rows):
                 out.append({**row, "generator": name,
