@@ -113,3 +113,11 @@ def test_unloadable_model_fails_before_work(tmp_path):
     config = load(None, [f'models.tiny.path="{tmp_path / "nothing"}"'])
     with pytest.raises(ConfigError, match="not a model directory"):
         check_models(config)
+
+
+def test_item_seeds_are_stable_distinct_and_fit_63_bits():
+    from misalign.stages.common import item_seed
+    a = item_seed(0, "p000001", "tiny", "aligned", 0)
+    assert a == item_seed(0, "p000001", "tiny", "aligned", 0)
+    assert a != item_seed(0, "p000001", "tiny", "aligned", 1) != item_seed(1, "p000001", "tiny", "aligned", 0)
+    assert 0 <= a < 2**63

@@ -26,7 +26,7 @@ def describe_domains(row: dict) -> str:
 def item_seed(*parts) -> int:
     """A sampling seed for one item (e.g. run seed, prompt id, generator, side, candidate):
     the same item gets the same seed however the work is batched or resumed."""
-    return xxhash.xxh64_intdigest("\x1f".join(map(str, parts))) >> 1
+    return xxhash.xxh64_intdigest("\x1f".join(map(str, parts)).encode()) >> 1
 
 
 def engine_counters(engines) -> dict:
