@@ -63,7 +63,8 @@ class RejectStage:
         return [float(p[0]) for p in self.pool.get(self.judge).label_probs(prompts, ["Yes", "No"])]
 
     def _pick(self, rows, candidates: dict) -> dict:
-        """For each (row index, kind) with candidates: (best text, its P(aligned), reasons for failure)."""
+        """For each (row index, side) with candidates: [best text, its score for that side
+        (P(aligned) or P(misaligned)), the reasons the others failed]."""
         jobs, results = [], {}
         for (i, kind), texts in candidates.items():
             reasons = []
