@@ -30,6 +30,7 @@ from misalign.inference.pool import EnginePool
 from misalign.io import atomic_path
 from misalign.pipeline import Runner
 from misalign.stages.classify import ClassifyStage
+from misalign.stages.common import row_domains
 from misalign.stages.dedup import DedupStage
 from misalign.stages.expand import ExpandStage
 from misalign.stages.ingest import read_prompts, write_rejected
@@ -153,22 +154,19 @@ def build(config: Config, on_progress=None) -> dict:
 def domain_stats(outputs: dict, taxonomy: Taxonomy) -> list[dict]:
     """Per domain, the paper's table: classified, expanded, removed by dedup, sent to generation,
     candidates filtered (aligned / misaligned), recovered by resampling, final pairs."""
-    def domains(row):
-        return [(dim, row[f"{dim}_domain"]) for dim in DIMENSIONS if row.get(f"{dim}_domain")]
-
     counts = {key: Counter() for key in STATS_COLUMNS[2:]}
     for row in outputs["classify"].to_pylist():
-        counts["classified"].update(domains(row))
+        counts["classified"].update(row_domains(row))
     kept_ids = set(outputs["dedup"].column("id").to_pylist())
     for row in outputs["expand"].to_pylist():
         if row["origin"] == "expanded":
-            counts["expanded"].update(domains(row))
+            counts["expanded"].update(row_domains(row))
         if row["id"] not in kept_ids:
-            counts["removed_by_dedup"].update(domains(row))
+            counts["removed_by_dedup"].update(row_domains(row))
     for row in outputs["dedup"].to_pylist():
-        counts["sent_to_generation"].update(domains(row))
+        counts["sent_to_generation"].update(row_domains(row))
     for row in outputs["reject"].to_pylist():
-        for key in domains(row):
+        for key in row_domains(row):
             counts["aligned_filtered"][key] += row["aligned_filtered"]
             counts["misaligned_filtered"][key] += row["misaligned_filtered"]
             if row["accepted"]:

@@ -52,9 +52,6 @@ class EngineStats:
     def prefix_cache_hit_rate(self) -> float:
         return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
-    def as_dict(self) -> dict:
-        return {**self.__dict__, "prefix_cache_hit_rate": self.prefix_cache_hit_rate}
-
 
 class Engine(Protocol):
     """One interface for every model: in-process vLLM or an OpenAI-compatible server."""
