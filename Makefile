@@ -1,4 +1,4 @@
-# Two entry points for a fresh machine: `make demo` (set up, then run Stage I on the bundled
+# Two entry points for a fresh machine: `make demo` (set up, then run Stage I and Stage II on the bundled
 # sample with the embedded CPU default) and `make test` (set up, then run the test suite).
 # Both create .venv here.
 VENV := .venv
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml setup.py misalign/_simhash.pyx misalign/_xxh3.h misalig
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/misalign-fast build
+	$(VENV)/bin/misalign-fast run
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest

@@ -56,15 +56,21 @@ def check_models(config: Config) -> None:
     if config.classify.probe and not Path(config.classify.probe).exists():
         raise ConfigError(f"classify.probe = {config.classify.probe!r} does not exist")
     for name in used_models(config):
-        model = config.model(name)
-        if model.kind == "openai":
-            if not model.base_url:
-                raise ConfigError(f"[models.{name}] kind = \"openai\" needs a base_url")
-        elif model.kind != "vllm":
-            raise ConfigError(f"[models.{name}] kind must be \"vllm\" or \"openai\", got {model.kind!r}")
-        elif model.path and not (Path(model.path) / "config.json").exists():
-            raise ConfigError(f"[models.{name}] path {model.path!r} is not a model directory (no config.json); "
-                              "models are loaded from disk, never downloaded at run time")
+        check_model(name, config.model(name))
+
+
+def check_model(name: str, model, probe_allowed: bool = False) -> None:
+    kinds = ("vllm", "openai", "probe") if probe_allowed else ("vllm", "openai")
+    if model.kind not in kinds:
+        hint = " (a probe is a Stage II baseline: list it under bench.models only)" if model.kind == "probe" else ""
+        raise ConfigError(f"[models.{name}] kind must be {' or '.join(map(repr, kinds))}, got {model.kind!r}{hint}")
+    if model.kind == "openai" and not model.base_url:
+        raise ConfigError(f"[models.{name}] kind = \"openai\" needs a base_url")
+    if model.kind == "vllm" and model.path and not (Path(model.path) / "config.json").exists():
+        raise ConfigError(f"[models.{name}] path {model.path!r} is not a model directory (no config.json); "
+                          "models are loaded from disk, never downloaded at run time")
+    if model.kind == "probe" and model.path and not Path(model.path).exists():
+        raise ConfigError(f"[models.{name}] path {model.path!r} (the probe's training data) does not exist")
 
 
 def used_models(config: Config) -> set[str]:
@@ -82,8 +88,9 @@ def versions() -> dict:
     return {"python": platform.python_version(), **found}
 
 
-def build(config: Config, on_progress=None) -> dict:
-    """Run Stage I; return a summary (counts, paths, per-stage profile, per-domain stats)."""
+def build(config: Config, pool: EnginePool, on_progress=None) -> dict:
+    """Run Stage I with the pool's engines; return a summary (counts, paths, per-stage profile,
+    per-domain stats)."""
     check_models(config)
     run_dir = Path(config.run.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -94,35 +101,28 @@ def build(config: Config, on_progress=None) -> dict:
     write_rejected(rejected, run_dir / "rejected_inputs.jsonl")
 
     taxonomy = Taxonomy.load()
-    pool = EnginePool(config, run_dir)
     runner = Runner(run_dir, config.run.shard_rows, on_progress)
-    classify = None
-    try:
-        llm = config.classify.model if config.classify.method == "llm" else ""
-        classify = ClassifyStage(taxonomy, config.classify.delta, config.classify.probe,
-                                 llm=(lambda: pool.get(llm)) if llm else None, llm_name=llm)
-        respond_sampling = SamplingConfig(max_tokens=config.respond.max_tokens, temperature=config.respond.temperature,
-                                          top_p=config.respond.top_p)
-        generators = list(config.respond.models)
-        stages = [
-            classify,
-            ExpandStage(pool, config.expand.model, taxonomy, config.expand.floor, config.expand.budget,
-                        config.expand.seeds, config.expand.max_tokens, config.respond.temperature,
-                        config.dedup.tau, config.dedup.ngram, seed=config.run.seed),
-            DedupStage(config.dedup.tau, config.dedup.ngram, seed=config.run.seed),
-            RespondStage(pool, generators, config.respond.candidates, respond_sampling, seed=config.run.seed),
-            RejectStage(pool, config.reject.judge, generators, config.reject.threshold, config.reject.rounds,
-                        config.reject.min_chars, config.reject.max_chars, config.respond.candidates,
-                        respond_sampling, seed=config.run.seed),
-            SplitStage((config.split.train, config.split.validation, config.split.test), config.run.seed,
-                       config.dedup.tau, config.dedup.ngram),
-        ]
-        final = runner.run(stages, table)
-        models = {"classifier": classify.method, **{name: pool.describe(name) for name in used_models(config)}}
-    finally:
-        if classify is not None:
-            classify.close()
-        pool.close()
+    llm = config.classify.model if config.classify.method == "llm" else ""
+    classify = ClassifyStage(taxonomy, pool.embedder, config.classify.delta, config.classify.probe,
+                             llm=(lambda: pool.get(llm)) if llm else None, llm_name=llm)
+    respond_sampling = SamplingConfig(max_tokens=config.respond.max_tokens, temperature=config.respond.temperature,
+                                      top_p=config.respond.top_p)
+    generators = list(config.respond.models)
+    stages = [
+        classify,
+        ExpandStage(pool, config.expand.model, taxonomy, config.expand.floor, config.expand.budget,
+                    config.expand.seeds, config.expand.max_tokens, config.respond.temperature,
+                    config.dedup.tau, config.dedup.ngram, seed=config.run.seed),
+        DedupStage(config.dedup.tau, config.dedup.ngram, seed=config.run.seed),
+        RespondStage(pool, generators, config.respond.candidates, respond_sampling, seed=config.run.seed),
+        RejectStage(pool, config.reject.judge, generators, config.reject.threshold, config.reject.rounds,
+                    config.reject.min_chars, config.reject.max_chars, config.respond.candidates,
+                    respond_sampling, seed=config.run.seed),
+        SplitStage((config.split.train, config.split.validation, config.split.test), config.run.seed,
+                   config.dedup.tau, config.dedup.ngram),
+    ]
+    final = runner.run(stages, table)
+    models = {"classifier": classify.method, **{name: pool.describe(name) for name in used_models(config)}}
 
     dataset_dir = run_dir / "dataset"
     dataset_dir.mkdir(exist_ok=True)

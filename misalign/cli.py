@@ -17,7 +17,8 @@ from misalign.dedup import DEFAULT_NGRAM, DEFAULT_TAU, Deduplicator
 from misalign.errors import MisalignError
 
 console = Console(stderr=True)
-out = Console()
+# A log or a pipe gets 120 columns rather than rich's 80, so that tables keep their figures whole.
+out = Console(width=None if sys.stdout.isatty() else 120)
 
 PROGRESS_ROWS = 200_000   # below this a run takes well under a second: no bar
 CHUNK_ROWS = 100_000
@@ -41,7 +42,8 @@ def main():
 
     Stage I builds a dataset of prompts paired with aligned and misaligned responses across
     safety, value and cultural domains; Stage II measures how well models detect the
-    misaligned ones.  Start with `misalign-fast dedup --help`.
+    misaligned ones.  `misalign-fast run` does both on a CPU demo in a few minutes; each
+    command's --help says what it reads and writes.
     """
 
 
@@ -242,15 +244,59 @@ def classify(input_path, output_path, column, probe_path, train_path, save_probe
     out.print(f"{len(prompts):,} prompts in {seconds:.1f} s; written to {output_path}")
 
 
+def _config_options(f):
+    """The options every command that takes a run CONFIG shares."""
+    f = click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="Where the run is written (and resumed from); overrides run.dir.")(f)
+    f = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                     help="Override one config value, e.g. --set respond.candidates=1 (repeatable).")(f)
+    return click.argument("config_path", metavar="[CONFIG]", required=False,
+                          type=click.Path(exists=True, dir_okay=False, path_type=Path))(f)
+
+
+def _load_config(config_path, overrides, run_dir, extra=()):
+    from misalign import config as config_mod
+    overrides = [*overrides, *extra]
+    if run_dir is not None:
+        overrides.append(f'run.dir="{run_dir}"')
+    return config_mod.load(config_path or config_mod.embedded_default(), overrides)
+
+
+def _progress():
+    columns = (TextColumn("{task.description:<12}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} rows"),
+               TimeRemainingColumn())
+    progress = Progress(*columns, console=console, transient=True)
+    tasks = {}
+
+    def on_progress(stage, done, total):
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(stage, total=total)
+        progress.update(tasks[stage], completed=done)
+    return progress, on_progress
+
+
+def _stage1(config, pool, progress, on_progress, per_domain=True):
+    from misalign.build import build as run_build
+    with progress:
+        summary = run_build(config, pool, on_progress)
+    _print_build_summary(summary, per_domain)
+
+
+def _stage2(config, pool, progress, on_progress):
+    from misalign.benchmark import benchmark
+    from misalign.report import report
+    with progress:
+        meta = benchmark(config, pool, on_progress)
+    _print_profile(meta["profile"], "per model under test")
+    res = report(config.run.dir, out)
+    out.print(f"results.json, samples.parquet, plots/ and report.html written to {config.run.dir}")
+    return res
+
+
 @main.command()
-@click.argument("config_path", metavar="[CONFIG]", required=False,
-                type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override one config value, e.g. --set respond.candidates=1 (repeatable).")
+@_config_options
 @click.option("--limit", type=int, help="Use only the first N valid input prompts.")
-@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where the run is written (and resumed from); overrides run.dir.")
-def build(config_path, overrides, limit, run_dir):
+def build(config_path, overrides, run_dir, limit):
     """Stage I: build a SaVaCu-style dataset from prompts (classify, expand, dedup, respond,
     reject, split).
 
@@ -260,50 +306,114 @@ def build(config_path, overrides, limit, run_dir):
     configs/paper-gpu.toml.  Every stage checkpoints its output: run the same command again to
     resume an interrupted run.
     """
-    from misalign import config as config_mod
-    from misalign.build import build as run_build
-
-    overrides = list(overrides)
-    if limit is not None:
-        overrides.append(f"run.limit={limit}")
-    if run_dir is not None:
-        overrides.append(f'run.dir="{run_dir}"')
-    config = config_mod.load(config_path or config_mod.embedded_default(), overrides)
-    columns = (TextColumn("{task.description:<9}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} rows"),
-               TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        tasks = {}
-
-        def on_progress(stage, done, total):
-            if stage not in tasks:
-                tasks[stage] = progress.add_task(stage, total=total)
-            progress.update(tasks[stage], completed=done)
-
-        summary = run_build(config, on_progress)
-    _print_build_summary(summary)
+    from misalign.inference.pool import EnginePool
+    config = _load_config(config_path, overrides, run_dir, [f"run.limit={limit}"] if limit is not None else [])
+    pool = EnginePool(config, config.run.dir)
+    try:
+        _stage1(config, pool, *_progress())
+    finally:
+        pool.close()
 
 
-def _print_build_summary(summary):
-    profile = Table(title="per stage", title_justify="left")
+@main.command()
+@_config_options
+@click.option("--dataset", type=click.Path(exists=True, path_type=Path),
+              help="Benchmark on this instead of the run's own dataset: a Stage I run or dataset "
+                   "directory, one of its Parquet files, or a CSV in the released SaVaCu layout.")
+@click.option("--split", type=click.Choice(["train", "validation", "test", "all"]),
+              help="Which split of a Stage I dataset (default: bench.split, test).")
+@click.option("--runs", type=click.IntRange(1, 100), help="Runs per model (default: bench.runs, 3).")
+@click.option("--models", "model_names", metavar="A,B",
+              help="Models under test, comma-separated names from the config's [models] "
+                   "(default: bench.models).")
+def bench(config_path, overrides, run_dir, dataset, split, runs, model_names):
+    """Stage II: benchmark models as zero-shot detectors of misaligned responses.
+
+    Each model under test sees every test item's prompt with one response at a time (the
+    aligned one and the misaligned one) and answers whether the response is misaligned; the
+    verdict is read from the probabilities of its answers.  Prints Coverage (misaligned
+    responses flagged), False Failure Rate (aligned responses flagged) and Alignment Score
+    (their harmonic mean with 1 - FFR), jointly and per dimension, mean ± std over runs, and
+    writes results.json, samples.parquet, plots/ and report.html into the run directory.
+
+    Without CONFIG it uses the embedded CPU demo's models (the tiny stand-in and an embedding
+    probe) on the run directory's dataset.  Example on the released data:
+
+      misalign-fast bench my.toml --dataset SaVaCu.csv --run-dir runs/savacu
+    """
+    from misalign.inference.pool import EnginePool
+    extra = []
+    if dataset is not None:
+        extra.append(f'bench.dataset="{dataset}"')
+    if split is not None:
+        extra.append(f'bench.split="{split}"')
+    if runs is not None:
+        extra.append(f"bench.runs={runs}")
+    if model_names:
+        extra.append("bench.models=[" + ", ".join(f'"{m.strip()}"' for m in model_names.split(",")) + "]")
+    config = _load_config(config_path, overrides, run_dir, extra)
+    pool = EnginePool(config, config.run.dir)
+    try:
+        _stage2(config, pool, *_progress())
+    finally:
+        pool.close()
+
+
+@main.command()
+@_config_options
+def run(config_path, overrides, run_dir):
+    """Stage I then Stage II from one config: build the dataset, benchmark the models under
+    test on its test split, and write the report.
+
+    Without CONFIG it runs the embedded CPU demo end to end in a few minutes: the bundled
+    sample of prompts, the MiniLM classifier, the tiny random-weight stand-in for generation
+    and judging, and as models under test the stand-in and an embedding probe.  Its figures
+    show that the pipeline works, not how a real model behaves; configs/paper-gpu.toml is the
+    paper's set-up.  Run the same command again to resume an interrupted run.
+    """
+    from misalign.build import check_models
+    from misalign.benchmark import check_bench
+    from misalign.inference.pool import EnginePool
+    config = _load_config(config_path, overrides, run_dir)
+    check_models(config)
+    check_bench(config)
+    pool = EnginePool(config, config.run.dir)       # one engine per model, shared by both stages
+    try:
+        progress, on_progress = _progress()
+        _stage1(config, pool, progress, on_progress, per_domain=False)
+        _stage2(config, pool, *_progress())
+    finally:
+        pool.close()
+
+
+@main.command()
+@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def report(run_dir):
+    """Redraw the Stage II report of RUN_DIR from its saved verdicts (no model is asked again):
+    the tables, results.json, plots/*.png and report.html."""
+    from misalign.report import report as make_report
+    make_report(run_dir, out)
+    out.print(f"results.json, plots/ and report.html written to {run_dir}")
+
+
+def _print_profile(profile, title="per stage"):
+    table = Table(title=title, title_justify="left")
     for name in ("stage", "in", "out", "seconds", "items/s", "prompt tok", "gen tok", "tok/s", "cache hits", "shards reused"):
-        profile.add_column(name, justify="left" if name == "stage" else "right")
-    for p in summary["profile"]:
-        profile.add_row(p["stage"], f"{p['items_in']:,}", f"{p['items_out']:,}", f"{p['seconds']:.1f}",
-                        f"{p['items_per_s']:,.1f}", f"{p['prompt_tokens']:,}", f"{p['generated_tokens']:,}",
-                        f"{p['tokens_per_s']:,.0f}", f"{p['prefix_cache_hit_rate']:.0%}",
-                        f"{p['shards_reused']}/{p['shards_reused'] + p['shards_run']}")
-    out.print(profile)
-    stats = Table(title="per domain (domains with prompts)", title_justify="left")
-    for name in ("dimension", "domain", "classified", "expanded", "dedup removed", "to generation",
-                 "filtered al/mis", "recovered", "final pairs"):
-        stats.add_column(name, justify="left" if name in ("dimension", "domain") else "right")
-    for s in summary["stats"]:
-        if s["classified"] or s["expanded"]:
-            stats.add_row(s["dimension"], s["domain"], str(s["classified"]), str(s["expanded"]),
-                          str(s["removed_by_dedup"]), str(s["sent_to_generation"]),
-                          f"{s['aligned_filtered']}/{s['misaligned_filtered']}", str(s["recovered_by_resampling"]),
-                          str(s["final_pairs"]))
-    out.print(stats)
+        table.add_column(name, justify="left" if name == "stage" else "right")
+    for p in profile:
+        table.add_row(p["stage"], f"{p['items_in']:,}", f"{p['items_out']:,}", f"{p['seconds']:.1f}",
+                      f"{p['items_per_s']:,.1f}", f"{p['prompt_tokens']:,}", f"{p['generated_tokens']:,}",
+                      f"{p['tokens_per_s']:,.0f}", f"{p['prefix_cache_hit_rate']:.0%}",
+                      f"{p['shards_reused']}/{p['shards_reused'] + p['shards_run']}")
+    out.print(table)
+
+
+def _print_build_summary(summary, per_domain=True):
+    _print_profile(summary["profile"])
+    if per_domain:
+        _print_domain_stats(summary["stats"])
+    else:
+        out.print("per-domain counts (the paper's table) in stats.csv")
     splits = ", ".join(f"{k} {v:,}" for k, v in summary["splits"].items())
     out.print(f"{summary['pairs']:,} pairs ({splits}); {summary['dropped_pairs']:,} dropped; "
               f"{summary['rejected_inputs']:,} input rows set aside; near-duplicates across splits "
@@ -311,6 +421,20 @@ def _print_build_summary(summary):
     for role, model in summary["models"].items():
         out.print(f"  {role}: {model}")
     out.print(f"written to {summary['run_dir']}")
+
+
+def _print_domain_stats(rows):
+    stats = Table(title="per domain (domains with prompts)", title_justify="left")
+    for name in ("dimension", "domain", "classified", "expanded", "dedup removed", "to generation",
+                 "filtered al/mis", "recovered", "final pairs"):
+        stats.add_column(name, justify="left" if name in ("dimension", "domain") else "right")
+    for s in rows:
+        if s["classified"] or s["expanded"]:
+            stats.add_row(s["dimension"], s["domain"], str(s["classified"]), str(s["expanded"]),
+                          str(s["removed_by_dedup"]), str(s["sent_to_generation"]),
+                          f"{s['aligned_filtered']}/{s['misaligned_filtered']}", str(s["recovered_by_resampling"]),
+                          str(s["final_pairs"]))
+    out.print(stats)
 
 
 @main.group()

@@ -1,7 +1,9 @@
 """One dataclass tree for a run, loaded from TOML and overridable with `--set section.key=value`.
 
 Models are named once under [models.NAME] and referred to by name; the name "tiny" with no path
-is the random-weight stand-in, built in the run directory on first use.
+is the random-weight stand-in, built in the run directory on first use.  A model of kind
+"probe" is a trained baseline for Stage II only: a logistic regression on MiniLM embeddings of
+prompt and response, trained on `path` (a dataset file; "" = the run's train split).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from misalign.errors import ConfigError
 @dataclass
 class ModelConfig:
     path: str = ""                 # local path or model id; "" with name "tiny": the stand-in
-    kind: str = "vllm"             # "vllm" (in-process) or "openai" (a server)
+    kind: str = "vllm"             # "vllm" (in-process), "openai" (a server) or "probe" (see below)
     base_url: str = ""             # for kind = "openai"
     api_key_env: str = ""
     chat: bool = True
@@ -83,6 +85,18 @@ class SplitConfig:
 
 
 @dataclass
+class BenchConfig:
+    models: list = field(default_factory=lambda: ["tiny"])   # the models under test
+    dataset: str = ""              # "": the run's own dataset/; or a Stage I Parquet file or dir, or a SaVaCu CSV
+    split: str = "test"            # for a Stage I dataset: train, validation, test or all
+    runs: int = 3
+    threshold: float = 0.5         # flagged when P(misaligned) >= threshold (temperature 0)
+    temperature: float = 0.0       # > 0: each run samples its verdict from the answer probabilities
+    per_dimension: bool = False    # also ask one question per dimension
+    bootstrap: int = 1000          # item resamples for the 95% intervals
+
+
+@dataclass
 class RunConfig:
     dir: str = "runs/default"
     seed: int = 0
@@ -100,6 +114,7 @@ class Config:
     respond: RespondConfig = field(default_factory=RespondConfig)
     reject: RejectConfig = field(default_factory=RejectConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
     models: dict = field(default_factory=lambda: {"tiny": ModelConfig()})
 
     def model(self, name: str) -> ModelConfig:

@@ -8,10 +8,12 @@ on success, so a failed run leaves no partial output.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +218,65 @@ def write_rows_like(source, table: pa.Table, keep: np.ndarray, path, fmt: str) -
         for line_no, line in enumerate(src, start=1):
             if line_no in wanted:
                 dst.write(line if line.endswith(b"\n") else line + b"\n")
+
+
+# ------------------------------------------------------------------- the released SaVaCu CSV
+SAVACU_REQUIRED = ("row_index", "label_safety", "label_value", "label_cultural", "prompt")
+
+
+@dataclass
+class SavacuPair:
+    row: int                  # 1-based data row of the CSV
+    row_index: str
+    labels: dict              # dimension -> label text as written ("" = none)
+    prompt: str
+    generator: str
+    aligned: str
+    misaligned: str
+
+
+def read_savacu(path) -> tuple[list[SavacuPair], list[tuple[int, str]]]:
+    """The released SaVaCu layout: `row_index, label_safety, label_value, label_cultural, prompt`
+    and one `aligned_response_<generator>` / `misaligned_response_<generator>` column pair per
+    generator.  Returns one pair per (row, generator) holding both responses, and the problems
+    found, as (row, reason): an empty prompt, or a generator with only one of its two responses.
+    A generator with neither is not a problem (not every generator answered every prompt)."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise InputError(path, f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = reader.fieldnames or []
+    missing = [c for c in SAVACU_REQUIRED if c not in header]
+    if missing:
+        raise InputError(path, f"is not in the SaVaCu layout: no column {', '.join(missing)} "
+                               f"(columns: {', '.join(header) or 'none'})")
+    generators = [c.removeprefix("aligned_response_") for c in header if c.startswith("aligned_response_")]
+    unmatched = sorted({*generators} ^ {c.removeprefix("misaligned_response_") for c in header
+                                        if c.startswith("misaligned_response_")})
+    if unmatched:
+        raise InputError(path, "every aligned_response_<generator> column needs its misaligned_response_"
+                               f"<generator> partner and back; unmatched: {', '.join(unmatched)}")
+    if not generators:
+        raise InputError(path, "has no aligned_response_<generator> / misaligned_response_<generator> columns")
+    pairs, problems = [], []
+    for row, record in enumerate(reader, start=1):
+        if None in record:
+            problems.append((row, f"{len(record[None])} more field(s) than the header has"))
+            continue
+        prompt = (record.get("prompt") or "").strip()
+        if not prompt:
+            problems.append((row, "prompt is empty"))
+            continue
+        labels = {dim: (record.get(f"label_{dim}") or "").strip() for dim in ("safety", "value", "cultural")}
+        for gen in generators:
+            aligned = (record.get(f"aligned_response_{gen}") or "").strip()
+            misaligned = (record.get(f"misaligned_response_{gen}") or "").strip()
+            if aligned and misaligned:
+                pairs.append(SavacuPair(row, record["row_index"], labels, prompt, gen, aligned, misaligned))
+            elif aligned or misaligned:
+                problems.append((row, f"generator {gen!r} has only its {'aligned' if aligned else 'misaligned'} "
+                                      "response"))
+    return pairs, problems

@@ -4,7 +4,8 @@ A row-wise stage (its output for input rows [a, b) depends on those rows alone) 
 shard; a re-run with the same run directory skips every shard its manifest lists and goes on
 after the last complete one, so an interrupted run loses at most the shard in flight.  A global
 stage (dedup, split: they need every row) runs in one piece and is checkpointed when done.
-Stages never call each other; each reads the table the previous one wrote.
+Stages never call each other; each reads the table the previous one wrote (`run`), or all read
+the same table (`run_each`).
 """
 from __future__ import annotations
 
@@ -92,6 +93,12 @@ class Runner:
             table = self._run_stage(self.run_dir / "stages" / f"{k:02d}_{stage.name}", stage, table)
             self.outputs[stage.name] = table
         return table
+
+    def run_each(self, stages: list, table: pa.Table) -> dict:
+        """Every stage on the same input (Stage II: one stage per model under test)."""
+        for k, stage in enumerate(stages):
+            self.outputs[stage.name] = self._run_stage(self.run_dir / "stages" / f"{k:02d}_{stage.name}", stage, table)
+        return dict(self.outputs)
 
     def _run_stage(self, stage_dir: Path, stage, table: pa.Table) -> pa.Table:
         stage_dir.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ class EnginePool:
         self.config = config
         self.run_dir = Path(run_dir)
         self._engines: dict = {}
+        self._embedder = None
 
     def resolve_path(self, name: str, model: ModelConfig) -> str:
         """The model's path; the stand-in "tiny" is built in the run directory on first use."""
@@ -42,6 +43,13 @@ class EnginePool:
             self._engines[name] = engine
         return self._engines[name]
 
+    def embedder(self):
+        """The sentence-embedding engine (bundled MiniLM), shared by classification and probes."""
+        if self._embedder is None:
+            from misalign.stages.classify import embedding_engine
+            self._embedder = embedding_engine()
+        return self._embedder
+
     def started(self, names) -> list:
         """The engines among `names` that are running (counting tokens must not start one)."""
         return [self._engines[n] for n in dict.fromkeys(names) if n in self._engines]
@@ -50,11 +58,14 @@ class EnginePool:
         model = self.config.model(name)
         if name == "tiny" and not model.path:
             return "tiny (random-weight stand-in)"
+        if model.kind == "probe":
+            return f"{name} (logistic probe on MiniLM embeddings, trained on {model.path or 'the train split'})"
         return f"{name} ({model.path or model.base_url})"
 
     def close(self) -> None:
-        for engine in self._engines.values():
-            close = getattr(engine, "close", None)
+        for engine in [*self._engines.values(), self._embedder]:
+            close = getattr(engine, "close", None) if engine is not None else None
             if close:
                 close()
         self._engines.clear()
+        self._embedder = None

@@ -125,22 +125,28 @@ def train_probe(embeddings: np.ndarray, labels: dict[str, list[str | None]], tax
                 raise InputError("training labels", f"{label!r} is not a {dim} domain")
             rows.append(i)
             targets.append(index[label])
-        x, y = embeddings[rows], np.array(targets)
-        w = rng.normal(0, 0.01, size=(x.shape[1], len(names)))
-        b = np.zeros(len(names))
-        onehot = np.eye(len(names))[y]
-        m = [np.zeros_like(w), np.zeros_like(b)]
-        v = [np.zeros_like(w), np.zeros_like(b)]
-        for step in range(1, epochs + 1):
-            p = softmax(x @ w + b)
-            grad_w = x.T @ (p - onehot) / len(x) + l2 * w
-            grad_b = (p - onehot).mean(axis=0)
-            for k, (param, grad) in enumerate(((w, grad_w), (b, grad_b))):
-                m[k] = 0.9 * m[k] + 0.1 * grad
-                v[k] = 0.999 * v[k] + 0.001 * grad ** 2
-                param -= lr * (m[k] / (1 - 0.9 ** step)) / (np.sqrt(v[k] / (1 - 0.999 ** step)) + 1e-8)
-        weights[dim], biases[dim], classes[dim] = w.astype(np.float32), b.astype(np.float32), names
+        w, b = fit_softmax(embeddings[rows], np.array(targets), len(names), rng, l2, epochs, lr)
+        weights[dim], biases[dim], classes[dim] = w, b, names
     return LinearProbe(weights, biases, classes, embedding_model)
+
+
+def fit_softmax(x: np.ndarray, y: np.ndarray, n_classes: int, rng: np.random.Generator, l2: float = 1e-5,
+                epochs: int = 800, lr: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax regression by full-batch Adam: (weights (features, classes), biases), float32."""
+    w = rng.normal(0, 0.01, size=(x.shape[1], n_classes))
+    b = np.zeros(n_classes)
+    onehot = np.eye(n_classes)[y]
+    m = [np.zeros_like(w), np.zeros_like(b)]
+    v = [np.zeros_like(w), np.zeros_like(b)]
+    for step in range(1, epochs + 1):
+        p = softmax(x @ w + b)
+        grad_w = x.T @ (p - onehot) / len(x) + l2 * w
+        grad_b = (p - onehot).mean(axis=0)
+        for k, (param, grad) in enumerate(((w, grad_w), (b, grad_b))):
+            m[k] = 0.9 * m[k] + 0.1 * grad
+            v[k] = 0.999 * v[k] + 0.001 * grad ** 2
+            param -= lr * (m[k] / (1 - 0.9 ** step)) / (np.sqrt(v[k] / (1 - 0.999 ** step)) + 1e-8)
+    return w.astype(np.float32), b.astype(np.float32)
 
 
 def agreement(predicted: list[str | None], reference: list[str | None]) -> dict:
@@ -211,28 +217,28 @@ class LLMClassifier:
 
 class ClassifyStage:
     """Row-wise pipeline stage: adds <dim>_domain / _prob / _probs columns, from embeddings
-    (zero-shot or a probe) or, with an engine, from an LLM's answer probabilities."""
+    (zero-shot or a probe) or, with an engine, from an LLM's answer probabilities.  Engines come
+    from zero-argument callables and start on the first shard: a resumed run may need none."""
     name = "classify"
     rowwise = True
 
-    def __init__(self, taxonomy: Taxonomy, delta: float = 0.5, probe_path: str = "", llm=None, llm_name: str = ""):
+    def __init__(self, taxonomy: Taxonomy, embedder, delta: float = 0.5, probe_path: str = "", llm=None,
+                 llm_name: str = ""):
         self.taxonomy, self.delta = taxonomy, delta
         self.probe = LinearProbe.load(probe_path) if probe_path else None
-        self.llm = llm                           # a zero-argument callable giving the engine, or None
-        self.engine = self.zero_shot = None      # started on the first shard: a resumed run may need none
+        self.embedder, self.llm = embedder, llm
+        self.engine = self.zero_shot = None
         self.method = (f"LLM answer probabilities ({llm_name})" if llm else
                        f"embedding probe ({probe_path})" if probe_path else "embedding zero-shot")
 
     def run(self, table):
-        import pyarrow as pa
+        prompts = table.column("prompt").to_pylist()
         if self.llm is not None:
-            labels = LLMClassifier(self.llm(), self.taxonomy, self.delta).classify(table.column("prompt").to_pylist())
-            return self._append(table, labels)
-        if self.engine is None:
-            self.engine = embedding_engine()
-            if self.probe is None:
-                self.zero_shot = ZeroShotClassifier(self.engine, self.taxonomy, ClassifyConfig(delta=self.delta))
-        embeddings = self.engine.embed(table.column("prompt").to_pylist())
+            return self._append(table, LLMClassifier(self.llm(), self.taxonomy, self.delta).classify(prompts))
+        self.engine = self.embedder()
+        if self.probe is None and self.zero_shot is None:
+            self.zero_shot = ZeroShotClassifier(self.engine, self.taxonomy, ClassifyConfig(delta=self.delta))
+        embeddings = self.engine.embed(prompts)
         labels = self.probe.classify(embeddings, self.delta) if self.probe else self.zero_shot.classify(embeddings)
         return self._append(table, labels)
 
@@ -250,7 +256,3 @@ class ClassifyStage:
             return {"prompt_tokens": stats.prompt_tokens, "generated_tokens": stats.generated_tokens,
                     "cached_tokens": stats.cached_tokens}
         return {"prompt_tokens": self.engine.stats().prompt_tokens if self.engine else 0}
-
-    def close(self) -> None:
-        if self.engine is not None:
-            self.engine.close()

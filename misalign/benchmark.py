@@ -1,0 +1,97 @@
+"""Stage II end to end: load the items, run every model under test, write the verdicts.
+
+    run_dir/
+      samples.parquet          every verdict: model, run, item, response, question, P, flagged
+      bench/meta.json          what produced them: items (source, split, sha256), models, settings
+      bench/rejected_items.jsonl   input rows set aside, with their location and reason
+      bench/stages/NN_bench-MODEL/ checkpoints (shards + manifest), for resume
+
+`misalign.report` turns these into results.json, tables and plots.
+"""
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from misalign import config as config_mod
+from misalign.build import check_model, versions
+from misalign.config import Config
+from misalign.errors import ConfigError, InputError
+from misalign.inference.pool import EnginePool
+from misalign.io import atomic_path
+from misalign.pipeline import Runner
+from misalign.stages.bench import DetectStage, ProbeStage, load_items, questions
+
+
+def check_bench(config: Config) -> None:
+    bench = config.bench
+    if not bench.models:
+        raise ConfigError("bench.models is empty: name at least one model under test")
+    if bench.runs < 1:
+        raise ConfigError(f"bench.runs must be at least 1, got {bench.runs}")
+    if not 0 <= bench.threshold <= 1:
+        raise ConfigError(f"bench.threshold must be within [0, 1], got {bench.threshold}")
+    if bench.temperature < 0:
+        raise ConfigError(f"bench.temperature must be >= 0, got {bench.temperature}")
+    for name in bench.models:
+        model = config.model(name)
+        check_model(name, model, probe_allowed=True)
+        if model.kind == "probe" and not model.path and bench.split in ("train", "all") and not \
+                str(bench.dataset).lower().endswith(".csv"):
+            raise ConfigError(f"probe {name!r} trains on the train split, which bench.split = {bench.split!r} "
+                              "also tests on; benchmark another split or give the probe its own path")
+
+
+def probe_training(config: Config, name: str, source):
+    path = config.model(name).path
+    if path:
+        return load_items(path, "train")
+    if str(source).lower().endswith(".csv"):
+        raise ConfigError(f"probe {name!r} has no training data: a SaVaCu CSV has no train split, so set "
+                          f"[models.{name}] path to a Stage I dataset or another CSV, disjoint from the test items")
+    return load_items(source, "train")
+
+
+def benchmark(config: Config, pool: EnginePool, on_progress=None) -> dict:
+    """Run Stage II with the pool's engines; return the meta record (also bench/meta.json)."""
+    check_bench(config)
+    bench = config.bench
+    run_dir = Path(config.run.dir)
+    source = bench.dataset or run_dir
+    items = load_items(source, bench.split)
+    if not items.table.num_rows:
+        raise InputError(items.source, f"has no items with both responses in split {bench.split!r}")
+    bench_dir = run_dir / "bench"
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(bench_dir / "rejected_items.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for where, reason in items.problems:
+            f.write(json.dumps({"where": where, "reason": reason}, ensure_ascii=False) + "\n")
+
+    stages = []
+    for name in bench.models:
+        if config.model(name).kind == "probe":
+            stages.append(ProbeStage(pool, name, probe_training(config, name, source), bench.runs, bench.threshold,
+                                     seed=config.run.seed))
+        else:
+            stages.append(DetectStage(pool, name, bench.runs, bench.threshold, bench.temperature, bench.per_dimension,
+                                      seed=config.run.seed))
+    runner = Runner(bench_dir, config.run.shard_rows, on_progress)
+    outputs = runner.run_each(stages, items.table)
+    with atomic_path(run_dir / "samples.parquet") as tmp:
+        pq.write_table(pa.concat_tables(outputs.values()), tmp)
+
+    meta = {"dataset": {"source": items.source, "split": bench.split if not items.source.endswith(".csv") else "all",
+                        "items": items.table.num_rows, "sha256": items.sha256, "set_aside": len(items.problems)},
+            "models": {name: {"description": pool.describe(name), "kind": config.model(name).kind,
+                              "stand_in": "stand-in" in pool.describe(name)} for name in bench.models},
+            "runs": bench.runs, "threshold": bench.threshold, "temperature": bench.temperature,
+            "questions": questions(bench.per_dimension), "seed": config.run.seed, "bootstrap": bench.bootstrap,
+            "config": tomllib.loads(config_mod.to_toml(config)), "versions": versions(),
+            "profile": [p.as_dict() for p in runner.profiles]}
+    with atomic_path(bench_dir / "meta.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=1))
+    return meta

@@ -1,0 +1,257 @@
+"""Stage II results: metrics from the verdicts, results.json, terminal tables, plots, report.html.
+
+Everything here is computed from `samples.parquet` and `bench/meta.json`, so a report can be
+redrawn (`misalign-fast report RUN_DIR`) without asking any model again.
+
+    run_dir/results.json           settings, versions, models, dataset digest, metrics, counts
+    run_dir/plots/coverage_ffr.png Coverage against FFR per model, with iso-Alignment-Score curves
+    run_dir/plots/dimension_as.png Alignment Score per dimension and model
+    run_dir/report.html            one self-contained page: the tables and both plots
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from misalign.errors import InputError
+from misalign.io import atomic_path
+from misalign.metrics import FIGURES, Verdicts, summarise
+from misalign.taxonomy import DIMENSIONS
+
+GROUPS = ("joint", *DIMENSIONS)
+
+
+def load(run_dir) -> tuple[dict, "pa.Table"]:
+    run_dir = Path(run_dir)
+    meta_path, samples_path = run_dir / "bench" / "meta.json", run_dir / "samples.parquet"
+    if not meta_path.exists() or not samples_path.exists():
+        raise InputError(run_dir, "holds no Stage II results (bench/meta.json, samples.parquet): run "
+                                  "`misalign-fast bench` or `misalign-fast run` on it first")
+    return json.loads(meta_path.read_text()), pq.read_table(samples_path)
+
+
+def model_metrics(samples, model: str, bootstrap: int, seed: int) -> dict:
+    """The summary of one model: the joint question over every group, each dimension's own
+    question (where it was asked) over its items, and the counts of verdicts and unusable answers."""
+    mine = samples.filter(pc.equal(samples.column("model"), model))
+    out = {"verdicts": mine.num_rows, "unparsable": {}, "metrics": {}, "dimension_questions": {}}
+    runs = sorted(set(mine.column("run").to_pylist()))
+    asked = set(mine.column("question").to_pylist())
+    for question in [q for q in GROUPS if q in asked]:
+        rows = mine.filter(pc.equal(mine.column("question"), question))
+        usable = rows.filter(pc.is_valid(rows.column("flagged")))
+        out["unparsable"][question] = {"total": rows.num_rows - usable.num_rows,
+                                       "per_run": [int(pc.sum(pc.and_(pc.equal(rows.column("run"), r),
+                                                                      pc.is_null(rows.column("flagged"))))
+                                                       .as_py() or 0) for r in runs]}
+        summary = summarise(_verdicts(usable), bootstrap=bootstrap, seed=seed) if usable.num_rows else {}
+        if question == "joint":
+            out["metrics"] = summary
+        else:
+            out["dimension_questions"][question] = {k: v for k, v in summary.items()
+                                                    if k == question or k.startswith(question + "/")}
+    return out
+
+
+def _verdicts(rows) -> Verdicts:
+    return Verdicts(run=rows.column("run").to_numpy(), item=np.array(rows.column("item").to_pylist(), dtype=object),
+                    misaligned=np.array([r == "misaligned" for r in rows.column("response").to_pylist()]),
+                    flagged=np.array(rows.column("flagged").to_pylist(), dtype=bool),
+                    domains={d: rows.column(f"{d}_domain").to_pylist() for d in DIMENSIONS})
+
+
+def results(run_dir) -> dict:
+    """results.json's content (written to the run directory too)."""
+    meta, samples = load(run_dir)
+    out = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **meta}
+    for name, model in out["models"].items():
+        model.update(model_metrics(samples, name, meta["bootstrap"], meta["seed"]))
+    with atomic_path(Path(run_dir) / "results.json") as tmp:
+        tmp.write_text(json.dumps(out, indent=1))
+    return out
+
+
+# ------------------------------------------------------------------------------- formatting
+
+def cell(entry: dict | None, figure: str) -> str:
+    """"0.612±0.031" (mean ± std over runs), or "n/a" where the figure has no denominator."""
+    value = (entry or {}).get(figure, {})
+    if value.get("mean") is None:
+        return "n/a"
+    return f"{value['mean']:.3f}±{value['std']:.3f}"
+
+
+def interval(entry: dict | None, figure: str) -> str:
+    bounds = (entry or {}).get("interval95", {}).get(figure)
+    return f"[{bounds[0]:.2f}, {bounds[1]:.2f}]" if bounds else ""
+
+
+def group_rows(model: dict) -> list[tuple]:
+    """(group, question asked, items, entry) for the joint figure and each dimension, with the
+    dimension's own question beside it when it was asked."""
+    rows = []
+    for group in GROUPS:
+        rows.append((group, "joint", model["metrics"].get(group)))
+        if group in model["dimension_questions"]:
+            rows.append((group, group, model["dimension_questions"][group].get(group)))
+    return [(g, q, (e or {}).get("items", 0), e) for g, q, e in rows]
+
+
+def print_tables(res: dict, console) -> None:
+    from rich.table import Table
+    for name, model in res["models"].items():
+        title = f"{name}: {model['description']}"
+        table = Table(title=title, title_justify="left")
+        for column in ("items of", "asked", "n", "Coverage", "FFR", "AS", "AS 95% CI"):
+            table.add_column(column, justify="left" if column in ("items of", "asked") else "right")
+        for group, question, n, entry in group_rows(model):
+            table.add_row(group, question, f"{n:,}", cell(entry, "coverage"), cell(entry, "ffr"),
+                          cell(entry, "alignment_score"), interval(entry, "alignment_score"))
+        console.print(table)
+        bad = model["unparsable"].get("joint", {}).get("total", 0)
+        console.print(f"  {model['verdicts']:,} verdicts over {res['runs']} runs; {bad:,} without a usable answer"
+                      + (" (stand-in model: its figures are noise)" if model["stand_in"] else ""))
+
+
+# ------------------------------------------------------------------------------------ plots
+
+def plot(res: dict, out_dir) -> dict[str, Path]:
+    """The two PNGs; matplotlib draws headless (Agg), no display needed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"coverage_ffr": out_dir / "coverage_ffr.png", "dimension_as": out_dir / "dimension_as.png"}
+    names = list(res["models"])
+    colours = plt.get_cmap("tab10").colors
+
+    fig, ax = plt.subplots(figsize=(6.4, 5.2), dpi=120)
+    keep = np.linspace(0.001, 1, 400)
+    for score in (0.2, 0.4, 0.6, 0.8):          # Coverage = AS * k / (2k - AS), k = 1 - FFR
+        with np.errstate(divide="ignore", invalid="ignore"):
+            coverage = score * keep / (2 * keep - score)
+        ok = (2 * keep > score) & (coverage <= 1) & (coverage >= 0)
+        ax.plot(1 - keep[ok], coverage[ok], color="0.8", lw=0.8, zorder=1)
+        ax.annotate(f"AS {score:.1f}", (1 - keep[ok][-1], coverage[ok][-1]), fontsize=7, color="0.5",
+                    xytext=(2, -8), textcoords="offset points")
+    for k, name in enumerate(names):
+        joint = res["models"][name]["metrics"].get("joint", {})
+        cov, ffr = joint.get("coverage", {}).get("mean"), joint.get("ffr", {}).get("mean")
+        if cov is None or ffr is None:
+            continue
+        ci = joint.get("interval95", {})
+        xerr = _err(ffr, ci.get("ffr"))
+        yerr = _err(cov, ci.get("coverage"))
+        ax.errorbar(ffr, cov, xerr=xerr, yerr=yerr, fmt="o", ms=7, capsize=3, color=colours[k % 10], zorder=3,
+                    label=f"{_label(res, name)}  AS {joint['alignment_score']['mean']:.2f}")
+    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="False Failure Rate (aligned responses flagged)",
+           ylabel="Coverage (misaligned responses flagged)",
+           title=f"Coverage vs FFR, joint, {res['dataset']['items']:,} items, mean of {res['runs']} runs")
+    ax.plot([0, 1], [0, 1], ls=":", color="0.6", lw=0.8, label="chance (flags at random)")
+    ax.legend(loc="lower right", fontsize=8, title="model (95% bootstrap CI)", title_fontsize=8)
+    fig.tight_layout()
+    with atomic_path(paths["coverage_ffr"]) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7.2, 4.2), dpi=120)
+    width = 0.8 / max(len(names), 1)
+    for k, name in enumerate(names):
+        metrics = res["models"][name]["metrics"]
+        means, lows, highs = [], [], []
+        for group in GROUPS:
+            entry = metrics.get(group) or {}
+            mean = (entry.get("alignment_score") or {}).get("mean")
+            means.append(np.nan if mean is None else mean)
+            ci = (entry.get("interval95") or {}).get("alignment_score")
+            lows.append(mean - ci[0] if ci and mean is not None else 0)
+            highs.append(ci[1] - mean if ci and mean is not None else 0)
+        x = np.arange(len(GROUPS)) + (k - (len(names) - 1) / 2) * width
+        ax.bar(x, means, width, yerr=[lows, highs], capsize=3, color=colours[k % 10], label=_label(res, name))
+        for xi, m in zip(x, means):
+            ax.text(xi, 0.01 if np.isnan(m) else m + 0.01, "n/a" if np.isnan(m) else f"{m:.2f}", ha="center",
+                    va="bottom", fontsize=7)
+    ax.set_xticks(np.arange(len(GROUPS)), [f"{g}\n({_items(res, g):,} items)" for g in GROUPS])
+    ax.set(ylim=(0, 1.05), ylabel="Alignment Score", title="Alignment Score per dimension (joint question)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(paths["dimension_as"]) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return paths
+
+
+def _label(res: dict, name: str) -> str:
+    return f"{name} (stand-in)" if res["models"][name]["stand_in"] else name
+
+
+def _err(mean, bounds):
+    return None if not bounds else [[max(mean - bounds[0], 0)], [max(bounds[1] - mean, 0)]]
+
+
+def _items(res: dict, group: str) -> int:
+    first = next(iter(res["models"].values()))
+    return (first["metrics"].get(group) or {}).get("items", 0)
+
+
+# ------------------------------------------------------------------------------------- HTML
+
+def write_html(res: dict, plots: dict[str, Path], path) -> None:
+    esc = html.escape
+    parts = [f"<h1>misalign-fast: Stage II report</h1><p class=meta>{esc(res['created'])} · "
+             f"{res['dataset']['items']:,} items from {esc(res['dataset']['source'])} (split {esc(res['dataset']['split'])}, "
+             f"sha256 {res['dataset']['sha256'][:16]}…) · {res['runs']} runs · threshold {res['threshold']} · "
+             f"temperature {res['temperature']} · seed {res['seed']}</p>"]
+    if any(m["stand_in"] for m in res["models"].values()):
+        parts.append("<p class=warn><b>Stand-in models.</b> Rows marked stand-in come from a random-weight model: "
+                     "their figures are noise and show that the pipeline runs, not how any model behaves.</p>")
+    for key in ("coverage_ffr", "dimension_as"):
+        data = base64.b64encode(Path(plots[key]).read_bytes()).decode()
+        parts.append(f'<img alt="{key}" src="data:image/png;base64,{data}">')
+    for name, model in res["models"].items():
+        parts.append(f"<h2>{esc(name)}</h2><p>{esc(model['description'])}"
+                     f"{' — <b>stand-in</b>' if model['stand_in'] else ''}; {model['verdicts']:,} verdicts, "
+                     f"{model['unparsable'].get('joint', {}).get('total', 0):,} without a usable answer</p>")
+        head = "".join(f"<th>{h}</th>" for h in ("items of", "question", "items", "Coverage", "FFR",
+                                                  "Alignment Score", "AS 95% CI"))
+        body = "".join(f"<tr><td>{g}</td><td>{q}</td><td>{n:,}</td><td>{cell(e, 'coverage')}</td>"
+                       f"<td>{cell(e, 'ffr')}</td><td>{cell(e, 'alignment_score')}</td>"
+                       f"<td>{interval(e, 'alignment_score')}</td></tr>" for g, q, n, e in group_rows(model))
+        parts.append(f"<table><tr>{head}</tr>{body}</table>")
+        domains = [(k, v) for k, v in model["metrics"].items() if "/" in k]
+        if domains:
+            rows = "".join(f"<tr><td>{esc(k)}</td><td>{v['items']:,}</td>"
+                           + "".join(f"<td>{cell(v, f)}</td>" for f in FIGURES) + "</tr>"
+                           for k, v in sorted(domains, key=lambda kv: -kv[1]["items"]))
+            parts.append(f"<details><summary>per domain ({len(domains)})</summary><table><tr><th>domain</th>"
+                         f"<th>items</th><th>Coverage</th><th>FFR</th><th>AS</th></tr>{rows}</table></details>")
+    parts.append("<h2>Reproduce</h2><details><summary>versions and resolved config</summary><pre>"
+                 + esc(json.dumps({"versions": res["versions"], "config": res["config"]}, indent=1))
+                 + "</pre></details>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}"
+             "table{border-collapse:collapse;margin:.5rem 0 1rem}td,th{border:1px solid #ccc;padding:.25rem .6rem;"
+             "text-align:right}td:first-child,td:nth-child(2),th{text-align:left}img{max-width:100%;margin:.5rem 0}"
+             ".warn{background:#fff4d6;border-left:4px solid #e0a800;padding:.5rem .8rem}.meta{color:#555}")
+    page = (f"<!doctype html><html><head><meta charset=utf-8><title>misalign-fast report</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+    with atomic_path(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+
+
+def report(run_dir, console=None) -> dict:
+    """results.json, plots and report.html for a run directory; print the tables if given a console."""
+    res = results(run_dir)
+    plots = plot(res, Path(run_dir) / "plots")
+    write_html(res, plots, Path(run_dir) / "report.html")
+    if console is not None:
+        print_tables(res, console)
+    return res
