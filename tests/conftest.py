@@ -46,3 +46,31 @@ def minilm_engine():
     engine = embedding_engine()
     yield engine
     engine.close()
+
+
+class SessionPool:
+    """EnginePool's interface over this session's engines, so that pipeline code runs on the
+    real engines without starting them again: "tiny" is the stand-in, the embedder is MiniLM."""
+
+    def __init__(self, engines: dict, embedder):
+        self.engines, self._embedder = engines, embedder
+
+    def get(self, name):
+        return self.engines[name]
+
+    def embedder(self):
+        return self._embedder
+
+    def started(self, names):
+        return [self.engines[n] for n in dict.fromkeys(names) if n in self.engines]
+
+    def describe(self, name):
+        return "tiny (random-weight stand-in)" if name == "tiny" else name
+
+    def close(self):
+        pass
+
+
+@pytest.fixture(scope="session")
+def session_pool(tiny_engine, minilm_engine):
+    return SessionPool({"tiny": tiny_engine}, minilm_engine)
