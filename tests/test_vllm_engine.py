@@ -84,3 +84,14 @@ def test_tiny_model_is_small_deterministic_and_labelled(tmp_path, tiny_model):
     assert size < 5e6
     assert (again / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()
     assert (again / "STAND_IN.txt").read_text().strip() == STAND_IN_NOTE
+
+
+def test_a_prompt_longer_than_the_context_is_left_out_and_counted(tiny_engine):
+    long = "alignment benchmark " * 3000
+    assert len(tiny_engine.tokenizer(tiny_engine.render(long))["input_ids"]) > tiny_engine.max_model_len
+    before = tiny_engine.stats().too_long
+    probs = tiny_engine.label_probs(["Is this fine?", long], ["Yes", "No"])
+    assert np.isfinite(probs[0]).all() and np.isnan(probs[1]).all()
+    short, too_long = tiny_engine.generate(["Hello there", long], SamplingConfig(max_tokens=4))
+    assert too_long.text == "" and too_long.completion_tokens == 0 and short.prompt_tokens > 0
+    assert tiny_engine.stats().too_long == before + 2

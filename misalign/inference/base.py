@@ -47,6 +47,7 @@ class EngineStats:
     seconds: float = 0.0
     parsed_fallbacks: int = 0     # label_probs answered by parsing text, not log-probs
     unparsable: int = 0           # label_probs answers that matched no choice
+    too_long: int = 0             # prompts longer than the model's context: not sent, answered empty / NaN
 
     @property
     def prefix_cache_hit_rate(self) -> float:

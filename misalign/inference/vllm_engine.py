@@ -71,6 +71,7 @@ class VLLMEngine:
         except Exception as exc:   # vLLM raises many kinds; the user needs the model and the reason
             raise EngineError(f"cannot load model {config.model!r} with vLLM: {exc}") from exc
         self.tokenizer = self.llm.get_tokenizer() if config.runner == "generate" else None
+        self.max_model_len = self.llm.llm_engine.vllm_config.model_config.max_model_len
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
         self.chat = has_template if config.chat is None else config.chat
 
@@ -85,14 +86,23 @@ class VLLMEngine:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
+    def _fits(self, texts: list[str]) -> list[bool]:
+        """Whether each prompt leaves the context room for one generated token.  vLLM rejects a
+        whole batch for one prompt that does not; here that prompt alone is left out (and
+        counted), so that one overlong row cannot stop a run."""
+        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        return [n + 2 <= self.max_model_len for n in lengths]     # + 1 for a BOS vLLM may add
+
     def _run(self, texts: list[str], params) -> list:
-        """Generate in prefix order, record stats, return outputs in the caller's order.
-        `params` is one SamplingParams, or a list of one per text."""
-        order = prefix_order(texts) if self.config.order_by_prefix else list(range(len(texts)))
+        """Generate in prefix order, record stats, return outputs in the caller's order (None for
+        a prompt too long for the context).  `params` is one SamplingParams, or one per text."""
+        fits = self._fits(texts)
+        self._stats.too_long += fits.count(False)
+        order = [i for i in (prefix_order(texts) if self.config.order_by_prefix else range(len(texts))) if fits[i]]
         if isinstance(params, list):
             params = [params[i] for i in order]
         with Timer(self._stats):
-            outputs = self.llm.generate([texts[i] for i in order], params, use_tqdm=False)
+            outputs = self.llm.generate([texts[i] for i in order], params, use_tqdm=False) if order else []
         results = [None] * len(texts)
         for i, output in zip(order, outputs):
             results[i] = output
@@ -119,7 +129,7 @@ class VLLMEngine:
         outputs = self._run([self.render(p) for p in prompts], params)
         return [Generation(text=o.outputs[0].text, prompt_tokens=len(o.prompt_token_ids),
                            completion_tokens=len(o.outputs[0].token_ids), cached_tokens=o.num_cached_tokens or 0)
-                for o in outputs]
+                if o is not None else Generation(text="", prompt_tokens=0, completion_tokens=0) for o in outputs]
 
     def first_tokens(self, choices: Sequence[str]) -> list[int]:
         return [self.tokenizer.encode(c, add_special_tokens=False)[0] for c in choices]
@@ -130,8 +140,10 @@ class VLLMEngine:
         check_choices(choices, ids)
         params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=ids)
         outputs = self._run([self.render(p) for p in prompts], params)
-        probs = np.empty((len(outputs), len(ids)))
+        probs = np.full((len(outputs), len(ids)), np.nan)
         for row, output in enumerate(outputs):
+            if output is None:
+                continue
             step = output.outputs[0].logprobs[0]
             probs[row] = renormalise([step[t].logprob if t in step else None for t in ids])
         return probs
