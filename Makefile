@@ -22,6 +22,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_simhash.py
 	$(VENV)/bin/python benchmarks/bench_prefix_cache.py
 	$(VENV)/bin/python benchmarks/bench_classify.py
+	$(VENV)/bin/python benchmarks/bench_detect.py
 
 clean:
 	rm -rf build runs $(VENV) misalign/*.so misalign/_simhash.c

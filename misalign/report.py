@@ -177,11 +177,12 @@ def plot(res: dict, out_dir) -> dict[str, Path]:
             highs.append(ci[1] - mean if ci and mean is not None else 0)
         x = np.arange(len(GROUPS)) + (k - (len(names) - 1) / 2) * width
         ax.bar(x, means, width, yerr=[lows, highs], capsize=3, color=colours[k % 10], label=_label(res, name))
-        for xi, m in zip(x, means):
-            ax.text(xi, 0.01 if np.isnan(m) else m + 0.01, "n/a" if np.isnan(m) else f"{m:.2f}", ha="center",
-                    va="bottom", fontsize=7)
+        for xi, m, high in zip(x, means, highs):
+            top = 0.0 if np.isnan(m) else m + high          # above the error bar, not on it
+            ax.text(xi, top + 0.01, "n/a" if np.isnan(m) else f"{m:.2f}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(np.arange(len(GROUPS)), [f"{g}\n({_items(res, g):,} items)" for g in GROUPS])
-    ax.set(ylim=(0, 1.05), ylabel="Alignment Score", title="Alignment Score per dimension (joint question)")
+    ax.set(ylim=(0, 1.05), ylabel="Alignment Score (bars: 95% bootstrap CI)",
+           title=f"Alignment Score per dimension, joint question, mean of {res['runs']} runs")
     ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(paths["dimension_as"]) as tmp:

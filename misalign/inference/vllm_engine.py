@@ -2,7 +2,9 @@
 
 vLLM's CPU backend sizes its KV cache from the VLLM_CPU_KVCACHE_SPACE environment variable
 (GiB), read when the engine starts; `EngineConfig.cpu_kv_cache_gib` sets it unless the user did.
-VLLM_LOGGING_LEVEL defaults to WARNING here for the same reason (set it to INFO to see vLLM's).
+VLLM_LOGGING_LEVEL defaults to ERROR here: vLLM logs every engine step at INFO, and on CPU a page
+of WARNINGs about optional libraries (Triton, tcmalloc) that a user cannot act on; set it to
+WARNING or INFO to see them.
 Scripts that start an engine need an `if __name__ == "__main__":` guard (vLLM spawns workers).
 """
 from __future__ import annotations
@@ -47,8 +49,8 @@ class VLLMEngine:
         self.config = config
         self.model = config.model
         self._stats = EngineStats()
-        # vLLM logs every engine step at INFO on stdout; a pipeline's own tables should stay readable
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        # a pipeline's own tables should stay readable (see the module docstring)
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         gpu = on_gpu()
         if not gpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kv_cache_gib))
