@@ -71,6 +71,30 @@ def test_api_key_comes_from_the_named_variable(server, monkeypatch):
     assert engine.generate(["hi"], SamplingConfig(max_tokens=1))[0].completion_tokens == 1
 
 
+def test_a_server_model_under_test_through_the_pool(server, tmp_path):
+    """Stage II with the model behind the server: the pool builds the OpenAIEngine from the config."""
+    from pathlib import Path
+
+    from misalign import config as config_mod
+    from misalign.benchmark import benchmark
+    from misalign.inference.pool import EnginePool
+    from misalign.report import results
+    _, url = server
+    fixture = Path(__file__).parent / "data" / "savacu_fixture.csv"
+    config = config_mod.load(None, [f'run.dir="{tmp_path}"', f'bench.dataset="{fixture}"', 'bench.models=["remote"]',
+                                    'models.remote.kind="openai"', f'models.remote.base_url="{url}"',
+                                    'models.remote.path="tiny"', "bench.runs=2", "bench.bootstrap=20"])
+    pool = EnginePool(config, tmp_path)
+    try:
+        meta = benchmark(config, pool)
+    finally:
+        pool.close()
+    assert url in meta["models"]["remote"]["description"]
+    remote = results(tmp_path)["models"]["remote"]
+    assert remote["verdicts"] == 10 * 2 * 2 and remote["unparsable"]["joint"]["total"] == 0
+    assert remote["metrics"]["joint"]["items"] == 10
+
+
 def test_server_stopped_mid_run_gives_a_clear_error_after_retries(server):
     proc, url = server
     engine = OpenAIEngine(OpenAIConfig(base_url=url, model="tiny", retries=2, backoff_s=0.1, timeout_s=5))

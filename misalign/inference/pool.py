@@ -60,7 +60,9 @@ class EnginePool:
             return "tiny (random-weight stand-in)"
         if model.kind == "probe":
             return f"{name} (logistic probe on MiniLM embeddings, trained on {model.path or 'the train split'})"
-        return f"{name} ({model.path or model.base_url})"
+        if model.kind == "openai":
+            return f"{name} ({model.path or name} served at {model.base_url})"
+        return f"{name} ({model.path})"
 
     def close(self) -> None:
         for engine in [*self._engines.values(), self._embedder]:

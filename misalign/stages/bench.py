@@ -90,7 +90,8 @@ def load_items(source, split: str = "test", taxonomy: Taxonomy | None = None) ->
         tables = [io.read_table(f, "parquet") for f in files]
         return _stage1_items(pa.concat_tables(tables, promote_options="default"), str(folder))
     if not path.exists():
-        raise InputError(path, "does not exist")
+        raise InputError(path, "does not exist: build a dataset there first (misalign-fast build), or point "
+                               "bench.dataset (--dataset) at one")
     return _stage1_items(io.read_table(path, "parquet"), str(path))
 
 
