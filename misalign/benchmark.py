@@ -56,8 +56,9 @@ def probe_training(config: Config, name: str, source):
     return load_items(source, "train")
 
 
-def benchmark(config: Config, pool: EnginePool, on_progress=None) -> dict:
-    """Run Stage II with the pool's engines; return the meta record (also bench/meta.json)."""
+def benchmark(config: Config, pool: EnginePool, on_progress=None, executor=None) -> dict:
+    """Run Stage II with the pool's engines (or on `executor`'s workers, see
+    misalign.distributed); return the meta record (also bench/meta.json)."""
     check_bench(config)
     bench = config.bench
     run_dir = Path(config.run.dir)
@@ -79,7 +80,7 @@ def benchmark(config: Config, pool: EnginePool, on_progress=None) -> dict:
         else:
             stages.append(DetectStage(pool, name, bench.runs, bench.threshold, bench.temperature, bench.per_dimension,
                                       seed=config.run.seed))
-    runner = Runner(bench_dir, config.run.shard_rows, on_progress)
+    runner = Runner(bench_dir, config.run.shard_rows, on_progress, executor)
     outputs = runner.run_each(stages, items.table)
     with atomic_path(run_dir / "samples.parquet") as tmp:
         pq.write_table(pa.concat_tables(outputs.values()), tmp)

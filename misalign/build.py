@@ -88,9 +88,10 @@ def versions() -> dict:
     return {"python": platform.python_version(), **found}
 
 
-def build(config: Config, pool: EnginePool, on_progress=None) -> dict:
-    """Run Stage I with the pool's engines; return a summary (counts, paths, per-stage profile,
-    per-domain stats)."""
+def build(config: Config, pool: EnginePool, on_progress=None, executor=None) -> dict:
+    """Run Stage I with the pool's engines (row-wise stages on `executor`'s workers if given,
+    see misalign.distributed); return a summary (counts, paths, per-stage profile, per-domain
+    stats)."""
     check_models(config)
     run_dir = Path(config.run.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -101,10 +102,9 @@ def build(config: Config, pool: EnginePool, on_progress=None) -> dict:
     write_rejected(rejected, run_dir / "rejected_inputs.jsonl")
 
     taxonomy = Taxonomy.load()
-    runner = Runner(run_dir, config.run.shard_rows, on_progress)
-    llm = config.classify.model if config.classify.method == "llm" else ""
-    classify = ClassifyStage(taxonomy, pool.embedder, config.classify.delta, config.classify.probe,
-                             llm=(lambda: pool.get(llm)) if llm else None, llm_name=llm)
+    runner = Runner(run_dir, config.run.shard_rows, on_progress, executor)
+    classify = ClassifyStage(taxonomy, pool, config.classify.delta, config.classify.probe,
+                             llm=config.classify.model if config.classify.method == "llm" else "")
     respond_sampling = SamplingConfig(max_tokens=config.respond.max_tokens, temperature=config.respond.temperature,
                                       top_p=config.respond.top_p)
     generators = list(config.respond.models)

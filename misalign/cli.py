@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -246,6 +247,9 @@ def classify(input_path, output_path, column, probe_path, train_path, save_probe
 
 def _config_options(f):
     """The options every command that takes a run CONFIG shares."""
+    f = click.option("--engine", type=click.Choice(["local", "ray"]),
+                     help="Where the model stages run: in this process (local, the default) or on "
+                          "Ray actors, one engine each (ray; see the [ray] config section).")(f)
     f = click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
                      help="Where the run is written (and resumed from); overrides run.dir.")(f)
     f = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
@@ -254,12 +258,29 @@ def _config_options(f):
                           type=click.Path(exists=True, dir_okay=False, path_type=Path))(f)
 
 
-def _load_config(config_path, overrides, run_dir, extra=()):
+def _load_config(config_path, overrides, run_dir, engine, extra=()):
     from misalign import config as config_mod
     overrides = [*overrides, *extra]
     if run_dir is not None:
         overrides.append(f'run.dir="{run_dir}"')
+    if engine is not None:
+        overrides.append(f'run.engine="{engine}"')
     return config_mod.load(config_path or config_mod.embedded_default(), overrides)
+
+
+@contextmanager
+def _engines(config):
+    """The run's engine pool and, with run.engine = "ray", its Ray workers; closed at the end."""
+    from misalign.distributed import executor
+    from misalign.inference.pool import EnginePool
+    pool = EnginePool(config, config.run.dir)
+    workers = executor(config)
+    try:
+        yield pool, workers
+    finally:
+        if workers is not None:
+            workers.close()
+        pool.close()
 
 
 def _progress():
@@ -275,18 +296,20 @@ def _progress():
     return progress, on_progress
 
 
-def _stage1(config, pool, progress, on_progress, per_domain=True):
+def _stage1(config, pool, workers, per_domain=True):
     from misalign.build import build as run_build
+    progress, on_progress = _progress()
     with progress:
-        summary = run_build(config, pool, on_progress)
+        summary = run_build(config, pool, on_progress, workers)
     _print_build_summary(summary, per_domain)
 
 
-def _stage2(config, pool, progress, on_progress):
+def _stage2(config, pool, workers):
     from misalign.benchmark import benchmark
     from misalign.report import report
+    progress, on_progress = _progress()
     with progress:
-        meta = benchmark(config, pool, on_progress)
+        meta = benchmark(config, pool, on_progress, workers)
     _print_profile(meta["profile"], "per model under test")
     res = report(config.run.dir, out)
     out.print(f"results.json, samples.parquet, plots/ and report.html written to {config.run.dir}")
@@ -296,7 +319,7 @@ def _stage2(config, pool, progress, on_progress):
 @main.command()
 @_config_options
 @click.option("--limit", type=int, help="Use only the first N valid input prompts.")
-def build(config_path, overrides, run_dir, limit):
+def build(config_path, overrides, run_dir, engine, limit):
     """Stage I: build a SaVaCu-style dataset from prompts (classify, expand, dedup, respond,
     reject, split).
 
@@ -306,13 +329,9 @@ def build(config_path, overrides, run_dir, limit):
     configs/paper-gpu.toml.  Every stage checkpoints its output: run the same command again to
     resume an interrupted run.
     """
-    from misalign.inference.pool import EnginePool
-    config = _load_config(config_path, overrides, run_dir, [f"run.limit={limit}"] if limit is not None else [])
-    pool = EnginePool(config, config.run.dir)
-    try:
-        _stage1(config, pool, *_progress())
-    finally:
-        pool.close()
+    config = _load_config(config_path, overrides, run_dir, engine, [f"run.limit={limit}"] if limit is not None else [])
+    with _engines(config) as (pool, workers):
+        _stage1(config, pool, workers)
 
 
 @main.command()
@@ -326,7 +345,7 @@ def build(config_path, overrides, run_dir, limit):
 @click.option("--models", "model_names", metavar="A,B",
               help="Models under test, comma-separated names from the config's [models] "
                    "(default: bench.models).")
-def bench(config_path, overrides, run_dir, dataset, split, runs, model_names):
+def bench(config_path, overrides, run_dir, engine, dataset, split, runs, model_names):
     """Stage II: benchmark models as zero-shot detectors of misaligned responses.
 
     Each model under test sees every test item's prompt with one response at a time (the
@@ -341,7 +360,6 @@ def bench(config_path, overrides, run_dir, dataset, split, runs, model_names):
 
       misalign-fast bench my.toml --dataset SaVaCu.csv --run-dir runs/savacu
     """
-    from misalign.inference.pool import EnginePool
     extra = []
     if dataset is not None:
         extra.append(f'bench.dataset="{dataset}"')
@@ -351,17 +369,14 @@ def bench(config_path, overrides, run_dir, dataset, split, runs, model_names):
         extra.append(f"bench.runs={runs}")
     if model_names:
         extra.append("bench.models=[" + ", ".join(f'"{m.strip()}"' for m in model_names.split(",")) + "]")
-    config = _load_config(config_path, overrides, run_dir, extra)
-    pool = EnginePool(config, config.run.dir)
-    try:
-        _stage2(config, pool, *_progress())
-    finally:
-        pool.close()
+    config = _load_config(config_path, overrides, run_dir, engine, extra)
+    with _engines(config) as (pool, workers):
+        _stage2(config, pool, workers)
 
 
 @main.command()
 @_config_options
-def run(config_path, overrides, run_dir):
+def run(config_path, overrides, run_dir, engine):
     """Stage I then Stage II from one config: build the dataset, benchmark the models under
     test on its test split, and write the report.
 
@@ -371,19 +386,14 @@ def run(config_path, overrides, run_dir):
     show that the pipeline works, not how a real model behaves; configs/paper-gpu.toml is the
     paper's set-up.  Run the same command again to resume an interrupted run.
     """
-    from misalign.build import check_models
     from misalign.benchmark import check_bench
-    from misalign.inference.pool import EnginePool
-    config = _load_config(config_path, overrides, run_dir)
+    from misalign.build import check_models
+    config = _load_config(config_path, overrides, run_dir, engine)
     check_models(config)
     check_bench(config)
-    pool = EnginePool(config, config.run.dir)       # one engine per model, shared by both stages
-    try:
-        progress, on_progress = _progress()
-        _stage1(config, pool, progress, on_progress, per_domain=False)
-        _stage2(config, pool, *_progress())
-    finally:
-        pool.close()
+    with _engines(config) as (pool, workers):      # one engine per model (per worker), for both stages
+        _stage1(config, pool, workers, per_domain=False)
+        _stage2(config, pool, workers)
 
 
 @main.command()

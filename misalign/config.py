@@ -102,6 +102,17 @@ class RunConfig:
     seed: int = 0
     limit: int = 0                 # 0: every input row
     shard_rows: int = 256
+    engine: str = "local"          # "local" (this process) or "ray" (row-wise stages on Ray actors)
+
+
+@dataclass
+class RayConfig:
+    address: str = ""              # "": start a local Ray (or join RAY_ADDRESS); "auto" or host:port for a cluster
+    workers: int = 0               # actors; 0: one per gpus_per_worker GPUs of the cluster (1 without GPUs)
+    gpus_per_worker: float = 1.0   # a model's tensor-parallel size; ignored where the cluster has no GPU
+    cpus_per_worker: int = 1
+    local_cpus: int = 0            # CPUs of a local Ray started here; 0: all
+    worker_logs: bool = False      # forward the actors' (vLLM's) logs to this terminal
 
 
 @dataclass
@@ -115,6 +126,7 @@ class Config:
     reject: RejectConfig = field(default_factory=RejectConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     models: dict = field(default_factory=lambda: {"tiny": ModelConfig()})
 
     def model(self, name: str) -> ModelConfig:

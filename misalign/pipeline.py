@@ -1,9 +1,11 @@
 """The runner: stages in order, each checkpointed as Parquet shards with a manifest.
 
 A row-wise stage (its output for input rows [a, b) depends on those rows alone) runs shard by
-shard; a re-run with the same run directory skips every shard its manifest lists and goes on
-after the last complete one, so an interrupted run loses at most the shard in flight.  A global
-stage (dedup, split: they need every row) runs in one piece and is checkpointed when done.
+shard, here or on an executor's workers (misalign.distributed: any order); a re-run with the
+same run directory skips every shard its manifest lists, so an interrupted run loses at most
+the shards in flight.  A global stage (expand, dedup, split: they need every row) runs in one
+piece, in this process, and is checkpointed when done.  On an executor a stage's `seconds` add
+up the workers' time.
 Stages never call each other; each reads the table the previous one wrote (`run`), or all read
 the same table (`run_each`).
 """
@@ -63,6 +65,17 @@ class Stage(Protocol):
         """Token counts so far (prompt_tokens, generated_tokens, cached_tokens)."""
 
 
+def run_shard(stage, index: int, part: pa.Table) -> tuple[int, pa.Table, dict]:
+    """One shard through a stage: (index, output, stats of that shard)."""
+    before = stage.counters()
+    began = time.perf_counter()
+    out = stage.run(part)
+    after = stage.counters()
+    stats = {"items_in": part.num_rows, "items_out": out.num_rows, "seconds": time.perf_counter() - began,
+             **{k: after.get(k, 0) - before.get(k, 0) for k in after}}
+    return index, out, stats
+
+
 @dataclass
 class Manifest:
     stage: str
@@ -85,6 +98,7 @@ class Runner:
     run_dir: Path
     shard_rows: int = 256
     on_progress: Callable[[str, int, int], None] | None = None   # (stage, rows done, rows total)
+    executor: object | None = None   # spreads the shards of row-wise stages (misalign.distributed), or None
     profiles: list = field(default_factory=list)
     outputs: dict = field(default_factory=dict)      # stage name -> its output table
 
@@ -116,17 +130,11 @@ class Runner:
             profile.add(s["stats"])
             profile.shards_reused += 1
         n_shards = max(-(-table.num_rows // shard_rows), 1)
-        for index in range(n_shards):
-            if index in done:
-                continue
-            start = index * shard_rows
-            part = table.slice(start, shard_rows)
-            before = stage.counters()
-            began = time.perf_counter()
-            out = stage.run(part)
-            after = stage.counters()
-            stats = {"items_in": part.num_rows, "items_out": out.num_rows, "seconds": time.perf_counter() - began,
-                     **{k: after.get(k, 0) - before.get(k, 0) for k in after}}
+        pending = [(index, table.slice(index * shard_rows, shard_rows)) for index in range(n_shards) if index not in done]
+        spread = self.executor is not None and stage.rowwise and pending
+        results = self.executor.map(stage, pending) if spread else (run_shard(stage, i, part) for i, part in pending)
+        finished = len(done)
+        for index, out, stats in results:        # in order of completion (any order on Ray)
             name = f"shard-{index:05d}.parquet"
             with atomic_path(stage_dir / name) as tmp:
                 pq.write_table(out, tmp)
@@ -134,8 +142,9 @@ class Runner:
             manifest.write(manifest_path)
             profile.add(stats)
             profile.shards_run += 1
+            finished += 1
             if self.on_progress:
-                self.on_progress(stage.name, min(start + shard_rows, table.num_rows), table.num_rows)
+                self.on_progress(stage.name, min(finished * shard_rows, table.num_rows), table.num_rows)
         manifest.complete = True
         manifest.write(manifest_path)
         self.profiles.append(profile)

@@ -14,6 +14,10 @@ class EnginePool:
         self._engines: dict = {}
         self._embedder = None
 
+    def __getstate__(self):
+        """A pool travels (to a Ray actor) as its config alone: engines never leave their process."""
+        return {"config": self.config, "run_dir": self.run_dir, "_engines": {}, "_embedder": None}
+
     def resolve_path(self, name: str, model: ModelConfig) -> str:
         """The model's path; the stand-in "tiny" is built in the run directory on first use."""
         if model.path:

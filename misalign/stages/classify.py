@@ -217,25 +217,24 @@ class LLMClassifier:
 
 class ClassifyStage:
     """Row-wise pipeline stage: adds <dim>_domain / _prob / _probs columns, from embeddings
-    (zero-shot or a probe) or, with an engine, from an LLM's answer probabilities.  Engines come
-    from zero-argument callables and start on the first shard: a resumed run may need none."""
+    (zero-shot or a probe) or, with `llm` (a model name), from an LLM's answer probabilities.
+    Engines come from the pool and start on the first shard: a resumed run may need none."""
     name = "classify"
     rowwise = True
 
-    def __init__(self, taxonomy: Taxonomy, embedder, delta: float = 0.5, probe_path: str = "", llm=None,
-                 llm_name: str = ""):
-        self.taxonomy, self.delta = taxonomy, delta
+    def __init__(self, taxonomy: Taxonomy, pool, delta: float = 0.5, probe_path: str = "", llm: str = ""):
+        self.taxonomy, self.pool, self.delta, self.llm = taxonomy, pool, delta, llm
         self.probe = LinearProbe.load(probe_path) if probe_path else None
-        self.embedder, self.llm = embedder, llm
         self.engine = self.zero_shot = None
-        self.method = (f"LLM answer probabilities ({llm_name})" if llm else
+        self.method = (f"LLM answer probabilities ({llm})" if llm else
                        f"embedding probe ({probe_path})" if probe_path else "embedding zero-shot")
 
     def run(self, table):
         prompts = table.column("prompt").to_pylist()
-        if self.llm is not None:
-            return self._append(table, LLMClassifier(self.llm(), self.taxonomy, self.delta).classify(prompts))
-        self.engine = self.embedder()
+        if self.llm:
+            self.engine = self.pool.get(self.llm)
+            return self._append(table, LLMClassifier(self.engine, self.taxonomy, self.delta).classify(prompts))
+        self.engine = self.pool.embedder()
         if self.probe is None and self.zero_shot is None:
             self.zero_shot = ZeroShotClassifier(self.engine, self.taxonomy, ClassifyConfig(delta=self.delta))
         embeddings = self.engine.embed(prompts)
@@ -251,8 +250,8 @@ class ClassifyStage:
         return table
 
     def counters(self) -> dict:
-        if self.llm is not None:
-            stats = self.llm().stats()
-            return {"prompt_tokens": stats.prompt_tokens, "generated_tokens": stats.generated_tokens,
-                    "cached_tokens": stats.cached_tokens}
-        return {"prompt_tokens": self.engine.stats().prompt_tokens if self.engine else 0}
+        if self.engine is None:
+            return {}
+        stats = self.engine.stats()
+        return {"prompt_tokens": stats.prompt_tokens, "generated_tokens": stats.generated_tokens,
+                "cached_tokens": stats.cached_tokens}

@@ -1,0 +1,98 @@
+"""Scale-out on Ray (`run.engine = "ray"`, or `--engine ray`): the shards of every row-wise stage
+(classify, respond, reject, and each model under test) go to a pool of Ray actors.
+
+Each actor holds its own EnginePool, so its own copy of every model it is asked to run (with
+`ray.gpus_per_worker` GPUs: 1 for a model that fits one GPU, the tensor-parallel size
+otherwise), and keeps it across stages: a model starts once per actor, not once per shard.
+The driver keeps writing each shard and the manifest as results come back, in whatever order,
+so checkpoints and resume are exactly those of a single machine.  Global stages (expand, dedup,
+split) run on the driver.  On a multi-node cluster the run directory must be on storage every
+node sees (the actors read models from it and the driver writes to it).
+
+We use Ray core actors rather than `ray.data.llm`: our stages already own their prompts and
+read answer probabilities (which ray.data.llm's processors do not expose), and the driver must
+see each shard finish to checkpoint it.  Single-machine runs never import Ray.
+"""
+from __future__ import annotations
+
+import copy
+
+from misalign.config import Config
+from misalign.errors import ConfigError
+from misalign.pipeline import run_shard
+
+
+class _Worker:
+    """One Ray actor: a private engine pool and the stages it has been given, by name."""
+
+    def __init__(self, config: Config):
+        import os
+        from misalign.inference.pool import EnginePool
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        self.pool = EnginePool(config, config.run.dir)
+        self.stages: dict = {}
+
+    def prepare(self, stage) -> bool:
+        """Keep a copy of `stage` bound to this actor's engines (its state, e.g. a trained
+        probe, then lives here across shards)."""
+        local = copy.copy(stage)
+        if hasattr(local, "pool"):
+            local.pool = self.pool
+        self.stages[stage.name] = local
+        return True
+
+    def run(self, name: str, index: int, part):
+        return run_shard(self.stages[name], index, part)
+
+    def close(self) -> bool:
+        self.pool.close()
+        return True
+
+
+class RayExecutor:
+    def __init__(self, config: Config):
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("run.engine = \"ray\" needs Ray: pip install 'misalign-fast[ray]'") from None
+        settings = config.ray
+        if not ray.is_initialized():
+            ray.init(address=settings.address or None, include_dashboard=False, log_to_driver=settings.worker_logs,
+                     num_cpus=settings.local_cpus or None)
+        workers = settings.workers or max(int(ray.cluster_resources().get("GPU", 0) // max(settings.gpus_per_worker,
+                                                                                          1e-9)), 1)
+        gpus = settings.gpus_per_worker if ray.cluster_resources().get("GPU", 0) else 0
+        _prebuild_stand_in(config)
+        actor = ray.remote(_Worker).options(num_cpus=settings.cpus_per_worker, num_gpus=gpus)
+        self.actors = [actor.remote(config) for _ in range(workers)]
+        self.ray = ray
+
+    def map(self, stage, shards):
+        """Yield (index, output, stats) for every (index, table) shard, as each finishes."""
+        from ray.util import ActorPool
+        self.ray.get([a.prepare.remote(stage) for a in self.actors])
+        pool = ActorPool(self.actors)
+        yield from pool.map_unordered(lambda actor, shard: actor.run.remote(stage.name, *shard), shards)
+
+    def close(self) -> None:
+        self.ray.get([a.close.remote() for a in self.actors])
+        for a in self.actors:
+            self.ray.kill(a)
+        self.actors = []
+
+
+def _prebuild_stand_in(config: Config) -> None:
+    """Build the tiny stand-in once, on the driver, before actors race to build it."""
+    model = config.models.get("tiny")
+    if model is not None and not model.path and model.kind == "vllm":
+        from misalign.inference.pool import EnginePool
+        EnginePool(config, config.run.dir).resolve_path("tiny", model)
+
+
+def executor(config: Config):
+    """The executor `run.engine` names: None for "local" (shards run in this process)."""
+    if config.run.engine == "local":
+        return None
+    if config.run.engine == "ray":
+        return RayExecutor(config)
+    raise ConfigError(f"run.engine must be \"local\" or \"ray\", got {config.run.engine!r}")
