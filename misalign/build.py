@@ -18,7 +18,6 @@ from collections import Counter
 from importlib import metadata, resources
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -37,7 +36,7 @@ from misalign.stages.ingest import read_prompts, write_rejected
 from misalign.stages.reject import RejectStage
 from misalign.stages.respond import RespondStage
 from misalign.stages.split import SPLITS, SplitStage
-from misalign.taxonomy import DIMENSIONS, Taxonomy
+from misalign.taxonomy import Taxonomy
 
 DATASET_COLUMNS = ["id", "prompt", "origin", "safety_domain", "safety_prob", "value_domain", "value_prob",
                    "cultural_domain", "cultural_prob", "aligned_response", "misaligned_response", "generator",

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -28,7 +29,7 @@ from misalign.taxonomy import DIMENSIONS
 GROUPS = ("joint", *DIMENSIONS)
 
 
-def load(run_dir) -> tuple[dict, "pa.Table"]:
+def load(run_dir) -> tuple[dict, pa.Table]:
     run_dir = Path(run_dir)
     meta_path, samples_path = run_dir / "bench" / "meta.json", run_dir / "samples.parquet"
     if not meta_path.exists() or not samples_path.exists():
