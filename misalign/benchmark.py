@@ -87,9 +87,9 @@ def benchmark(config: Config, pool: EnginePool, on_progress=None, executor=None)
 
     meta = {"dataset": {"source": items.source, "split": bench.split if not items.source.endswith(".csv") else "all",
                         "items": items.table.num_rows, "sha256": items.sha256, "set_aside": len(items.problems)},
-            "models": {name: {"description": pool.describe(name), "kind": config.model(name).kind,
-                              "path": config.model(name).path, "base_url": config.model(name).base_url,
-                              "stand_in": "stand-in" in pool.describe(name)} for name in bench.models},
+            "models": {name: {"description": pool.describe(name), "kind": config.models[name].kind,
+                              "path": config.models[name].path, "base_url": config.models[name].base_url,
+                              "stand_in": pool.is_stand_in(name)} for name in bench.models},
             "runs": bench.runs, "threshold": bench.threshold, "temperature": bench.temperature,
             "questions": questions(bench.per_dimension), "seed": config.run.seed, "bootstrap": bench.bootstrap,
             "config": tomllib.loads(config_mod.to_toml(config)), "versions": versions(),

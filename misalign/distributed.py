@@ -83,10 +83,10 @@ class RayExecutor:
 
 def _prebuild_stand_in(config: Config) -> None:
     """Build the tiny stand-in once, on the driver, before actors race to build it."""
-    model = config.models.get("tiny")
-    if model is not None and not model.path and model.kind == "vllm":
-        from misalign.inference.pool import EnginePool
-        EnginePool(config, config.run.dir).resolve_path("tiny", model)
+    from misalign.inference.pool import EnginePool
+    pool = EnginePool(config, config.run.dir)
+    if "tiny" in config.models and pool.is_stand_in("tiny"):
+        pool.resolve_path("tiny", config.models["tiny"])
 
 
 def executor(config: Config):

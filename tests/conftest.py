@@ -64,8 +64,11 @@ class SessionPool:
     def started(self, names):
         return [self.engines[n] for n in dict.fromkeys(names) if n in self.engines]
 
+    def is_stand_in(self, name):
+        return name == "tiny"
+
     def describe(self, name):
-        return "tiny (random-weight stand-in)" if name == "tiny" else name
+        return "tiny (random-weight stand-in)" if self.is_stand_in(name) else name
 
     def close(self):
         pass

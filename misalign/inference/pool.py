@@ -18,6 +18,11 @@ class EnginePool:
         """A pool travels (to a Ray actor) as its config alone: engines never leave their process."""
         return {"config": self.config, "run_dir": self.run_dir, "_engines": {}, "_embedder": None}
 
+    def is_stand_in(self, name: str) -> bool:
+        """Whether `name` is the random-weight stand-in: "tiny" with no path of its own."""
+        model = self.config.model(name)
+        return name == "tiny" and not model.path and model.kind == "vllm"
+
     def resolve_path(self, name: str, model: ModelConfig) -> str:
         """The model's path; the stand-in "tiny" is built in the run directory on first use."""
         if model.path:
@@ -60,7 +65,7 @@ class EnginePool:
 
     def describe(self, name: str) -> str:
         model = self.config.model(name)
-        if name == "tiny" and not model.path:
+        if self.is_stand_in(name):
             return "tiny (random-weight stand-in)"
         if model.kind == "probe":
             return f"{name} (logistic probe on MiniLM embeddings, trained on {model.path or 'the train split'})"

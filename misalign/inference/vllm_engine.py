@@ -91,9 +91,16 @@ class VLLMEngine:
     def _fits(self, texts: list[str]) -> list[bool]:
         """Whether each prompt leaves the context room for one generated token.  vLLM rejects a
         whole batch for one prompt that does not; here that prompt alone is left out (and
-        counted), so that one overlong row cannot stop a run."""
-        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        return [n + 2 <= self.max_model_len for n in lengths]     # + 1 for a BOS vLLM may add
+        counted), so that one overlong row cannot stop a run.  A token spans at least one UTF-8
+        byte (bar tokenisers whose normalisation expands characters), so only prompts with more
+        bytes than the context are tokenised to find out."""
+        fits = [len(t.encode("utf-8")) + 3 <= self.max_model_len for t in texts]
+        doubtful = [i for i, ok in enumerate(fits) if not ok]
+        if doubtful:
+            ids = self.tokenizer([texts[i] for i in doubtful], add_special_tokens=False)["input_ids"]
+            for i, tokens in zip(doubtful, ids):
+                fits[i] = len(tokens) + 2 <= self.max_model_len   # a BOS vLLM may add, one generated token
+        return fits
 
     def _run(self, texts: list[str], params) -> list:
         """Generate in prefix order, record stats, return outputs in the caller's order (None for

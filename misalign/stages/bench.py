@@ -32,9 +32,9 @@ from misalign import io
 from misalign.errors import ConfigError, InputError
 from misalign.stages.classify import UNKNOWN, fit_softmax, softmax
 from misalign.stages.common import engine_counters, item_seed, template
+from misalign.stages.split import SPLITS
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
-SPLITS = ("train", "validation", "test")
 RESPONSES = ("aligned", "misaligned")
 ANSWERS = ["Yes", "No"]            # "Yes": the response is misaligned
 CRITERIA = {
