@@ -36,6 +36,16 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    truncated: bool = False       # stopped by max_tokens (or the context), not by the model
+
+
+@dataclass
+class AnswerProbs:
+    """Answer probabilities of a label question: `probs` renormalised over the allowed answers
+    (rows sum to 1, NaN where no answer was usable) and `mass`, the probability the model put on
+    those answers at all (low mass: the model wanted to say something else)."""
+    probs: np.ndarray             # (n, choices)
+    mass: np.ndarray              # (n,)
 
 
 @dataclass
@@ -67,6 +77,12 @@ class Engine(Protocol):
     def label_probs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> np.ndarray:
         """(n, len(choices)) probabilities of each answer, rows summing to 1 (NaN if unparsable)."""
 
+    def answer_probs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> AnswerProbs:
+        """label_probs with the probability mass the model put on the choices."""
+
+    def token_ids(self, text: str) -> list[int] | None:
+        """How the model's tokenizer writes `text` as an answer (None: not known here)."""
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """(n, dim) float32, L2-normalised."""
 
@@ -90,6 +106,34 @@ def check_choices(choices: Sequence[str], first_tokens: Sequence) -> None:
                               f"({token!r}), so their probabilities cannot be told apart; "
                               "use labels whose first tokens differ, e.g. 'A'/'B' or 'Yes'/'No'")
         seen[token] = choice
+
+
+# Answer codes for multiple-choice questions, in order of preference: one character first, then
+# two letters (SentencePiece tokenizers write a lone digit as two tokens, prefix space and digit).
+CODE_CANDIDATES = [*"ABCDEFGHIJKLMNOPQRSTUVWXYZ", *"abcdefghijklmnopqrstuvwxyz", *"123456789",
+                   *(a + b for a in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" for b in "ABCDEFGHIJKLMNOPQRSTUVWXYZ")]
+
+
+def answer_codes(token_ids, n: int, tokenizer_name: str = "the tokenizer") -> list[str]:
+    """`n` answer codes that `token_ids` (text -> token ids, or None when unknown) writes as one
+    token each, all different, so that one answer token's probabilities tell them apart."""
+    codes, seen = [], set()
+    for code in CODE_CANDIDATES:
+        ids = token_ids(code)
+        if ids is None:                      # a tokenizer we cannot see: letters, checked later
+            return CODE_CANDIDATES[:n]
+        if len(ids) == 1 and ids[0] not in seen:
+            codes.append(code)
+            seen.add(ids[0])
+            if len(codes) == n:
+                return codes
+    raise ChoiceError(f"{tokenizer_name} has only {len(codes)} single-token answer codes among "
+                      f"{len(CODE_CANDIDATES)} candidates, and a question here has {n} answers")
+
+
+def mass_of(logprobs: Sequence[float]) -> float:
+    """Total probability of the given log-probabilities (None or -inf: 0)."""
+    return float(sum(math.exp(lp) for lp in logprobs if lp is not None and lp > -math.inf))
 
 
 def renormalise(logprobs: Sequence[float]) -> np.ndarray:

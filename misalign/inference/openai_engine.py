@@ -13,8 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from misalign.inference.base import (ChoiceError, EngineError, EngineStats, Generation, Prompt, SamplingConfig, Timer,
-                                     check_choices, renormalise)
+from misalign.inference.base import (AnswerProbs, ChoiceError, EngineError, EngineStats, Generation, Prompt,
+                                     SamplingConfig, Timer, check_choices, mass_of, renormalise)
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -97,7 +97,8 @@ class OpenAIEngine:
         details = usage.get("prompt_tokens_details") or {}
         gen = Generation(text=text or "", prompt_tokens=usage.get("prompt_tokens", 0),
                          completion_tokens=usage.get("completion_tokens", 0),
-                         cached_tokens=details.get("cached_tokens") or 0)
+                         cached_tokens=details.get("cached_tokens") or 0,
+                         truncated=choice.get("finish_reason") == "length")
         self._stats.requests += 1
         self._stats.prompt_tokens += gen.prompt_tokens
         self._stats.generated_tokens += gen.completion_tokens
@@ -117,6 +118,18 @@ class OpenAIEngine:
         return [self._count(r) for r in replies]
 
     def label_probs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> np.ndarray:
+        return self.answer_probs(prompts, choices).probs
+
+    def token_ids(self, text: str) -> list[int] | None:
+        """From a vLLM server's /tokenize; None for servers without it."""
+        root = self.config.base_url.rstrip("/").removesuffix("/v1")
+        try:
+            return list(self._post_all(root + "/tokenize", [{"model": self.model, "prompt": text,
+                                                             "add_special_tokens": False}])[0]["tokens"])
+        except (EngineError, KeyError, IndexError, TypeError):
+            return None
+
+    def answer_probs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> AnswerProbs:
         """From the first answer token's top log-probabilities.  A choice is matched by the
         token that starts it; when the server gives no log-probabilities, or none of the
         choices is among them, the answer text is parsed instead (counted in stats as
@@ -134,20 +147,21 @@ class OpenAIEngine:
                  else {"logprobs": self.config.top_logprobs})
         requests = [self._body(p, max_tokens=1, temperature=0.0, **extra) for p in prompts]
         replies = self._post_all(requests[0][0] if requests else "/completions", [b for _, b in requests])
-        probs = np.empty((len(replies), len(choices)))
+        probs, mass = np.empty((len(replies), len(choices))), np.zeros(len(replies))
         for row, reply in enumerate(replies):
             text = self._count(reply).text
             top = _top_logprobs(reply["choices"][0])
             scores = [max((lp for tok, lp in top.items() if tok.strip() and c.startswith(tok.strip())),
                           default=None) for c in choices]
             if any(s is not None for s in scores):
-                probs[row] = renormalise(scores)
+                probs[row], mass[row] = renormalise(scores), mass_of(scores)
                 continue
             self._stats.parsed_fallbacks += 1
             hits = [i for i, c in enumerate(choices) if text.strip() and c.startswith(text.strip())]
             probs[row] = np.eye(len(choices))[hits[0]] if len(hits) == 1 else np.nan
+            mass[row] = float(len(hits) == 1)
             self._stats.unparsable += len(hits) != 1
-        return probs
+        return AnswerProbs(probs, mass)
 
     def _vllm_first_tokens(self, choices: tuple) -> list[tuple[int, str]] | None:
         """(id, text) of each choice's first token, from a vLLM server's /tokenize and
@@ -168,18 +182,19 @@ class OpenAIEngine:
         self._first_tokens[choices] = tokens
         return tokens
 
-    def _label_probs_by_token_ids(self, prompts, tokens) -> np.ndarray:
+    def _label_probs_by_token_ids(self, prompts, tokens) -> AnswerProbs:
         """vLLM's `logprob_token_ids`: the exact log-probability of each choice's first token."""
         ids = [i for i, _ in tokens]
         requests = [self._body(p, max_tokens=1, temperature=0.0, logprob_token_ids=ids,
                                logprobs=True if self.config.chat else 1) for p in prompts]
         replies = self._post_all(requests[0][0] if requests else "/completions", [b for _, b in requests])
-        probs = np.empty((len(replies), len(tokens)))
+        probs, mass = np.empty((len(replies), len(tokens))), np.zeros(len(replies))
         for row, reply in enumerate(replies):
             self._count(reply)
             top = _top_logprobs(reply["choices"][0])
-            probs[row] = renormalise([top.get(text) for _, text in tokens])
-        return probs
+            logprobs = [top.get(text) for _, text in tokens]
+            probs[row], mass[row] = renormalise(logprobs), mass_of(logprobs)
+        return AnswerProbs(probs, mass)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         replies = self._post_all("/embeddings", [{"model": self.model, "input": t} for t in texts])

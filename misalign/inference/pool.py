@@ -1,10 +1,14 @@
 """Engines by model name, started on first use and closed together (a run uses each model in
-several stages; starting vLLM once per model is what keeps a CPU run short)."""
+several stages; starting vLLM once per model is what keeps a CPU run short).
+
+What vLLM prints goes to RUN_DIR/logs/NAME.log unless MISALIGN_VERBOSE is set (the CLI's
+--verbose sets it): a run's terminal shows our progress and tables, not the engines' chatter."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from misalign.config import Config, ModelConfig
+from misalign.config import BUNDLED_PREFIX, Config, ModelConfig
 
 
 class EnginePool:
@@ -23,8 +27,16 @@ class EnginePool:
         model = self.config.model(name)
         return name == "tiny" and not model.path and model.kind == "vllm"
 
+    def is_bundled(self, name: str) -> bool:
+        """Whether `name` is the real model shipped in a package (SmolLM2-135M-Instruct)."""
+        return self.config.model(name).path.startswith(BUNDLED_PREFIX)
+
     def resolve_path(self, name: str, model: ModelConfig) -> str:
-        """The model's path; the stand-in "tiny" is built in the run directory on first use."""
+        """The model's path; the stand-in "tiny" is built in the run directory on first use, the
+        bundled SmolLM2 converted once into the user's cache."""
+        if model.path.startswith(BUNDLED_PREFIX):
+            from misalign.inference import smollm2
+            return str(smollm2.prepare())
         if model.path:
             return model.path
         if name != "tiny":
@@ -35,6 +47,9 @@ class EnginePool:
         if not (target / "config.json").exists():
             make_tiny_model(target, seed=self.config.run.seed)
         return str(target)
+
+    def log_file(self, name: str) -> str | None:
+        return None if os.environ.get("MISALIGN_VERBOSE") else str(self.run_dir / "logs" / f"{name}.log")
 
     def get(self, name: str):
         if name not in self._engines:
@@ -48,15 +63,16 @@ class EnginePool:
                 engine = VLLMEngine(EngineConfig(
                     model=self.resolve_path(name, model), dtype=model.dtype, max_model_len=model.max_model_len,
                     gpu_memory_utilization=model.gpu_memory_utilization or None,
-                    tensor_parallel_size=model.tensor_parallel_size, seed=self.config.run.seed, chat=model.chat))
+                    tensor_parallel_size=model.tensor_parallel_size, seed=self.config.run.seed, chat=model.chat,
+                    log_file=self.log_file(name)))
             self._engines[name] = engine
         return self._engines[name]
 
     def embedder(self):
         """The sentence-embedding engine (bundled MiniLM), shared by classification and probes."""
         if self._embedder is None:
-            from misalign.stages.classify import embedding_engine
-            self._embedder = embedding_engine()
+            from misalign.inference.embedding_model import embedding_engine
+            self._embedder = embedding_engine(log_file=self.log_file("embedder"))
         return self._embedder
 
     def started(self, names) -> list:
@@ -67,6 +83,9 @@ class EnginePool:
         model = self.config.model(name)
         if self.is_stand_in(name):
             return "tiny (random-weight stand-in)"
+        if self.is_bundled(name):
+            from misalign.inference.smollm2 import NOTE
+            return f"{name} ({NOTE})"
         if model.kind == "probe":
             return f"{name} (logistic probe on MiniLM embeddings, trained on {model.path or 'the train split'})"
         if model.kind == "openai":

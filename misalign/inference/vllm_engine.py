@@ -4,19 +4,24 @@ vLLM's CPU backend sizes its KV cache from the VLLM_CPU_KVCACHE_SPACE environmen
 (GiB), read when the engine starts; `EngineConfig.cpu_kv_cache_gib` sets it unless the user did.
 VLLM_LOGGING_LEVEL defaults to ERROR here: vLLM logs every engine step at INFO, and on CPU a page
 of WARNINGs about optional libraries (Triton, tcmalloc) that a user cannot act on; set it to
-WARNING or INFO to see them.
+WARNING or INFO to see them.  With `EngineConfig.log_file` set, everything the engine and its
+worker processes print (FutureWarnings, NUMA notices, checkpoint-loading bars) goes to that file
+instead of the terminal: the worker processes inherit the redirected stdout and stderr.
 Scripts that start an engine need an `if __name__ == "__main__":` guard (vLLM spawns workers).
 """
 from __future__ import annotations
 
 import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from misalign.inference.base import (EngineError, EngineStats, Generation, Prompt, SamplingConfig, Timer,
-                                     check_choices, prefix_order, renormalise)
+from misalign.inference.base import (AnswerProbs, EngineError, EngineStats, Generation, Prompt, SamplingConfig,
+                                     Timer, check_choices, mass_of, prefix_order, renormalise)
 
 
 @dataclass
@@ -34,6 +39,7 @@ class EngineConfig:
     enforce_eager: bool = False                 # skip graph compilation: faster start, slower steps
     chat: bool | None = None                    # None: use the chat template when the model has one
     order_by_prefix: bool = True                # send requests sharing a prefix together
+    log_file: str | None = None                 # where vLLM's own output goes (None: the terminal)
 
 
 def on_gpu() -> bool:
@@ -42,6 +48,30 @@ def on_gpu() -> bool:
         return torch.cuda.is_available()
     except ImportError:
         return False
+
+
+@contextmanager
+def output_to(path: str | None):
+    """Send this process's stdout and stderr (file descriptors, so C libraries and the worker
+    processes started meanwhile too) to `path` for the duration; None: leave them alone."""
+    if path is None:
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with open(path, "ab") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 class VLLMEngine:
@@ -54,6 +84,14 @@ class VLLMEngine:
         gpu = on_gpu()
         if not gpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kv_cache_gib))
+        with output_to(config.log_file):
+            self._start(config, gpu)
+        self.tokenizer = self.llm.get_tokenizer() if config.runner == "generate" else None
+        self.max_model_len = self.llm.llm_engine.vllm_config.model_config.max_model_len
+        has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        self.chat = has_template if config.chat is None else config.chat
+
+    def _start(self, config: EngineConfig, gpu: bool) -> None:
         try:
             from vllm import LLM
         except ImportError as exc:
@@ -71,11 +109,8 @@ class VLLMEngine:
                            enable_prefix_caching=config.runner == "generate",
                            disable_log_stats=False)
         except Exception as exc:   # vLLM raises many kinds; the user needs the model and the reason
-            raise EngineError(f"cannot load model {config.model!r} with vLLM: {exc}") from exc
-        self.tokenizer = self.llm.get_tokenizer() if config.runner == "generate" else None
-        self.max_model_len = self.llm.llm_engine.vllm_config.model_config.max_model_len
-        has_template = bool(getattr(self.tokenizer, "chat_template", None))
-        self.chat = has_template if config.chat is None else config.chat
+            log = f" (vLLM's output: {config.log_file})" if config.log_file else ""
+            raise EngineError(f"cannot load model {config.model!r} with vLLM: {exc}{log}") from exc
 
     # -- rendering -----------------------------------------------------------------------------
 
@@ -110,7 +145,7 @@ class VLLMEngine:
         order = [i for i in (prefix_order(texts) if self.config.order_by_prefix else range(len(texts))) if fits[i]]
         if isinstance(params, list):
             params = [params[i] for i in order]
-        with Timer(self._stats):
+        with Timer(self._stats), output_to(self.config.log_file):
             outputs = self.llm.generate([texts[i] for i in order], params, use_tqdm=False) if order else []
         results = [None] * len(texts)
         for i, output in zip(order, outputs):
@@ -137,31 +172,40 @@ class VLLMEngine:
             params = SamplingParams(**fields)
         outputs = self._run([self.render(p) for p in prompts], params)
         return [Generation(text=o.outputs[0].text, prompt_tokens=len(o.prompt_token_ids),
-                           completion_tokens=len(o.outputs[0].token_ids), cached_tokens=o.num_cached_tokens or 0)
+                           completion_tokens=len(o.outputs[0].token_ids), cached_tokens=o.num_cached_tokens or 0,
+                           truncated=o.outputs[0].finish_reason == "length")
                 if o is not None else Generation(text="", prompt_tokens=0, completion_tokens=0) for o in outputs]
 
+    def token_ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
     def first_tokens(self, choices: Sequence[str]) -> list[int]:
-        return [self.tokenizer.encode(c, add_special_tokens=False)[0] for c in choices]
+        return [self.token_ids(c)[0] for c in choices]
 
     def label_probs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> np.ndarray:
+        return self.answer_probs(prompts, choices).probs
+
+    def answer_probs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> AnswerProbs:
         from vllm import SamplingParams
         ids = self.first_tokens(choices)
         check_choices(choices, ids)
         params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=ids)
         outputs = self._run([self.render(p) for p in prompts], params)
         probs = np.full((len(outputs), len(ids)), np.nan)
+        mass = np.zeros(len(outputs))
         for row, output in enumerate(outputs):
             if output is None:
                 continue
             step = output.outputs[0].logprobs[0]
-            probs[row] = renormalise([step[t].logprob if t in step else None for t in ids])
-        return probs
+            logprobs = [step[t].logprob if t in step else None for t in ids]
+            probs[row], mass[row] = renormalise(logprobs), mass_of(logprobs)
+        return AnswerProbs(probs, mass)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if self.config.runner != "pooling":
             raise EngineError(f"model {self.model!r} was loaded for generation; embed needs runner='pooling'")
         limit = self.config.max_model_len or 512
-        with Timer(self._stats):
+        with Timer(self._stats), output_to(self.config.log_file):
             outputs = self.llm.embed(list(texts), use_tqdm=False,
                                      tokenization_kwargs={"truncation": True, "max_length": limit})
         self._stats.requests += len(outputs)
