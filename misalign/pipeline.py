@@ -39,10 +39,14 @@ class StageProfile:
     cached_tokens: int = 0
     shards_reused: int = 0
     shards_run: int = 0
+    counters: dict = field(default_factory=dict)   # the stage's own counts (e.g. unknown_value), summed over shards
 
     def add(self, other: dict) -> None:
-        for key in ("items_in", "items_out", "seconds", "prompt_tokens", "generated_tokens", "cached_tokens"):
-            setattr(self, key, getattr(self, key) + other.get(key, 0))
+        for key, value in other.items():
+            if key in SHARD_FIELDS:
+                setattr(self, key, getattr(self, key) + value)
+            else:
+                self.counters[key] = self.counters.get(key, 0) + value
 
     @property
     def prefix_cache_hit_rate(self) -> float:
@@ -54,6 +58,9 @@ class StageProfile:
                 "tokens_per_s": (self.prompt_tokens + self.generated_tokens) / self.seconds if self.seconds else 0.0}
 
 
+SHARD_FIELDS = ("items_in", "items_out", "seconds", "prompt_tokens", "generated_tokens", "cached_tokens")
+
+
 class Stage(Protocol):
     name: str
     rowwise: bool
@@ -62,7 +69,9 @@ class Stage(Protocol):
         """Output rows for these input rows."""
 
     def counters(self) -> dict:
-        """Token counts so far (prompt_tokens, generated_tokens, cached_tokens)."""
+        """Running totals: tokens (prompt_tokens, generated_tokens, cached_tokens) and the
+        stage's own counts; a shard's statistics are their change over the shard, stored in
+        the manifest, so that a resumed run reports them too."""
 
 
 def run_shard(stage, index: int, part: pa.Table) -> tuple[int, pa.Table, dict]:

@@ -16,11 +16,13 @@ dimension.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from misalign.errors import InputError
+from misalign.inference.base import answer_codes
+from misalign.stages.common import engine_counters
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
 NONE = "none"
@@ -28,7 +30,7 @@ UNKNOWN = "Unknown"      # the paper's label for "the classifier gave no usable 
 
 
 @dataclass
-class ClassifyConfig:
+class ZeroShotConfig:
     delta: float = 0.5
     temperature: float = 0.05
     none_similarity: float = 0.3
@@ -39,13 +41,23 @@ class DimensionLabels:
     classes: list[str]               # domain names of the dimension, then "none"
     probs: np.ndarray                # (n, len(classes))
     delta: float
+    mass: np.ndarray | None = None   # LLM labels: the probability the model put on the answer codes
+    min_mass: float = 0.0
+
+    @property
+    def unknown(self) -> np.ndarray:
+        """Rows without a usable answer: too little mass on the codes, or no answer at all."""
+        bad = ~np.isfinite(self.probs).all(axis=1)
+        return bad if self.mass is None else bad | (self.mass < self.min_mass)
 
     @property
     def assigned(self) -> list[str | None]:
-        """The domain with probability >= delta, else None (which includes a "none" win)."""
-        best = self.probs.argmax(axis=1)
-        return [self.classes[k] if self.probs[i, k] >= self.delta and self.classes[k] != NONE else None
-                for i, k in enumerate(best)]
+        """The domain with probability >= delta, else None (which includes a "none" win and
+        Unknown rows)."""
+        best = np.nan_to_num(self.probs, nan=0.0).argmax(axis=1)
+        unknown = self.unknown
+        return [self.classes[k] if not unknown[i] and self.probs[i, k] >= self.delta and self.classes[k] != NONE
+                else None for i, k in enumerate(best)]
 
 
 def classes_of(taxonomy: Taxonomy, dimension: str) -> list[str]:
@@ -59,8 +71,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class ZeroShotClassifier:
-    def __init__(self, engine, taxonomy: Taxonomy, config: ClassifyConfig | None = None):
-        self.config = config or ClassifyConfig()
+    def __init__(self, engine, taxonomy: Taxonomy, config: ZeroShotConfig | None = None):
+        self.config = config or ZeroShotConfig()
         self.taxonomy = taxonomy
         self.descriptions = {dim: engine.embed([f"{d.name}: {d.description}" for d in taxonomy.of(dim)])
                              for dim in DIMENSIONS}
@@ -165,93 +177,113 @@ def agreement(predicted: list[str | None], reference: list[str | None]) -> dict:
     return {"n": len(pairs), "accuracy": float(np.mean(pred == ref)), "macro_f1": float(np.mean(f1s))}
 
 
-def embedding_engine(model: str | Path | None = None, max_model_len: int = 256):
-    """A pooling VLLMEngine for the embedding model (the bundled MiniLM by default).  On CPU it
-    runs in float32: the checkpoint's float16 runs five times slower there (measured)."""
-    from misalign.inference import EngineConfig, VLLMEngine
-    from misalign.inference.embedding_model import minilm_path
-    from misalign.inference.vllm_engine import on_gpu
-    return VLLMEngine(EngineConfig(model=str(model or minilm_path()), runner="pooling", max_model_len=max_model_len,
-                                   dtype="auto" if on_gpu() else "float32"))
-
-
 def label_columns(labels: dict[str, DimensionLabels]) -> dict[str, list]:
     """Output columns: <dim>_domain (name or null), <dim>_prob (its probability, or that of
     none), <dim>_probs (every class of the dimension, taxonomy order, none last)."""
     columns = {}
     for dim, result in labels.items():
         assigned = result.assigned
-        best = result.probs.max(axis=1)
+        best = np.nan_to_num(result.probs, nan=0.0).max(axis=1)
         columns[f"{dim}_domain"] = assigned
         columns[f"{dim}_prob"] = best.astype(np.float32).tolist()
         columns[f"{dim}_probs"] = [row.astype(np.float32).tolist() for row in result.probs]
+        if result.mass is not None:
+            columns[f"{dim}_answer_mass"] = result.mass.astype(np.float32).tolist()
     return columns
-
-
-# One character per answer, so that every choice is one token to every tokenizer; "0" is none.
-LLM_CODES = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz123456789"
 
 
 class LLMClassifier:
     """An LLM reads one prompt per dimension (instruction and domain list first, so the prefix
-    cache serves them; the item last) and the answer code's probabilities are the labels."""
+    cache serves them; the item last) and the answer code's probabilities are the labels.
 
-    def __init__(self, engine, taxonomy: Taxonomy, delta: float = 0.5):
+    The codes are chosen for the model's tokenizer, so that each is one token of its own (a
+    Mistral tokenizer writes "0" as a prefix space and a digit, "A" as one token).  A row where
+    the model put less than `min_mass` of its probability on the codes at all is Unknown (the
+    paper's class for no usable answer): no domain, counted."""
+
+    def __init__(self, engine, taxonomy: Taxonomy, delta: float = 0.5, min_mass: float = 0.5):
         from misalign.stages.common import template
-        self.engine, self.taxonomy, self.delta = engine, taxonomy, delta
+        self.engine, self.taxonomy, self.delta, self.min_mass = engine, taxonomy, delta, min_mass
         self.heads = {}
         for dim in DIMENSIONS:
             domains = taxonomy.of(dim)
-            codes = LLM_CODES[:len(domains)]
+            codes = answer_codes(engine.token_ids, len(domains) + 1, f"the tokenizer of {engine.model!r}")
             listing = "\n".join(f"{c}: {d.name} ({d.description})" for c, d in zip(codes, domains))
-            self.heads[dim] = (template("classify").replace("{domains}", listing).replace("{dimension}", dim),
-                               [*codes, "0"])
+            head = template("classify").replace("{domains}", listing).replace("{dimension}", dim)
+            self.heads[dim] = (head.replace("{none}", codes[-1]), codes)
 
     def classify(self, prompts: list[str]) -> dict[str, DimensionLabels]:
         out = {}
         for dim, (head, choices) in self.heads.items():
-            probs = self.engine.label_probs([head.replace("{prompt}", p) for p in prompts], choices)
-            out[dim] = DimensionLabels(classes_of(self.taxonomy, dim), probs, self.delta)
+            answer = self.engine.answer_probs([head.replace("{prompt}", p) for p in prompts], choices)
+            out[dim] = DimensionLabels(classes_of(self.taxonomy, dim), answer.probs, self.delta,
+                                       mass=answer.mass, min_mass=self.min_mass)
         return out
 
 
 class ClassifyStage:
-    """Row-wise pipeline stage: adds <dim>_domain / _prob / _probs columns, from embeddings
-    (zero-shot or a probe) or, with `llm` (a model name), from an LLM's answer probabilities.
-    Engines come from the pool and start on the first shard: a resumed run may need none."""
-    name = "classify"
+    """Row-wise pipeline stage: adds <dim>_domain / _prob / _probs columns (and, from an LLM,
+    <dim>_answer_mass), from embeddings (zero-shot or a probe) or from an LLM's answer
+    probabilities (`method = "llm"`).  Engines come from the pool and start on the first shard:
+    a resumed run may need none.
+
+    With `expanded=True` (the stage after expansion) it labels only the generated rows, on all
+    three dimensions like the input prompts; the dimension a row was generated for keeps its
+    domain and gets the classifier's probability for it."""
     rowwise = True
 
-    def __init__(self, taxonomy: Taxonomy, pool, delta: float = 0.5, probe_path: str = "", llm: str = ""):
-        self.taxonomy, self.pool, self.delta, self.llm = taxonomy, pool, delta, llm
-        self.probe = LinearProbe.load(probe_path) if probe_path else None
-        self.engine = self.zero_shot = None
-        self.method = (f"LLM answer probabilities ({llm})" if llm else
-                       f"embedding probe ({probe_path})" if probe_path else "embedding zero-shot")
+    def __init__(self, config, pool, taxonomy: Taxonomy, expanded: bool = False):
+        self.config, self.pool, self.taxonomy, self.expanded = config, pool, taxonomy, expanded
+        self.name = "classify-expanded" if expanded else "classify"
+        self.llm = config.model if config.method == "llm" else ""
+        self.probe = LinearProbe.load(config.probe) if config.probe else None
+        self.engine = self.zero_shot = self.llm_classifier = None
+        self.unknown = {dim: 0 for dim in DIMENSIONS}
+        self.method = (f"LLM answer probabilities ({self.llm})" if self.llm else
+                       f"embedding probe ({config.probe})" if config.probe else "embedding zero-shot")
 
-    def run(self, table):
-        prompts = table.column("prompt").to_pylist()
+    def labels(self, prompts: list[str]) -> dict[str, DimensionLabels]:
         if self.llm:
             self.engine = self.pool.get(self.llm)
-            return self._append(table, LLMClassifier(self.engine, self.taxonomy, self.delta).classify(prompts))
-        self.engine = self.pool.embedder()
-        if self.probe is None and self.zero_shot is None:
-            self.zero_shot = ZeroShotClassifier(self.engine, self.taxonomy, ClassifyConfig(delta=self.delta))
-        embeddings = self.engine.embed(prompts)
-        labels = self.probe.classify(embeddings, self.delta) if self.probe else self.zero_shot.classify(embeddings)
-        return self._append(table, labels)
+            if self.llm_classifier is None:
+                self.llm_classifier = LLMClassifier(self.engine, self.taxonomy, self.config.delta,
+                                                    self.config.min_mass)
+            labels = self.llm_classifier.classify(prompts)
+        else:
+            self.engine = self.pool.embedder()
+            if self.probe is None and self.zero_shot is None:
+                self.zero_shot = ZeroShotClassifier(self.engine, self.taxonomy, ZeroShotConfig(delta=self.config.delta))
+            embeddings = self.engine.embed(prompts)
+            labels = (self.probe.classify(embeddings, self.config.delta) if self.probe
+                      else self.zero_shot.classify(embeddings))
+        for dim, result in labels.items():
+            self.unknown[dim] += int(result.unknown.sum())
+        return labels
 
-    @staticmethod
-    def _append(table, labels):
-        import pyarrow as pa
-        for name, values in label_columns(labels).items():
-            table = table.append_column(name, pa.array(values, pa.list_(pa.float32()) if name.endswith("_probs")
-                                                       else (pa.float32() if name.endswith("_prob") else pa.string())))
-        return table
+    def run(self, table: pa.Table) -> pa.Table:
+        if not self.expanded:
+            return append_labels(table, self.labels(table.column("prompt").to_pylist()))
+        rows = table.to_pylist()
+        generated = [i for i, r in enumerate(rows) if r["origin"] == "expanded"]
+        if generated:
+            labelled = label_columns(self.labels([rows[i]["prompt"] for i in generated]))
+            for k, i in enumerate(generated):
+                row, target = rows[i], rows[i]["target_dimension"]
+                for name, values in labelled.items():
+                    if not name.startswith(target + "_") or name.endswith(("_probs", "_answer_mass")):
+                        row[name] = values[k]
+                classes = classes_of(self.taxonomy, target)
+                row[f"{target}_prob"] = labelled[f"{target}_probs"][k][classes.index(row[f"{target}_domain"])]
+        return pa.Table.from_pylist(rows, schema=table.schema)
 
     def counters(self) -> dict:
-        if self.engine is None:
-            return {}
-        stats = self.engine.stats()
-        return {"prompt_tokens": stats.prompt_tokens, "generated_tokens": stats.generated_tokens,
-                "cached_tokens": stats.cached_tokens}
+        engine = engine_counters([self.engine] if self.engine else [])
+        return {**engine, **{f"unknown_{dim}": n for dim, n in self.unknown.items()}}
+
+
+def append_labels(table: pa.Table, labels: dict[str, DimensionLabels]) -> pa.Table:
+    for name, values in label_columns(labels).items():
+        kind = (pa.list_(pa.float32()) if name.endswith("_probs") else
+                pa.float32() if name.endswith(("_prob", "_answer_mass")) else pa.string())
+        table = table.append_column(name, pa.array(values, kind))
+    return table

@@ -1,12 +1,17 @@
 """Small helpers the stages share: prompt templates, a row's domains, engine token counters."""
 from __future__ import annotations
 
+import re
 from functools import cache
 
 import xxhash
 from importlib import resources
 
 from misalign.taxonomy import DIMENSIONS
+
+
+REFUSAL = re.compile(r"\b(i can ?not|i can't|i won't|i will not|i'm sorry|i am sorry|as an ai|i'm unable|"
+                     r"i am unable|i'm not able)\b", re.I)
 
 
 @cache

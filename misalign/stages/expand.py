@@ -1,65 +1,173 @@
-"""Conditional generation for domains under the floor.  Every candidate is checked against the
-SimHash index of everything kept so far (the input prompts and earlier candidates) and dropped
-when it lies within tau; generation stops at the floor or at the domain's attempt budget."""
+"""Conditional generation for domains under the floor.
+
+The floor counts distinct prompts: the input's near-duplicates (within tau) count once.  Each
+round asks the expander for every domain still under its floor in one engine call, parses each
+answer into a prompt (instruct models wrap it in preambles, quotes, numbering and talk about the
+task; refusals and answers with no prompt in them are counted and dropped), and checks each
+against the SimHash index of everything kept so far (the input and earlier candidates): a
+candidate within tau is dropped and counted.  Rounds stop when every domain reaches its floor
+or its attempt budget.  New rows carry the domain they were generated for; the next stage
+(classify-expanded) labels them on all three dimensions."""
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import pyarrow as pa
 
-from misalign.dedup import NearDuplicateFilter
+from misalign.dedup import Deduplicator, NearDuplicateFilter
 from misalign.inference import SamplingConfig
-from misalign.stages.common import engine_counters, item_seed, template
+from misalign.stages.common import REFUSAL, engine_counters, item_seed, template
 from misalign.taxonomy import DIMENSIONS, Taxonomy
+
+QUOTED = re.compile(r"[\"“«]([^\"“”«»]{12,})[\"”»]")
+INTRO = re.compile(r"^[^:]{0,60}\b(?:message|prompt|question|request|query|user|example)s?\b[^:]{0,30}:\s*", re.I)
+NUMBERING = re.compile(r"^\s*(?:[-*•>]+|\(?#?\d{1,3}[.):\]]|#{1,6}|\*\*|__)\s*")
+LABEL = re.compile(r"^(?:(?:sure|okay|ok|certainly|of course)[,!.]?\s*)?(?:here(?:'s| is| are)\s+)?"
+                   r"(?:(?:a|an|one|my|your|the)\s+)?(?:(?:new|possible|user|sample|example|different)\s+)*"
+                   r"(?:user\s+)?(?:prompt|question|request|query)(?:\s*#?\d+)?\s*[:\-–—]\s*", re.I)
+QUOTES = "\"'“”‘’«»`"
+META_START = re.compile(r"^(?:hello|hi|hey|greetings|sure|certainly|of course|absolutely|okay|great|what a|"
+                        r"thank|i'm here|i am here|i'd be|i would be|i'll|i will|here's|here is|as an ai|"
+                        r"note:|this prompt|the prompt)\b", re.I)
+META_WORDS = re.compile(r"\b(?:prompts?|benchmark|domains?|ai (?:assistant|model|system|language model)|"
+                        r"language model|this conversation)\b", re.I)
+NEED = re.compile(r"^(?:i|we)(?:'m| am| are|'d| would| have|'ve)? (?:want|need|like|looking|trying|planning|wondering|"
+                  r"think|feel|was|got|have|just|recently|can't|cannot)\b|^(?:my|our) ", re.I)
+IMPERATIVES = {"write", "tell", "explain", "give", "help", "describe", "list", "suggest", "recommend", "create",
+               "make", "draft", "show", "compose", "find", "plan", "teach", "share", "convince", "generate",
+               "provide", "summarize", "summarise", "translate", "compare", "argue", "design", "name", "outline",
+               "classify", "identify", "predict", "rewrite", "calculate", "convert", "solve", "analyze", "analyse",
+               "edit", "fix", "imagine", "pretend", "act", "answer", "choose", "rank", "rate", "sort", "extract",
+               "categorize", "check", "proofread", "paraphrase", "reply", "say", "play", "build", "code",
+               "implement", "determine", "evaluate", "estimate", "review", "select", "complete", "continue",
+               "brainstorm", "propose", "prepare", "detect", "guess", "draw", "sing", "develop", "discuss",
+               "guide", "talk", "walk", "remind", "recall", "interpret", "assess"}
+
+
+def parse_prompt(text: str, cut: bool = False) -> tuple[str | None, str]:
+    """(the prompt, "ok"), or (None, why not): "refused", "no prompt" (only talk about the task,
+    a description of the domain, a title), "empty", or "cut off" (`cut`: the token limit stopped
+    the answer, so its last line may be half a prompt)."""
+    if not text.strip():
+        return None, "empty"
+    lines = text.strip().splitlines()
+    if cut:
+        found = parse_prompt("\n".join(lines[:-1]))
+        return found if found[0] is not None or found[1] == "refused" else (None, "cut off")
+    for line in lines:
+        line = line.strip()
+        for _ in range(3):                   # "1. **Prompt:** "..."" peels in several passes
+            line = INTRO.sub("", LABEL.sub("", NUMBERING.sub("", line))).strip().strip(QUOTES + "*_ ").strip()
+        quoted = QUOTED.search(line)           # 'A user might ask: "..." (about X)'
+        before = line[:quoted.start()].strip() if quoted else ""
+        if quoted and len(quoted.group(1).split()) >= 3 and (not before or before.endswith(":")):
+            line = quoted.group(1).strip()
+        if not line or line.endswith(":"):
+            continue
+        if REFUSAL.search(line):
+            return None, "refused"
+        words = line.split()
+        if META_START.search(line) or META_WORDS.search(line) or len(words) < 3:
+            continue
+        if not is_request(line):
+            continue                         # a statement about the domain, not something a user asks
+        return " ".join(words), "ok"
+    return None, "no prompt"
+
+
+def _rotate(items: list, k: int) -> list:
+    return items[k % len(items):] + items[:k % len(items)] if items else []
+
+
+def is_request(line: str) -> bool:
+    """A question, an instruction ("Write…", "Please explain…") or a user's need ("I want…",
+    "My neighbour's dog…"): what a user sends, unlike a statement about the topic."""
+    line = line.replace("’", "'")
+    words = [w.strip(",.!:;\"'").lower() for w in line.split()]
+    if words and words[0] == "please":
+        words = words[1:]
+    return "?" in line or (bool(words) and words[0] in IMPERATIVES) or bool(NEED.search(line))
 
 
 class ExpandStage:
     name = "expand"
     rowwise = False
 
-    def __init__(self, pool, model: str, taxonomy: Taxonomy, floor: int, budget: int, examples: int,
-                 max_tokens: int, temperature: float, tau: int, ngram: int, seed: int = 0):
-        self.pool, self.model, self.taxonomy, self.seed = pool, model, taxonomy, seed
-        self.floor, self.budget, self.examples = floor, budget, examples
-        self.sampling = SamplingConfig(max_tokens=max_tokens, temperature=temperature, top_p=0.95)
+    def __init__(self, config, pool, taxonomy: Taxonomy, tau: int, ngram: int, seed: int = 0):
+        self.config, self.pool, self.taxonomy, self.seed = config, pool, taxonomy, seed
         self.tau, self.ngram = tau, ngram
+        self.sampling = SamplingConfig(max_tokens=config.max_tokens, temperature=config.temperature,
+                                       top_p=config.top_p)
+        self.outcomes = Counter()            # "near_duplicate/S01", "refused/S01", ... and totals
+
+    def floor_counts(self, rows: list[dict]) -> Counter:
+        """Prompts per domain, counting each cluster of near-duplicates once."""
+        unique = Deduplicator(tau=self.tau, ngram=self.ngram, seed=self.seed).fit([r["prompt"] for r in rows]).keep
+        return Counter((dim, r[f"{dim}_domain"]) for r, keep in zip(rows, unique) if keep
+                       for dim in DIMENSIONS if r[f"{dim}_domain"])
 
     def run(self, table: pa.Table) -> pa.Table:
         rows = table.to_pylist()
-        counts = Counter((dim, r[f"{dim}_domain"]) for r in rows for dim in DIMENSIONS if r[f"{dim}_domain"])
-        kept = NearDuplicateFilter(tau=self.tau, ngram=self.ngram)
+        counts = self.floor_counts(rows)
+        kept = NearDuplicateFilter(tau=self.tau, ngram=self.ngram, seed=self.seed)
         kept.add([r["prompt"] for r in rows])
-        new = []
-        for domain in self.taxonomy.domains:
-            missing = self.floor - counts[(domain.dimension, domain.name)]
-            if missing <= 0:
-                continue
-            examples = [r["prompt"] for r in rows if r[f"{domain.dimension}_domain"] == domain.name][: self.examples]
-            shown = "\n".join(f"- {e}" for e in examples) or "- (none yet)"
-            attempts = made = 0
-            while made < missing and attempts < self.budget:
-                batch = min(2 * (missing - made), self.budget - attempts)
-                # the attempt number makes greedy decoding give different candidates
-                prompts = [template("expand").format(domain=domain.name, description=domain.description,
-                                                     examples=shown) + f" (#{attempts + k + 1})" for k in range(batch)]
-                attempts += batch
-                seeds = [item_seed(self.seed, domain.code, attempts - batch + k) for k in range(batch)]
-                for gen in self.pool.get(self.model).generate(prompts, self.sampling, seeds):
-                    text = " ".join(gen.text.strip().splitlines()[:1]).strip()
-                    if made < missing and len(text.split()) >= 3 and kept.add_if_new([text])[0]:
-                        made += 1
-                        new.append(self._row(table.schema, domain, text, made))
+        missing = {d: self.config.floor - counts[(d.dimension, d.name)] for d in self.taxonomy.domains}
+        attempts, made, new = Counter(), Counter(), []
+        while True:
+            asked = []                       # one round: every domain still short, one engine call
+            for domain in self.taxonomy.domains:
+                short = missing[domain] - made[domain]
+                n = min(2 * short, self.config.budget - attempts[domain]) if short > 0 else 0
+                asked += [(domain, attempts[domain] + k) for k in range(n)]
+                attempts[domain] += n
+            if not asked:
+                break
+            requests = [self._request(domain, rows, k) for domain, k in asked]
+            seeds = [item_seed(self.seed, domain.code, k) for domain, k in asked]
+            for (domain, _), gen in zip(asked, self.pool.get(self.config.model).generate(requests, self.sampling,
+                                                                                           seeds)):
+                prompt, outcome = parse_prompt(gen.text, cut=gen.truncated)
+                if prompt is not None and made[domain] >= missing[domain]:
+                    outcome = "surplus"
+                elif prompt is not None and not kept.add_if_new([prompt])[0]:
+                    outcome = "near_duplicate"
+                self.outcomes[f"expand_{outcome.replace(' ', '_')}/{domain.code}"] += 1
+                if outcome == "ok":
+                    made[domain] += 1
+                    new.append(self._row(table.schema, domain, prompt, made[domain]))
+        table = table.append_column("target_dimension", pa.nulls(table.num_rows, pa.string()))
         if not new:
             return table
         return pa.concat_tables([table, pa.Table.from_pylist(new, schema=table.schema)])
 
+    def _request(self, domain, rows: list[dict], attempt: int) -> list[dict]:
+        """The expander's conversation: a few seed prompts as its own earlier answers, each to a
+        request for a domain, then the request for this domain.  Small instruct models copy a
+        format they have answered in far more reliably than one described to them.  The seeds
+        are the domain's own prompts, topped up with those of other domains of its dimension
+        (a domain under the floor often has none), rotated per attempt so that attempts differ
+        even where decoding is greedy."""
+        own = [(domain, r["prompt"]) for r in rows if r[f"{domain.dimension}_domain"] == domain.name]
+        by_name = {d.name: d for d in self.taxonomy.of(domain.dimension)}
+        others = [(by_name[r[f"{domain.dimension}_domain"]], r["prompt"]) for r in rows
+                  if r[f"{domain.dimension}_domain"] in by_name and r[f"{domain.dimension}_domain"] != domain.name]
+        seeds = (_rotate(own, attempt) + _rotate(others, attempt))[: self.config.seeds]
+        messages = []
+        for k, (shown, prompt) in enumerate([*seeds, (domain, None)]):
+            ask = template("expand" if k == 0 else "expand_more")
+            messages.append({"role": "user", "content": ask.format(domain=shown.name, description=shown.description)})
+            if prompt is not None:
+                messages.append({"role": "assistant", "content": prompt})
+        return messages
+
     @staticmethod
     def _row(schema, domain, text: str, k: int) -> dict:
         row = {name: None for name in schema.names}
-        row.update(id=f"x-{domain.code}-{k:04d}", prompt=text, origin="expanded")
+        row.update(id=f"x-{domain.code}-{k:04d}", prompt=text, origin="expanded", target_dimension=domain.dimension)
         row[f"{domain.dimension}_domain"] = domain.name
         row[f"{domain.dimension}_prob"] = 1.0
         return row
 
     def counters(self) -> dict:
-        return engine_counters(self.pool.started([self.model]))
+        return {**engine_counters(self.pool.started([self.config.model])), **self.outcomes}

@@ -1,5 +1,6 @@
 """Aligned and misaligned candidates for each prompt from each model of the generator pool,
-prompted with the prompt's assigned domains.  One output row per (prompt, generator)."""
+prompted with the prompt's assigned domains.  One output row per (prompt, generator); each
+candidate keeps whether the token limit cut it off, for the filter of the next stage."""
 from __future__ import annotations
 
 import pyarrow as pa
@@ -7,40 +8,50 @@ import pyarrow as pa
 from misalign.inference import SamplingConfig
 from misalign.stages.common import describe_domains, engine_counters, item_seed, template
 
+SIDES = ("aligned", "misaligned")
+
 
 def response_prompt(kind: str, row: dict, feedback: str = "") -> str:
     return template(f"respond_{kind}").format(domains=describe_domains(row), prompt=row["prompt"],
                                               feedback=feedback)
 
 
+def sampling_of(config) -> SamplingConfig:
+    return SamplingConfig(max_tokens=config.max_tokens, temperature=config.temperature, top_p=config.top_p)
+
+
 class RespondStage:
     name = "respond"
     rowwise = True
 
-    def __init__(self, pool, generators: list[str], candidates: int, sampling: SamplingConfig, seed: int = 0):
-        self.pool, self.generators, self.seed = pool, generators, seed
-        self.candidates = candidates
-        self.sampling = sampling
+    def __init__(self, config, pool, seed: int = 0):
+        self.config, self.pool, self.seed = config, pool, seed
+        self.generators = list(config.models)
+        self.sampling = sampling_of(config)
 
     def run(self, table: pa.Table) -> pa.Table:
         rows = table.to_pylist()
         out = []
+        k = self.config.candidates
         for name in self.generators:
-            engine = self.pool.get(name)
             # one batch per generator, aligned prompts then misaligned ones: the shared
             # instruction prefix of each half stays together for the prefix cache
-            keys = [(kind, row, k) for kind in ("aligned", "misaligned") for row in rows for k in range(self.candidates)]
+            keys = [(kind, row, c) for kind in SIDES for row in rows for c in range(k)]
             requests = [response_prompt(kind, row) for kind, row, _ in keys]
-            seeds = [item_seed(self.seed, row["id"], name, kind, k) for kind, row, k in keys]
-            texts = [g.text.strip() for g in engine.generate(requests, self.sampling, seeds)]
-            k, half = self.candidates, len(rows) * self.candidates
+            seeds = [item_seed(self.seed, row["id"], name, kind, c) for kind, row, c in keys]
+            gens = self.pool.get(name).generate(requests, self.sampling, seeds)
+            half = len(rows) * k
             for i, row in enumerate(rows):
-                out.append({**row, "generator": name,
-                            "aligned_candidates": texts[i * k:(i + 1) * k],
-                            "misaligned_candidates": texts[half + i * k: half + (i + 1) * k]})
-        schema = table.schema.append(pa.field("generator", pa.string())) \
-            .append(pa.field("aligned_candidates", pa.list_(pa.string()))) \
-            .append(pa.field("misaligned_candidates", pa.list_(pa.string())))
+                record = {**row, "generator": name}
+                for side, offset in zip(SIDES, (0, half)):
+                    mine = gens[offset + i * k: offset + (i + 1) * k]
+                    record[f"{side}_candidates"] = [g.text.strip() for g in mine]
+                    record[f"{side}_truncated"] = [g.truncated for g in mine]
+                out.append(record)
+        schema = table.schema.append(pa.field("generator", pa.string()))
+        for side in SIDES:
+            schema = schema.append(pa.field(f"{side}_candidates", pa.list_(pa.string()))) \
+                .append(pa.field(f"{side}_truncated", pa.list_(pa.bool_())))
         return pa.Table.from_pylist(out, schema=schema)
 
     def counters(self) -> dict:

@@ -20,6 +20,7 @@ class SplitStage:
         self.fractions = [f / total for f in fractions]
         self.seed, self.tau, self.ngram = seed, tau, ngram
         self.cross_split_rate = 0.0
+        self.cross_split_rows = 0
 
     def run(self, table: pa.Table) -> pa.Table:
         table = table.filter(pc.field("accepted"))
@@ -38,6 +39,7 @@ class SplitStage:
 
     def _cross_split_rate(self, prompts, split) -> float:
         """Share of rows with a near-duplicate (within tau) in another split; 0 by construction."""
+        self.cross_split_rows = 0
         if not prompts:
             return 0.0
         index = HammingIndex(self.tau, plan_blocks(self.tau, len(prompts)))
@@ -45,7 +47,8 @@ class SplitStage:
         i, j, _ = index.pairs()
         crossing = {int(a) for a, b in zip(i, j) if split[a] != split[b]} | \
                    {int(b) for a, b in zip(i, j) if split[a] != split[b]}
+        self.cross_split_rows = len(crossing)
         return len(crossing) / len(prompts)
 
     def counters(self) -> dict:
-        return {}
+        return {"cross_split_rows": self.cross_split_rows}
