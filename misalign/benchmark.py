@@ -89,7 +89,9 @@ def benchmark(config: Config, pool: EnginePool, on_progress=None, executor=None)
                         "items": items.table.num_rows, "sha256": items.sha256, "set_aside": len(items.problems)},
             "models": {name: {"description": pool.describe(name), "kind": config.models[name].kind,
                               "path": config.models[name].path, "base_url": config.models[name].base_url,
-                              "stand_in": pool.is_stand_in(name)} for name in bench.models},
+                              "stand_in": pool.is_stand_in(name), "weak": pool.is_bundled(name)}
+                       for name in bench.models},
+            "role_warnings": config.role_warnings(),
             "runs": bench.runs, "threshold": bench.threshold, "temperature": bench.temperature,
             "questions": questions(bench.per_dimension), "seed": config.run.seed, "bootstrap": bench.bootstrap,
             "config": tomllib.loads(config_mod.to_toml(config)), "versions": versions(),

