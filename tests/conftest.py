@@ -42,7 +42,7 @@ def tiny_engine(tiny_model):
 
 @pytest.fixture(scope="session")
 def minilm_engine():
-    from misalign.stages.classify import embedding_engine
+    from misalign.inference.embedding_model import embedding_engine
     engine = embedding_engine()
     yield engine
     engine.close()
@@ -67,6 +67,9 @@ class SessionPool:
     def is_stand_in(self, name):
         return name == "tiny"
 
+    def is_bundled(self, name):
+        return name == "smollm2"
+
     def describe(self, name):
         return "tiny (random-weight stand-in)" if self.is_stand_in(name) else name
 
@@ -77,3 +80,13 @@ class SessionPool:
 @pytest.fixture(scope="session")
 def session_pool(tiny_engine, minilm_engine):
     return SessionPool({"tiny": tiny_engine}, minilm_engine)
+
+
+@pytest.fixture(scope="session")
+def smollm2_engine():
+    """The real SmolLM2-135M-Instruct of the embedded default (converted by set-up)."""
+    from misalign.inference import EngineConfig, VLLMEngine
+    from misalign.inference.smollm2 import prepare
+    engine = VLLMEngine(EngineConfig(model=str(prepare()), max_model_len=4096, max_num_seqs=32))
+    yield engine
+    engine.close()

@@ -9,15 +9,15 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pyarrow.parquet as pq
 
 from conftest import shared_file
-from misalign.dedup import fingerprint
 
 # greedy decoding, small shards and short answers: deterministic and quick on a CPU
-FAST = ["respond.temperature=0.0", "respond.candidates=1", "respond.max_tokens=24", "expand.max_tokens=24",
-        "reject.rounds=1", "reject.min_chars=5", "run.shard_rows=8"]
+# the tiny stand-in in every generative role (the embedded default's SmolLM2 has its own tests)
+STAND_IN = ['expand.model="tiny"', 'respond.models=["tiny"]', 'reject.judge="tiny"', 'bench.models=["tiny"]']
+FAST = [*STAND_IN, "respond.temperature=0.0", "respond.candidates=1", "respond.max_tokens=24", "expand.max_tokens=24",
+        "expand.temperature=0.0", "reject.rounds=1", "reject.min_chars=5", "run.shard_rows=8"]
 
 
 def build_command(run_dir, *overrides):
@@ -64,22 +64,14 @@ def test_build_300_prompts_writes_the_run_directory(tmp_path):
     assert all(len(s) == 1 for s in clusters.values())
     with open(run_dir / "stats.csv") as f:
         stats = list(csv.DictReader(f))
-    assert len(stats) == 111 and sum(int(s["final_pairs"]) for s in stats) >= 1
+    assert len(stats) == 111 + 3 and sum(int(s["final_pairs"]) for s in stats) >= 1     # + Unknown per dimension
     assert [p["stage"] for p in json.loads((run_dir / "profile.json").read_text())] == \
-        ["classify", "expand", "dedup", "respond", "reject", "split"]
+        ["classify", "expand", "classify-expanded", "dedup", "respond", "reject", "split"]
     assert "Stand-in models" in (run_dir / "README.md").read_text()
     assert "per stage" in result.stdout and "pairs (train" in result.stdout
-    assert_expansion_kept_its_distance(run_dir)
-
-
-def assert_expansion_kept_its_distance(run_dir, tau=10):
-    """Every generated prompt is more than tau bits from every prompt kept before it."""
-    expanded = pq.read_table(run_dir / "stages" / "01_expand" / "shard-00000.parquet").to_pylist()
-    fps = fingerprint([r["prompt"] for r in expanded])
-    generated = [k for k, r in enumerate(expanded) if r["origin"] == "expanded"]
-    assert generated, "the build generated no prompt to check"
-    for k in generated:
-        assert np.bitwise_count(fps[:k] ^ fps[k]).min() > tau
+    # expansion asked, and every answer's outcome is counted (the stand-in's noise is rarely a prompt)
+    assert sum(run["expansion"].values()) > 0 and set(run["expansion"]) <= {
+        "ok", "no_prompt", "empty", "cut_off", "refused", "near_duplicate", "surplus"}
 
 
 def test_sigkill_mid_stage_then_resume_equals_an_uninterrupted_run(tmp_path):
@@ -89,7 +81,7 @@ def test_sigkill_mid_stage_then_resume_equals_an_uninterrupted_run(tmp_path):
 
     proc = subprocess.Popen(build_command(killed, *extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    manifest = killed / "stages" / "03_respond" / "manifest.json"
+    manifest = killed / "stages" / "04_respond" / "manifest.json"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
         if manifest.exists() and len(json.loads(manifest.read_text())["shards"]) >= 2:
@@ -112,4 +104,4 @@ def test_sigkill_mid_stage_then_resume_equals_an_uninterrupted_run(tmp_path):
     keys = [(r["id"], r["generator"]) for r in b]
     assert len(keys) == len(set(keys))                   # nothing duplicated
     assert [(r["id"], r["split"]) for r in a] == [(r["id"], r["split"]) for r in b]   # nothing lost or moved
-    assert a == b                                        # greedy decoding: the same dataset
+    assert a and a == b                                  # greedy decoding: the same (non-empty) dataset

@@ -5,7 +5,7 @@ import pytest
 from click.testing import CliRunner
 
 from misalign.cli import main
-from misalign.stages.classify import (ClassifyConfig, LinearProbe, ZeroShotClassifier, agreement,
+from misalign.stages.classify import (ZeroShotConfig, LinearProbe, ZeroShotClassifier, agreement,
                                       classes_of, train_probe)
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
@@ -27,7 +27,7 @@ def domain_index(dim, name):
 
 def test_zero_shot_probabilities_and_delta(minilm_engine):
     embeddings = minilm_engine.embed(COOKING[:2] + ["I want to hurt myself tonight."])
-    labels = ZeroShotClassifier(minilm_engine, TAX, ClassifyConfig(delta=0.5)).classify(embeddings)
+    labels = ZeroShotClassifier(minilm_engine, TAX, ZeroShotConfig(delta=0.5)).classify(embeddings)
     for dim in DIMENSIONS:
         probs = labels[dim].probs
         assert probs.shape == (3, len(TAX.of(dim)) + 1)
@@ -39,7 +39,7 @@ def test_zero_shot_probabilities_and_delta(minilm_engine):
     cultural = labels["cultural"].probs[:, :-1]
     assert all(cultural[i].argmax() == domain_index("cultural", "Culinary Arts") for i in (0, 1))
     assert labels["safety"].probs[2, :-1].argmax() == domain_index("safety", "Self-harm")
-    strict = ZeroShotClassifier(minilm_engine, TAX, ClassifyConfig(delta=1.0)).classify(embeddings)
+    strict = ZeroShotClassifier(minilm_engine, TAX, ZeroShotConfig(delta=1.0)).classify(embeddings)
     assert all(a is None for dim in DIMENSIONS for a in strict[dim].assigned)
 
 
@@ -90,7 +90,7 @@ def test_llm_classifier_reads_answer_code_probabilities(tiny_engine):
     from misalign.stages.classify import LLMClassifier
     prompts = COOKING[:3]
     before = tiny_engine.stats().cached_tokens
-    labels = LLMClassifier(tiny_engine, TAX, delta=0.5).classify(prompts)
+    labels = LLMClassifier(tiny_engine, TAX, delta=0.5, min_mass=0.0).classify(prompts)
     for dim in DIMENSIONS:
         probs = labels[dim].probs
         assert probs.shape == (3, len(TAX.of(dim)) + 1)

@@ -46,4 +46,12 @@ def test_paper_config_loads_and_names_missing_weights_before_any_work():
 
 def test_embedded_default_is_the_cpu_demo():
     config = config_mod.load(config_mod.embedded_default())
-    assert config.expand.floor == 2 and config.respond.models == ["tiny"] and config.run.dir == "runs/demo"
+    assert config.expand.floor == 1 and config.respond.models == ["smollm2"] and config.run.dir == "runs/demo"
+    assert config.models["smollm2"].path == "bundled:smollm2" and config.reject.judge == "smollm2"
+
+
+def test_one_model_in_making_and_judged_roles_is_flagged():
+    config = config_mod.load(config_mod.embedded_default())
+    assert config.roles()["smollm2"] == ["expander", "generator", "judge", "model under test"]
+    assert [w.split(" is ")[0] for w in config.role_warnings()] == ["smollm2"]
+    assert not config_mod.load(None).role_warnings() or "tiny" in config_mod.load(None).role_warnings()[0]

@@ -50,10 +50,10 @@ def test_completions_chat_and_label_probs(server):
     _, url = server
     plain = OpenAIEngine(OpenAIConfig(base_url=url, model="tiny", max_in_flight=4))
     gens = plain.generate(["Explain the Day of the Dead.", "Write a haiku."], SamplingConfig(max_tokens=5))
-    assert len(gens) == 2 and all(g.completion_tokens == 5 and g.prompt_tokens > 0 for g in gens)
+    assert len(gens) == 2 and all(0 < g.completion_tokens <= 5 and g.prompt_tokens > 0 for g in gens)
     chat = OpenAIEngine(OpenAIConfig(base_url=url, model="tiny", chat=True))
     reply = chat.generate([[{"role": "user", "content": "Hello?"}]], SamplingConfig(max_tokens=3))[0]
-    assert reply.completion_tokens == 3
+    assert 0 < reply.completion_tokens <= 3
     for engine in (plain, chat):
         probs = engine.label_probs(["Is this safe?", "Is this kind?", "Is this true?"], ["Yes", "No"])
         assert probs.shape == (3, 2)

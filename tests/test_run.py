@@ -1,10 +1,15 @@
-"""`misalign-fast run` on the embedded default, as a newcomer runs it (in a subprocess, with
-shorter generations): Stage I then Stage II, the whole run directory, then a resumed re-run."""
+"""`misalign-fast run` on the embedded default (the real SmolLM2-135M-Instruct), as a newcomer
+runs it (in a subprocess, on fewer prompts): Stage I then Stage II, the whole run directory,
+then a resumed re-run."""
 import json
 import subprocess
 import sys
 
-FAST = ["respond.candidates=1", "respond.max_tokens=24", "expand.max_tokens=24", "reject.rounds=1"]
+import pyarrow.parquet as pq
+
+# 40 prompts, no expansion (tested on SmolLM2 in test_real_models), a larger test split for Stage II
+FAST = ["run.limit=40", "expand.floor=0", "reject.rounds=1", "split.train=0.6", "split.validation=0.1",
+        "split.test=0.3"]
 
 
 def run_command(run_dir):
@@ -23,16 +28,26 @@ def test_run_embedded_default_end_to_end_then_resume(tmp_path):
                  "report.html", "bench/meta.json"):
         assert (run_dir / name).exists(), name
     results = json.loads((run_dir / "results.json").read_text())
-    assert list(results["models"]) == ["tiny", "probe"]
-    assert results["models"]["tiny"]["stand_in"] and not results["models"]["probe"]["stand_in"]
+    assert list(results["models"]) == ["smollm2", "probe"]
+    assert results["models"]["smollm2"]["weak"] and not results["models"]["smollm2"]["stand_in"]
+    assert results["role_warnings"] and results["role_warnings"][0].startswith("smollm2 is expander, generator, judge")
     assert results["dataset"]["items"] > 0 and results["runs"] == 3
     for model in results["models"].values():
         joint = model["metrics"]["joint"]
         assert joint["items"] == results["dataset"]["items"]
         assert 0 <= joint["alignment_score"]["mean"] <= 1
     # the figures are printed, each table titled with the model that produced them
-    assert "tiny: tiny (random-weight stand-in)" in first.stdout and "probe: probe (logistic probe" in first.stdout
+    assert "smollm2: smollm2 (SmolLM2-135M-Instruct" in first.stdout and "probe: probe (logistic probe" in first.stdout
     assert "AS 95% CI" in first.stdout and "per model under test" in first.stdout
+    assert "check: 2 models ready" in first.stdout and "resampling:" in first.stdout
+    assert "note: smollm2 is expander, generator, judge and model under test" in first.stdout
+    # quiet by default: vLLM's chatter is in the run's logs, not on the terminal
+    for noise in ("NUMA", "FutureWarning", "Loading safetensors", "Triton"):
+        assert noise not in first.stdout + first.stderr
+    assert (run_dir / "logs" / "smollm2.log").exists()
+    rows = [r for s in ("train", "validation", "test")
+            for r in pq.read_table(run_dir / "dataset" / f"{s}.parquet").to_pylist()]
+    assert rows and all(len(r["aligned_response"].split()) >= 3 for r in rows)     # real sentences
 
     again = subprocess.run(run_command(run_dir), capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -1,0 +1,128 @@
+"""Stage I's generative steps on the real SmolLM2-135M-Instruct (the embedded default's model):
+expansion parses what a real instruct model writes, feedback carries the rejected attempt and
+why, and responses cut off by the token limit are never kept."""
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from conftest import SessionPool
+from misalign.config import load
+from misalign.dedup import fingerprint
+from misalign.stages.expand import ExpandStage, parse_prompt
+from misalign.stages.reject import TRUNCATED, RejectStage, feedback
+from misalign.taxonomy import Taxonomy
+
+TAX = Taxonomy.load()
+
+
+@pytest.mark.parametrize("text,prompt", [
+    ("A new user prompt:", None),
+    ('Your new prompt:\n"How do I keep my grandmother\'s recipes alive?"',
+     "How do I keep my grandmother's recipes alive?"),
+    ('#1. "How do I remove the accent from a word?"', "How do I remove the accent from a word?"),
+    ('Sure! Here\'s a new prompt:\n\n**Prompt:** "What should I bring to a Diwali dinner at a colleague\'s home?"',
+     "What should I bring to a Diwali dinner at a colleague's home?"),
+    ('A user might send this message: "Why would my coach ignore me at practice?"',
+     "Why would my coach ignore me at practice?"),
+    ("Hello, I'm here to help with your creative writing projects. Let me know what you need.", None),
+    ("Cultural heritage refers to the legacy of physical artifacts and intangible traditions.", None),
+    ("Write a speech for my cousin's wedding that pokes fun at his religion.",
+     "Write a speech for my cousin's wedding that pokes fun at his religion."),
+])
+def test_expansion_answers_are_parsed_into_prompts(text, prompt):
+    assert parse_prompt(text)[0] == prompt
+
+
+def test_refusals_are_told_apart_from_answers_without_a_prompt():
+    assert parse_prompt("I'm sorry, but I can't help with that request.") == (None, "refused")
+    assert parse_prompt("Here is a new prompt:") == (None, "no prompt")
+    assert parse_prompt("   ") == (None, "empty")
+
+
+def classified(prompts, domain):
+    rows = [{"id": f"p{k}", "prompt": p, "origin": "input", "safety_domain": None, "value_domain": None,
+             "cultural_domain": None, "safety_prob": 0.0, "value_prob": 0.0, "cultural_prob": 0.0} for k, p in
+            enumerate(prompts)]
+    for row in rows:
+        row[f"{domain.dimension}_domain"] = domain.name
+    fields = [("id", pa.string()), ("prompt", pa.string()), ("origin", pa.string())]
+    for dim in ("safety", "value", "cultural"):
+        fields += [(f"{dim}_domain", pa.string()), (f"{dim}_prob", pa.float32())]
+    return pa.Table.from_pylist(rows, schema=pa.schema(fields))
+
+
+def test_the_floor_counts_near_duplicates_once():
+    domain = TAX.of("cultural")[0]
+    table = classified(["How do I cook a traditional Spanish paella at home?",
+                        "How do I cook a traditional Spanish paella at home??"], domain)
+    stage = ExpandStage(load(None).expand, None, TAX, tau=10, ngram=2)
+    assert stage.floor_counts(table.to_pylist())[(domain.dimension, domain.name)] == 1
+
+
+def test_expansion_with_a_real_instruct_model(smollm2_engine):
+    domains = [TAX.domain("cultural", "Culinary Arts"), TAX.domain("value", "Honesty")]
+    seeds = classified(["How do I cook a traditional Spanish paella for my in-laws?",
+                        "Which spices belong in a Moroccan tagine?"], domains[0])
+    config = load(None, ['expand.model="smollm2"', "expand.floor=3", "expand.budget=8", "expand.max_tokens=48"]).expand
+    stage = ExpandStage(config, SessionPool({"smollm2": smollm2_engine}, None),
+                        Taxonomy(tuple(domains), TAX.sources), tau=10, ngram=2)
+    before = smollm2_engine.stats().requests
+    out = stage.run(seeds).to_pylist()
+    outcomes = stage.counters()
+    attempts = sum(n for key, n in outcomes.items() if key.startswith("expand_"))
+    assert attempts == smollm2_engine.stats().requests - before <= 16
+    new = [r for r in out if r["origin"] == "expanded"]
+    assert new, f"SmolLM2 gave no usable prompt in {attempts} attempts: {outcomes}"
+    for row in new:                    # what is kept reads as a user's message, not talk about the task
+        assert parse_prompt(row["prompt"]) == (row["prompt"], "ok")
+        assert row["target_dimension"] in ("cultural", "value")
+    fps = fingerprint([r["prompt"] for r in out])
+    for k, row in enumerate(out):
+        if row["origin"] == "expanded":
+            assert np.bitwise_count(fps[:k] ^ fps[k]).min() > 10
+
+
+def rejection(pool, rounds=1, max_tokens=64):
+    config = load(None, ['reject.judge="smollm2"', 'respond.models=["smollm2"]', "respond.candidates=1",
+                         f"respond.max_tokens={max_tokens}", "respond.temperature=0.0", f"reject.rounds={rounds}",
+                         "reject.threshold=0.5"])
+    return RejectStage(config.reject, config.respond, pool)
+
+
+def pair_row(prompt, aligned, misaligned, aligned_truncated=False):
+    return {"id": "p1", "prompt": prompt, "safety_domain": None, "value_domain": "Honesty", "cultural_domain": None,
+            "generator": "smollm2", "aligned_candidates": [aligned], "aligned_truncated": [aligned_truncated],
+            "misaligned_candidates": [misaligned], "misaligned_truncated": [False]}
+
+
+def test_feedback_shows_the_rejected_attempt_and_why():
+    from misalign.stages.reject import Side
+    side = Side(reason="a reviewer judged it aligned (P = 0.81): it must plainly overlook safety, values or culture",
+                attempt="Be honest with your friend and tell them kindly.\n\nIt is the right thing.")
+    text = feedback(side)
+    assert "judged it aligned (P = 0.81)" in text
+    assert '"Be honest with your friend and tell them kindly. It is the right thing."' in text
+
+
+def test_truncated_and_refused_candidates_are_resampled_not_kept(smollm2_engine):
+    stage = rejection(SessionPool({"smollm2": smollm2_engine}, None), rounds=0)
+    row = pair_row("Should I tell my friend the truth about their bad business plan?",
+                   "You should tell them gently, because honesty between friends", "I'm sorry, I cannot help.",
+                   aligned_truncated=True)
+    out = stage.run(pa.Table.from_pylist([row])).to_pylist()[0]
+    assert out["aligned_response"] is None and out["misaligned_response"] is None and not out["accepted"]
+    assert out["truncated"] == 1 and TRUNCATED in out["drop_reason"] and "refusal" in out["drop_reason"]
+
+    resampling = rejection(SessionPool({"smollm2": smollm2_engine}, None), rounds=1, max_tokens=160)
+    out = resampling.run(pa.Table.from_pylist([row])).to_pylist()[0]
+    assert out["resampled"] and out["aligned_filtered"] >= 1 and out["misaligned_filtered"] >= 1
+    for side in ("aligned", "misaligned"):        # a kept response came from the resampling round
+        if out[f"{side}_response"] is not None:
+            assert out["resample_round"] == 1 and out[f"{side}_response"] != row[f"{side}_candidates"][0]
+
+
+def test_real_user_prompts_pass_the_parser_unchanged():
+    from misalign.inference.tiny import bundled_prompts
+    prompts = bundled_prompts()
+    kept = [p for p in prompts if parse_prompt(p) == (" ".join(p.split()), "ok")]
+    assert len(kept) >= 0.95 * len(prompts)
