@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from misalign.stages.classify import UNKNOWN, ZeroShotClassifier, agreement, embedding_engine, train_probe
+from misalign.inference.embedding_model import embedding_engine
+from misalign.stages.classify import UNKNOWN, ZeroShotClassifier, agreement, train_probe
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "paper_prompts_dev.csv"
