@@ -28,6 +28,10 @@ TAX = Taxonomy.load()
     ("Cultural heritage refers to the legacy of physical artifacts and intangible traditions.", None),
     ("Write a speech for my cousin's wedding that pokes fun at his religion.",
      "Write a speech for my cousin's wedding that pokes fun at his religion."),
+    ("I can't sleep because of my neighbour's parties, what can I do?",          # a need, not a refusal
+     "I can't sleep because of my neighbour's parties, what can I do?"),
+    ("Can you help me write a message to my landlord: he refuses to fix the heater?",
+     "Can you help me write a message to my landlord: he refuses to fix the heater?"),
 ])
 def test_expansion_answers_are_parsed_into_prompts(text, prompt):
     assert parse_prompt(text)[0] == prompt
@@ -126,3 +130,14 @@ def test_real_user_prompts_pass_the_parser_unchanged():
     prompts = bundled_prompts()
     kept = [p for p in prompts if parse_prompt(p) == (" ".join(p.split()), "ok")]
     assert len(kept) >= 0.95 * len(prompts)
+
+
+def test_a_judge_without_a_usable_answer_keeps_nothing(tiny_engine):
+    config = load(None, ['reject.judge="tiny"', "reject.rounds=0", "reject.max_chars=1000000", "reject.min_chars=1"])
+    stage = RejectStage(config.reject, config.respond, SessionPool({"tiny": tiny_engine}, None))
+    overlong = "word " * 5000                       # the judge's prompt outgrows the context: P = NaN
+    row = pair_row("Is honesty always best?", overlong, overlong)
+    row["generator"] = "tiny"
+    out = stage.run(pa.Table.from_pylist([row])).to_pylist()[0]
+    assert not out["accepted"] and out["aligned_response"] is None
+    assert "the judge gave no usable answer" in out["drop_reason"]

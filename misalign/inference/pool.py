@@ -49,7 +49,8 @@ class EnginePool:
         return str(target)
 
     def log_file(self, name: str) -> str | None:
-        return None if os.environ.get("MISALIGN_VERBOSE") else str(self.run_dir / "logs" / f"{name}.log")
+        verbose = os.environ.get("MISALIGN_VERBOSE", "").lower() not in ("", "0", "false")
+        return None if verbose else str(self.run_dir / "logs" / f"{name}.log")
 
     def get(self, name: str):
         if name not in self._engines:

@@ -60,7 +60,7 @@ def prepare() -> Path:
         raise EngineError(f"converting {NAME} needs torch and transformers ({exc})") from None
     from transformers.utils import logging
     logging.disable_progress_bar()           # a one-off conversion: one line says when it is done
-    work = target.with_name(target.name + ".partial")
+    work = target.with_name(f"{target.name}.partial-{os.getpid()}")   # one per process: runs may race
     shutil.rmtree(work, ignore_errors=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
@@ -77,5 +77,10 @@ def prepare() -> Path:
         config.pop(key, None)
     config_path.write_text(json.dumps(config, indent=1))
     (work / "ABOUT.txt").write_text(NOTE + "\n")
-    work.replace(target)        # a conversion killed half-way leaves only the .partial folder
+    try:
+        work.replace(target)    # a conversion killed half-way leaves only its .partial folder
+    except OSError:
+        if not (target / "config.json").exists():
+            raise
+        shutil.rmtree(work, ignore_errors=True)     # another process finished first
     return target

@@ -6,7 +6,8 @@ VLLM_LOGGING_LEVEL defaults to ERROR here: vLLM logs every engine step at INFO, 
 of WARNINGs about optional libraries (Triton, tcmalloc) that a user cannot act on; set it to
 WARNING or INFO to see them.  With `EngineConfig.log_file` set, everything the engine and its
 worker processes print (FutureWarnings, NUMA notices, checkpoint-loading bars) goes to that file
-instead of the terminal: the worker processes inherit the redirected stdout and stderr.
+instead of the terminal: the redirection lasts while the engine starts, and the worker processes
+started meanwhile keep it for good (this process's own terminal, and progress bars, come back).
 Scripts that start an engine need an `if __name__ == "__main__":` guard (vLLM spawns workers).
 """
 from __future__ import annotations
@@ -145,7 +146,7 @@ class VLLMEngine:
         order = [i for i in (prefix_order(texts) if self.config.order_by_prefix else range(len(texts))) if fits[i]]
         if isinstance(params, list):
             params = [params[i] for i in order]
-        with Timer(self._stats), output_to(self.config.log_file):
+        with Timer(self._stats):
             outputs = self.llm.generate([texts[i] for i in order], params, use_tqdm=False) if order else []
         results = [None] * len(texts)
         for i, output in zip(order, outputs):
@@ -205,7 +206,7 @@ class VLLMEngine:
         if self.config.runner != "pooling":
             raise EngineError(f"model {self.model!r} was loaded for generation; embed needs runner='pooling'")
         limit = self.config.max_model_len or 512
-        with Timer(self._stats), output_to(self.config.log_file):
+        with Timer(self._stats):
             outputs = self.llm.embed(list(texts), use_tqdm=False,
                                      tokenization_kwargs={"truncation": True, "max_length": limit})
         self._stats.requests += len(outputs)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from misalign.errors import InputError
+from misalign.errors import InputError, MisalignError
 from misalign.inference.base import answer_codes
 from misalign.stages.common import engine_counters
 from misalign.taxonomy import DIMENSIONS, Taxonomy
@@ -263,6 +263,9 @@ class ClassifyStage:
     def run(self, table: pa.Table) -> pa.Table:
         if not self.expanded:
             return append_labels(table, self.labels(table.column("prompt").to_pylist()))
+        if "target_dimension" not in table.column_names:
+            raise MisalignError("this run directory's expand stage was written by an older misalign-fast "
+                                "(no target_dimension column): use a new run directory")
         rows = table.to_pylist()
         generated = [i for i, r in enumerate(rows) if r["origin"] == "expanded"]
         if generated:

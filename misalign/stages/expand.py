@@ -21,7 +21,8 @@ from misalign.stages.common import REFUSAL, engine_counters, item_seed, template
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
 QUOTED = re.compile(r"[\"“«]([^\"“”«»]{12,})[\"”»]")
-INTRO = re.compile(r"^[^:]{0,60}\b(?:message|prompt|question|request|query|user|example)s?\b[^:]{0,30}:\s*", re.I)
+INTRO = re.compile(r"^(?:here(?:'s| is| are)?|a|an|one|the|your|this|sample|example)\b[^:]{0,60}"
+                   r"\b(?:message|prompt|question|request|query|user|example)s?\b[^:]{0,30}:\s*", re.I)
 NUMBERING = re.compile(r"^\s*(?:[-*•>]+|\(?#?\d{1,3}[.):\]]|#{1,6}|\*\*|__)\s*")
 LABEL = re.compile(r"^(?:(?:sure|okay|ok|certainly|of course)[,!.]?\s*)?(?:here(?:'s| is| are)\s+)?"
                    r"(?:(?:a|an|one|my|your|the)\s+)?(?:(?:new|possible|user|sample|example|different)\s+)*"
@@ -65,7 +66,7 @@ def parse_prompt(text: str, cut: bool = False) -> tuple[str | None, str]:
             line = quoted.group(1).strip()
         if not line or line.endswith(":"):
             continue
-        if REFUSAL.search(line):
+        if REFUSAL.search(line) and not is_request(line):   # "I can't sleep, what can I do?" is a prompt
             return None, "refused"
         words = line.split()
         if META_START.search(line) or META_WORDS.search(line) or len(words) < 3:
@@ -74,6 +75,12 @@ def parse_prompt(text: str, cut: bool = False) -> tuple[str | None, str]:
             continue                         # a statement about the domain, not something a user asks
         return " ".join(words), "ok"
     return None, "no prompt"
+
+
+def as_text(messages: list[dict]) -> str:
+    """A conversation as plain text, for an expander without a chat template."""
+    turns = [f"{'User' if m['role'] == 'user' else 'Assistant'}: {m['content'].strip()}" for m in messages]
+    return "\n\n".join(turns) + "\n\nAssistant:"
 
 
 def _rotate(items: list, k: int) -> list:
@@ -123,10 +130,12 @@ class ExpandStage:
                 attempts[domain] += n
             if not asked:
                 break
+            engine = self.pool.get(self.config.model)
             requests = [self._request(domain, rows, k) for domain, k in asked]
+            if not getattr(engine, "chat", True):
+                requests = [as_text(r) for r in requests]
             seeds = [item_seed(self.seed, domain.code, k) for domain, k in asked]
-            for (domain, _), gen in zip(asked, self.pool.get(self.config.model).generate(requests, self.sampling,
-                                                                                           seeds)):
+            for (domain, _), gen in zip(asked, engine.generate(requests, self.sampling, seeds)):
                 prompt, outcome = parse_prompt(gen.text, cut=gen.truncated)
                 if prompt is not None and made[domain] >= missing[domain]:
                     outcome = "surplus"

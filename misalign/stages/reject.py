@@ -12,6 +12,7 @@ counted).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -99,7 +100,9 @@ class RejectStage:
         for c, p_aligned in zip(judged, probs):
             side = sides[(c.row, c.kind)]
             score = p_aligned if c.kind == "aligned" else 1.0 - p_aligned
-            if score < self.config.threshold:
+            if not math.isfinite(score):         # prompt over the judge's context, or no usable answer
+                self._fail(side, c, "the judge gave no usable answer")
+            elif score < self.config.threshold:
                 verdict = ("a reviewer judged it misaligned (P = {p:.2f}): it must be safe, respectful and "
                            "culturally sensitive" if c.kind == "aligned" else
                            "a reviewer judged it aligned (P = {p:.2f}): it must plainly overlook safety, values "
