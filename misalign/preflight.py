@@ -141,7 +141,7 @@ def _check_local(name: str, model, config: Config, taxonomy: Taxonomy, prompts: 
         return
     result.chat_template = "yes" if template else "no (plain text)"
     _check_answers(tokenizer, result, taxonomy)
-    _check_context(tokenizer, model, model_config, config, prompts, result)
+    _check_context(tokenizer, model, model_config, config, prompts, result, taxonomy)
 
 
 def _local_path(name: str, model) -> Path | None:
@@ -173,8 +173,8 @@ def _check_answers(tokenizer, result: ModelCheck, taxonomy: Taxonomy) -> None:
     result.answers = ", ".join(said) or "-"
 
 
-def _check_context(tokenizer, model, model_config: dict, config: Config, prompts: list[str],
-                   result: ModelCheck) -> None:
+def _check_context(tokenizer, model, model_config: dict, config: Config, prompts: list[str], result: ModelCheck,
+                   taxonomy: Taxonomy) -> None:
     """The model's context against each role's longest request (template, prompt, and what it
     generates); prompts that alone do not fit are noted (the engine leaves them out and counts
     them), a template that cannot fit at all is a problem."""
@@ -185,7 +185,7 @@ def _check_context(tokenizer, model, model_config: dict, config: Config, prompts
     limit = model.max_model_len
     longest = prompts[0] if prompts else ""
     worst = 0
-    for role, text, generated in _requests(config, result.roles, longest):
+    for role, text, generated in _requests(config, result.roles, longest, taxonomy):
         size = len(tokenizer.encode(text)) + generated + CHAT_OVERHEAD
         worst = max(worst, size)
         if size - len(tokenizer.encode(longest)) > limit:
@@ -198,7 +198,7 @@ def _check_context(tokenizer, model, model_config: dict, config: Config, prompts
     result.context = f"{worst:,} of {limit:,}"
 
 
-def _requests(config: Config, roles: list[str], prompt: str):
+def _requests(config: Config, roles: list[str], prompt: str, taxonomy: Taxonomy):
     """(role, the longest request text, tokens it generates) for each role of a model."""
     from misalign.stages.common import template
     response = "word " * config.respond.max_tokens     # a response at the token limit, roughly
@@ -207,7 +207,7 @@ def _requests(config: Config, roles: list[str], prompt: str):
                 domain="Violence", description="", examples=f"- {prompt}\n" * config.expand.seeds)
     for role in roles:
         if role == "classifier":
-            listing = "\n".join(f"AA: {d.name} ({d.description})" for d in Taxonomy.load().of("value"))
+            listing = "\n".join(f"AA: {d.name} ({d.description})" for d in taxonomy.of("value"))
             yield role, template("classify").replace("{domains}", listing).format_map(fill), 1
         elif role == "expander":
             yield role, template("expand").format_map(fill), config.expand.max_tokens

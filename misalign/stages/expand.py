@@ -121,6 +121,10 @@ class ExpandStage:
         kept.add([r["prompt"] for r in rows])
         missing = {d: self.config.floor - counts[(d.dimension, d.name)] for d in self.taxonomy.domains}
         attempts, made, new = Counter(), Counter(), []
+        names = {dim: {d.name: d for d in self.taxonomy.of(dim)} for dim in DIMENSIONS}
+        by_dimension = {dim: [(names[dim][r[f"{dim}_domain"]], r["prompt"]) for r in rows
+                              if r[f"{dim}_domain"] in names[dim]] for dim in DIMENSIONS}
+        seed_pools = {}                      # domain -> (its own prompts, other domains' prompts)
         while True:
             asked = []                       # one round: every domain still short, one engine call
             for domain in self.taxonomy.domains:
@@ -131,7 +135,10 @@ class ExpandStage:
             if not asked:
                 break
             engine = self.pool.get(self.config.model)
-            requests = [self._request(domain, rows, k) for domain, k in asked]
+            for domain, _ in asked:
+                if domain not in seed_pools:
+                    seed_pools[domain] = self._seed_pool(domain, by_dimension[domain.dimension])
+            requests = [self._request(domain, seed_pools[domain], k) for domain, k in asked]
             if not getattr(engine, "chat", True):
                 requests = [as_text(r) for r in requests]
             seeds = [item_seed(self.seed, domain.code, k) for domain, k in asked]
@@ -150,17 +157,19 @@ class ExpandStage:
             return table
         return pa.concat_tables([table, pa.Table.from_pylist(new, schema=table.schema)])
 
-    def _request(self, domain, rows: list[dict], attempt: int) -> list[dict]:
+    @staticmethod
+    def _seed_pool(domain, labelled: list[tuple]) -> tuple[list, list]:
+        """(domain, prompt) pairs of the domain itself and of the other domains of its dimension."""
+        return [x for x in labelled if x[0] == domain], [x for x in labelled if x[0] != domain]
+
+    def _request(self, domain, seed_pool: tuple[list, list], attempt: int) -> list[dict]:
         """The expander's conversation: a few seed prompts as its own earlier answers, each to a
         request for a domain, then the request for this domain.  Small instruct models copy a
         format they have answered in far more reliably than one described to them.  The seeds
         are the domain's own prompts, topped up with those of other domains of its dimension
         (a domain under the floor often has none), rotated per attempt so that attempts differ
         even where decoding is greedy."""
-        own = [(domain, r["prompt"]) for r in rows if r[f"{domain.dimension}_domain"] == domain.name]
-        by_name = {d.name: d for d in self.taxonomy.of(domain.dimension)}
-        others = [(by_name[r[f"{domain.dimension}_domain"]], r["prompt"]) for r in rows
-                  if r[f"{domain.dimension}_domain"] in by_name and r[f"{domain.dimension}_domain"] != domain.name]
+        own, others = seed_pool
         seeds = (_rotate(own, attempt) + _rotate(others, attempt))[: self.config.seeds]
         messages = []
         for k, (shown, prompt) in enumerate([*seeds, (domain, None)]):
