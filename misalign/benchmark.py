@@ -18,32 +18,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from misalign import config as config_mod
-from misalign.build import check_model, versions
 from misalign.config import Config
-from misalign.errors import ConfigError, InputError
+from misalign.errors import ConfigError
 from misalign.inference.pool import EnginePool
 from misalign.io import atomic_path
 from misalign.pipeline import Runner
+from misalign.preflight import check_bench, rejected_items_path
+from misalign.provenance import versions
 from misalign.stages.bench import DetectStage, ProbeStage, load_items, questions
-
-
-def check_bench(config: Config) -> None:
-    bench = config.bench
-    if not bench.models:
-        raise ConfigError("bench.models is empty: name at least one model under test")
-    if bench.runs < 1:
-        raise ConfigError(f"bench.runs must be at least 1, got {bench.runs}")
-    if not 0 <= bench.threshold <= 1:
-        raise ConfigError(f"bench.threshold must be within [0, 1], got {bench.threshold}")
-    if bench.temperature < 0:
-        raise ConfigError(f"bench.temperature must be >= 0, got {bench.temperature}")
-    for name in bench.models:
-        model = config.model(name)
-        check_model(name, model, probe_allowed=True)
-        if model.kind == "probe" and not model.path and bench.split in ("train", "all") and not \
-                str(bench.dataset).lower().endswith(".csv"):
-            raise ConfigError(f"probe {name!r} trains on the train split, which bench.split = {bench.split!r} "
-                              "also tests on; benchmark another split or give the probe its own path")
 
 
 def probe_training(config: Config, name: str, source):
@@ -64,13 +46,9 @@ def benchmark(config: Config, pool: EnginePool, on_progress=None, executor=None)
     run_dir = Path(config.run.dir)
     source = bench.dataset or run_dir
     items = load_items(source, bench.split)
-    if not items.table.num_rows:
-        raise InputError(items.source, f"has no items with both responses in split {bench.split!r}")
+    items.require_some(bench.split, rejected_items_path(config))
+    items.write_problems(rejected_items_path(config))
     bench_dir = run_dir / "bench"
-    bench_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(bench_dir / "rejected_items.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for where, reason in items.problems:
-            f.write(json.dumps({"where": where, "reason": reason}, ensure_ascii=False) + "\n")
 
     stages = []
     for name in bench.models:
@@ -86,7 +64,8 @@ def benchmark(config: Config, pool: EnginePool, on_progress=None, executor=None)
         pq.write_table(pa.concat_tables(outputs.values()), tmp)
 
     meta = {"dataset": {"source": items.source, "split": bench.split if not items.source.endswith(".csv") else "all",
-                        "items": items.table.num_rows, "sha256": items.sha256, "set_aside": len(items.problems)},
+                        "items": items.table.num_rows, "sha256": items.sha256, "set_aside": len(items.problems),
+                        "notes": items.notes},
             "models": {name: {"description": pool.describe(name), "kind": config.models[name].kind,
                               "path": config.models[name].path, "base_url": config.models[name].base_url,
                               "stand_in": pool.is_stand_in(name), "weak": pool.is_bundled(name)}

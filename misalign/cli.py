@@ -268,14 +268,16 @@ def _config_options(f):
                           type=click.Path(exists=True, dir_okay=False, path_type=Path))(f)
 
 
-def _load_config(config_path, overrides, run_dir, engine, extra=()):
+def _load_config(config_path, overrides, run_dir, engine, settings=None):
+    """The config, with --set overrides and then the command's own options (typed values, never
+    pasted into TOML: a directory named a"b stays a"b)."""
     from misalign import config as config_mod
-    overrides = [*overrides, *extra]
+    settings = {key: value for key, value in (settings or {}).items() if value is not None}
     if run_dir is not None:
-        overrides.append(f'run.dir="{run_dir}"')
+        settings["run.dir"] = str(run_dir)
     if engine is not None:
-        overrides.append(f'run.engine="{engine}"')
-    return config_mod.load(config_path or config_mod.embedded_default(), overrides)
+        settings["run.engine"] = engine
+    return config_mod.load(config_path or config_mod.embedded_default(), overrides, settings)
 
 
 @contextmanager
@@ -328,7 +330,7 @@ def _stage2(config, pool, workers):
 
 @main.command()
 @_config_options
-@click.option("--limit", type=int, help="Use only the first N valid input prompts.")
+@click.option("--limit", type=click.IntRange(min=0), help="Use only the first N valid input prompts (0: all).")
 def build(config_path, overrides, run_dir, engine, limit):
     """Stage I: build a SaVaCu-style dataset from prompts (classify, expand, dedup, respond,
     reject, split).
@@ -339,7 +341,7 @@ def build(config_path, overrides, run_dir, engine, limit):
     configs/paper-gpu.toml.  Every stage checkpoints its output: run the same command again to
     resume an interrupted run.
     """
-    config = _load_config(config_path, overrides, run_dir, engine, [f"run.limit={limit}"] if limit is not None else [])
+    config = _load_config(config_path, overrides, run_dir, engine, {"run.limit": limit})
     _preflight(config, stage2=False)
     with _engines(config) as (pool, workers):
         _stage1(config, pool, workers)
@@ -371,16 +373,9 @@ def bench(config_path, overrides, run_dir, engine, dataset, split, runs, model_n
 
       misalign-fast bench my.toml --dataset SaVaCu.csv --run-dir runs/savacu
     """
-    extra = []
-    if dataset is not None:
-        extra.append(f'bench.dataset="{dataset}"')
-    if split is not None:
-        extra.append(f'bench.split="{split}"')
-    if runs is not None:
-        extra.append(f"bench.runs={runs}")
-    if model_names:
-        extra.append("bench.models=[" + ", ".join(f'"{m.strip()}"' for m in model_names.split(",")) + "]")
-    config = _load_config(config_path, overrides, run_dir, engine, extra)
+    config = _load_config(config_path, overrides, run_dir, engine, {
+        "bench.dataset": str(dataset) if dataset is not None else None, "bench.split": split, "bench.runs": runs,
+        "bench.models": [m.strip() for m in model_names.split(",")] if model_names else None})
     _preflight(config, stage1=False)
     with _engines(config) as (pool, workers):
         _stage2(config, pool, workers)
@@ -398,11 +393,7 @@ def run(config_path, overrides, run_dir, engine):
     show that the pipeline works, not how a real model behaves; configs/paper-gpu.toml is the
     paper's set-up.  Run the same command again to resume an interrupted run.
     """
-    from misalign.benchmark import check_bench
-    from misalign.build import check_models
     config = _load_config(config_path, overrides, run_dir, engine)
-    check_models(config)
-    check_bench(config)
     _preflight(config)
     with _engines(config) as (pool, workers):      # one engine per model (per worker), for both stages
         _stage1(config, pool, workers, per_domain=False)

@@ -9,7 +9,11 @@ prompt and response, trained on `path` (a dataset file; "" = the run's train spl
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import re
 import tomllib
+from typing import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,6 +151,10 @@ class Config:
                 found.setdefault(name, []).append(role)
         return found
 
+    def stage1_models(self) -> list[str]:
+        """The models that make the dataset (classifier, expander, generators, judge)."""
+        return [name for name, roles in self.roles().items() if set(roles) - {"model under test"}]
+
     def role_warnings(self) -> list[str]:
         """Models that both make the dataset and are judged on it, which the paper avoids."""
         notes = []
@@ -165,39 +173,170 @@ class Config:
         return self.models[name]
 
 
-def _build(cls, values: dict, where: str):
-    known = {f.name: f for f in dataclasses.fields(cls)}
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+MODEL_KINDS = ("vllm", "openai", "probe")
+DTYPES = ("auto", "float32", "float", "float16", "half", "bfloat16")
+MAX_SEED = 2**63 - 1
+
+
+def _build(cls, values, where: str):
+    """One section's dataclass from its TOML table, each value checked against its field's type."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{where}] must be a section of settings, got {_show(values)}")
+    known = [f.name for f in dataclasses.fields(cls)]
     unknown = set(values) - set(known)
     if unknown:
         raise ConfigError(f"[{where}] has no setting {', '.join(sorted(unknown))} "
                           f"(known: {', '.join(known)})")
-    kwargs = {}
-    for name, value in values.items():
-        default = getattr(cls(), name) if cls is not Config else None
-        if dataclasses.is_dataclass(default):
-            value = _build(type(default), value, f"{where}.{name}" if where else name)
-        elif isinstance(default, bool) and not isinstance(value, bool):
-            raise ConfigError(f"[{where}] {name} must be true or false, got {value!r}")
-        elif isinstance(default, (int, float)) and not isinstance(default, bool):
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ConfigError(f"[{where}] {name} must be a number, got {value!r}")
-            value = type(default)(value)
-        kwargs[name] = value
-    return cls(**kwargs)
+    defaults = cls()
+    return cls(**{name: _typed(getattr(defaults, name), value, f"{where}.{name}") for name, value in values.items()})
+
+
+def _typed(default, value, key: str):
+    """`value` as the type of the field's default, or a ConfigError naming the key."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {_show(value)}")
+        return value
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key} must be a number, got {_show(value)}")
+        if isinstance(default, int):
+            if value != int(value):
+                raise ConfigError(f"{key} must be a whole number, got {_show(value)}")
+            return int(value)
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f'{key} must be text (in quotes: "..."), got {_show(value)}')
+        return value
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f'{key} must be a list of names, e.g. ["a", "b"], got {_show(value)}')
+    return list(value)
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def from_dict(raw: dict) -> Config:
+    """A validated Config from a parsed TOML document."""
     raw = dict(raw)
-    models = raw.pop("models", None)
+    models = raw.pop("models", {})
     sections = {}
     for name, value in raw.items():
         if name not in {f.name for f in dataclasses.fields(Config)}:
             raise ConfigError(f"unknown section [{name}]")
         sections[name] = _build(type(getattr(Config(), name)), value, name)
     config = Config(**sections)
-    for name, spec in (models or {}).items():     # added to (or replacing) the default "tiny"
+    if not isinstance(models, dict):
+        raise ConfigError(f"[models] must hold one [models.NAME] section per model, got {_show(models)}")
+    for name, spec in models.items():     # added to (or replacing) the default "tiny"
         config.models[name] = _build(ModelConfig, spec, f"models.{name}")
+    validate(config)
     return config
+
+
+def _check(ok: bool, key: str, rule: str, value) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {rule}, got {_show(value)}")
+
+
+def validate(config: Config) -> None:
+    """Every value in range and every name defined, before anything starts (`load` calls this)."""
+    def at_least(section, key, low):
+        value = getattr(getattr(config, section), key)
+        _check(value >= low, f"{section}.{key}", f">= {low}", value)
+
+    def within(section, key, low, high):
+        value = getattr(getattr(config, section), key)
+        _check(low <= value <= high, f"{section}.{key}", f"within [{low}, {high}]", value)
+
+    def one_of(section, key, allowed):
+        value = getattr(getattr(config, section), key)
+        _check(value in allowed, f"{section}.{key}", " or ".join(f'"{a}"' for a in allowed), value)
+
+    run = config.run
+    _check(bool(run.dir.strip()), "run.dir", "a directory", run.dir)
+    within("run", "seed", 0, MAX_SEED)
+    at_least("run", "limit", 0)
+    at_least("run", "shard_rows", 1)
+    one_of("run", "engine", ("local", "ray"))
+    one_of("input", "format", ("", "jsonl", "csv", "parquet"))
+    _check(bool(config.input.column), "input.column", "a column name", config.input.column)
+    at_least("input", "max_chars", 1)
+    one_of("classify", "method", ("embedding", "llm"))
+    within("classify", "delta", 0, 1)
+    within("classify", "min_mass", 0, 1)
+    for key in ("floor", "budget", "seeds"):
+        at_least("expand", key, 0)
+    at_least("expand", "max_tokens", 1)
+    at_least("expand", "temperature", 0)
+    within("dedup", "tau", 0, 63)
+    within("dedup", "ngram", 1, 16)
+    for section in ("expand", "respond"):
+        value = getattr(config, section).top_p
+        _check(0 < value <= 1, f"{section}.top_p", "within (0, 1]", value)
+    at_least("respond", "candidates", 1)
+    at_least("respond", "temperature", 0)
+    at_least("respond", "max_tokens", 1)
+    within("reject", "threshold", 0, 1)
+    at_least("reject", "rounds", 0)
+    at_least("reject", "min_chars", 0)
+    at_least("reject", "max_chars", max(config.reject.min_chars, 1))
+    for key in ("train", "validation", "test"):
+        within("split", key, 0, 1)
+    fractions = (config.split.train, config.split.validation, config.split.test)
+    _check(abs(sum(fractions) - 1) <= 1e-9, "split.train + split.validation + split.test", "1", sum(fractions))
+    one_of("bench", "split", ("train", "validation", "test", "all"))
+    at_least("bench", "runs", 1)
+    within("bench", "threshold", 0, 1)
+    at_least("bench", "temperature", 0)
+    at_least("bench", "bootstrap", 0)
+    for key in ("workers", "gpus_per_worker", "cpus_per_worker", "local_cpus"):
+        at_least("ray", key, 0)
+    for name, model in config.models.items():
+        _validate_model(name, model)
+    for key, names in (("respond.models", config.respond.models), ("bench.models", config.bench.models)):
+        _check(bool(names), key, "a list of at least one model name", names)
+    if config.classify.method == "llm" and not config.classify.model:
+        raise ConfigError('classify.method = "llm" needs classify.model (a name from [models])')
+    for name, roles in config.roles().items():
+        model = config.model(name)
+        if model.kind == "probe" and roles != ["model under test"]:
+            raise ConfigError(f'[models.{name}] kind = "probe" is a Stage II baseline: list it under bench.models '
+                              f"only (it is also {', '.join(r for r in roles if r != 'model under test')})")
+
+
+def _validate_model(name: str, model: ModelConfig) -> None:
+    if not MODEL_NAME.fullmatch(name):
+        raise ConfigError(f"[models.{name}]: a model name is letters, digits, _ and - (at most 64), "
+                          "not a path; the path goes in its path setting")
+    key = f"models.{name}"
+    _check(model.kind in MODEL_KINDS, f"{key}.kind", " or ".join(f'"{k}"' for k in MODEL_KINDS), model.kind)
+    _check(model.dtype in DTYPES, f"{key}.dtype", " or ".join(f'"{d}"' for d in DTYPES), model.dtype)
+    _check(model.max_model_len >= 1, f"{key}.max_model_len", ">= 1", model.max_model_len)
+    _check(0 <= model.gpu_memory_utilization <= 1, f"{key}.gpu_memory_utilization", "within [0, 1]",
+           model.gpu_memory_utilization)
+    _check(model.tensor_parallel_size >= 1, f"{key}.tensor_parallel_size", ">= 1", model.tensor_parallel_size)
+    if model.kind == "openai":
+        scheme = model.base_url.partition("://")[0]
+        _check(scheme in ("http", "https"), f"{key}.base_url", "an http:// or https:// URL (kind = \"openai\")",
+               redact_url(model.base_url))
+    if model.path.startswith(BUNDLED_PREFIX) and (
+            model.kind != "vllm" or model.path.removeprefix(BUNDLED_PREFIX) not in BUNDLED_MODELS):
+        raise ConfigError(f"[models.{name}] path {model.path!r}: the bundled models are "
+                          f"{', '.join(BUNDLED_PREFIX + b for b in BUNDLED_MODELS)} (kind = \"vllm\")")
+
+
+def redact_url(url: str) -> str:
+    """`url` without a user name or password, for anything we print or write."""
+    scheme, sep, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    if not sep or "@" not in host:
+        return url
+    return f"{scheme}://***@{host.rpartition('@')[2]}{slash}{path}"
 
 
 def embedded_default() -> Path:
@@ -206,31 +345,55 @@ def embedded_default() -> Path:
     return Path(str(resources.files("misalign").joinpath("data/default_run.toml")))
 
 
-def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Read a TOML file (None: the dataclass defaults, which follow the paper) and apply
-    `section.key=value` overrides."""
+def load(path: str | Path | None, overrides: Sequence[str] = (), settings: Mapping[str, object] | None = None
+         ) -> Config:
+    """Read a TOML file (None: the dataclass defaults, which follow the paper), apply `--set`
+    overrides ("section.key=value", the value read as a TOML value of the setting's type, or as
+    text where the setting is text) and then `settings` ({"section.key": value}, from CLI
+    options: values, never parsed), and validate the result."""
     raw: dict = {}
     if path is not None:
         try:
             raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     for item in overrides:
-        key, sep, value = item.partition("=")
+        key, sep, text = item.partition("=")
+        key = key.strip()
         if not sep or "." not in key:
             raise ConfigError(f"--set {item!r}: expected section.key=value")
-        try:
-            parsed = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            parsed = value
-        node = raw
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = parsed
+        _put(raw, key, _override_value(key, text.strip()), f"--set {key}")
+    for key, value in (settings or {}).items():
+        _put(raw, key, value, key)
     return from_dict(raw)
+
+
+def _override_value(key: str, text: str):
+    """A --set value: TOML (a number, true, ["a", "b"], "quoted text"), or the bare text for a
+    text setting, so that --set run.dir=runs/x and --set run.dir=2024 both mean a directory."""
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    *section, leaf = key.split(".")
+    template = ModelConfig() if section[:1] == ["models"] else getattr(Config(), section[0], None)
+    if isinstance(getattr(template, leaf, None), str) and not isinstance(value, str):
+        return text
+    return value
+
+
+def _put(raw: dict, key: str, value, origin: str) -> None:
+    node = raw
+    *parents, leaf = key.split(".")
+    for depth, part in enumerate(parents):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{origin}: {'.'.join(parents[:depth + 1])} is a setting, not a section")
+    node[leaf] = value
 
 
 def to_toml(config: Config) -> str:
@@ -258,4 +421,5 @@ def _toml_value(value) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    # JSON's escapes are TOML's; DEL is the one control character JSON leaves bare
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")

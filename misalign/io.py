@@ -8,10 +8,12 @@ on success, so a failed run leaves no partial output.
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import os
-import tempfile
+import secrets
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,41 +66,90 @@ def read_table(path, fmt: str | None = None) -> pa.Table:
 
 
 def _read_csv(path) -> pa.Table:
-    with open(path, "r", encoding="utf-8", errors="replace", newline="") as f:
+    with csv_fields_unbounded(), open(path, "r", encoding="utf-8", errors="replace", newline="") as f:
         header = next(csv.reader(f), None)
     if not header:
         raise InputError(path, "is empty: a CSV file needs a header row")
     header[0] = header[0].lstrip("\ufeff")
+    check_header(path, header)
+    with open(path, "rb") as f:            # quotes pair up, escaped ones too: an odd count leaves one open
+        if sum(block.count(b'"') for block in iter(lambda: f.read(1 << 24), b"")) % 2:
+            _locate_csv_problem(path, header)
     text = {name: pa.string() for name in header}
     try:
-        return pacsv.read_csv(path, read_options=pacsv.ReadOptions(use_threads=True),
-                              convert_options=pacsv.ConvertOptions(column_types=text,
-                                                                   strings_can_be_null=False))
+        return _with_block_size(path, lambda block: pacsv.read_csv(
+            path, read_options=pacsv.ReadOptions(use_threads=True, block_size=block),
+            convert_options=pacsv.ConvertOptions(column_types=text, strings_can_be_null=False)))
     except pa.ArrowInvalid as exc:
-        if "UTF8" not in str(exc):
-            raise InputError(path, f"is not valid CSV: {exc}") from None
-    # Find the first row that is not UTF-8, to name it.
-    raw = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-        column_types={name: pa.binary() for name in header}))
-    for name in raw.column_names:
-        for row, value in enumerate(raw.column(name).to_pylist(), start=1):
-            try:
-                value.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputError(path, f"column {name!r} is not valid UTF-8 "
-                                       f"({exc.reason} at byte {exc.start})", row=row) from None
-    raise InputError(path, "is not valid UTF-8")
+        _locate_csv_problem(path, header)
+        raise InputError(path, f"is not valid CSV: {one_line(exc)}") from None
+
+
+def _with_block_size(path, read):
+    """`read(block_size)` with pyarrow's default block, and again with the whole file as one
+    block when a record is larger than that (the table holds the whole file anyway)."""
+    try:
+        return read(None)
+    except pa.ArrowInvalid as exc:
+        if "straddl" not in str(exc):
+            raise
+    return read(max(os.path.getsize(path) + 1, 1 << 20))
+
+
+@contextmanager
+def csv_fields_unbounded():
+    """Let Python's csv module read fields of any length (its default stops at 131,072 chars)."""
+    previous = csv.field_size_limit(sys.maxsize)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def check_header(path, header: list[str]) -> None:
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise InputError(path, f"the header names column {', '.join(map(repr, repeated))} more than once")
+
+
+def _locate_csv_problem(path, header: list[str]) -> None:
+    """Read the file with Python's strict csv module to name the first bad row; return if none."""
+    text = Path(path).read_bytes().decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    row = 0
+    try:
+        next(reader, None)
+        for row, record in enumerate(reader, start=1):
+            if len(record) != len(header):
+                raise InputError(path, f"has {len(record)} fields, the header has {len(header)}", row=row)
+            bad = next((name for name, field in zip(header, record) if _undecodable(field)), None)
+            if bad is not None:
+                raise InputError(path, f"column {bad!r} is not valid UTF-8", row=row)
+    except csv.Error as exc:
+        problem = "a quoted field is never closed" if "end of data" in str(exc) else f"is not valid CSV ({exc})"
+        raise InputError(path, problem, row=row + 1) from None
+
+
+def _undecodable(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def one_line(exc) -> str:
+    """An exception's message on one line, at most 200 characters."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _read_jsonl(path) -> pa.Table:
+    """Records of any size; an empty file is a table without rows (like a CSV with only a header)."""
+    if os.path.getsize(path) == 0 or not Path(path).read_bytes().strip():
+        return pa.table({})
     try:
-        table = pajson.read_json(path)
+        return _with_block_size(path, lambda block: pajson.read_json(path, read_options=pajson.ReadOptions(
+            block_size=block) if block else None))
     except pa.ArrowInvalid as exc:
         _locate_jsonl_problem(path)
-        raise InputError(path, f"is not valid JSON Lines: {exc}") from None
-    if table.num_rows == 0:
-        raise InputError(path, "has no rows")
-    return table
+        raise InputError(path, f"is not valid JSON Lines: {one_line(exc)}") from None
 
 
 def _locate_jsonl_problem(path) -> None:
@@ -136,6 +187,8 @@ def jsonl_line_numbers(path) -> np.ndarray:
 
 def text_column(table: pa.Table, column: str, path, fmt: str) -> pa.ChunkedArray:
     """The named column, checked to hold only non-null, valid UTF-8 strings."""
+    if table.num_rows == 0 and table.num_columns == 0:      # an empty JSON Lines file
+        return pa.chunked_array([], pa.string())
     if column not in table.column_names:
         raise InputError(path, f"has no column {column!r} (columns: {', '.join(table.column_names)})")
     values = table.column(column)
@@ -175,17 +228,41 @@ def _row_label(path, fmt: str, index: int) -> int:
 
 @contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    The file is created with the user's umask (as a plain open would, not mkstemp's 0600), so
+    collaborators can read a run on shared storage.  Its name carries our process id, so that
+    the next write of `path` removes what a killed process left behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    _remove_stale_temporaries(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete `atomic_path` temporaries of `path` whose process is no longer running here."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = stale.name[len(path.name) + 2:].split(".")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:       # someone else's process
+        return True
+    return True
 
 
 def write_table(table: pa.Table, path, fmt: str | None = None) -> None:
@@ -238,17 +315,49 @@ class SavacuPair:
 def read_savacu(path) -> tuple[list[SavacuPair], list[tuple[int, str]]]:
     """The released SaVaCu layout: `row_index, label_safety, label_value, label_cultural, prompt`
     and one `aligned_response_<generator>` / `misaligned_response_<generator>` column pair per
-    generator.  Returns one pair per (row, generator) holding both responses, and the problems
-    found, as (row, reason): an empty prompt, or a generator with only one of its two responses.
-    A generator with neither is not a problem (not every generator answered every prompt)."""
+    generator.  Returns one pair per (row, generator) holding both responses, and the rows set
+    aside, as (row, reason): a row with more or fewer fields than the header, not UTF-8, an
+    empty prompt, a row_index seen on an earlier row, or a generator with only one of its two
+    responses.  A generator with neither is not a problem (not every generator answered every
+    prompt).  Fields may be of any length; the file is read whole."""
     try:
-        text = Path(path).read_bytes().decode("utf-8-sig")
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise InputError(path, f"cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise InputError(path, f"is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = reader.fieldnames or []
+    text = raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    row = 0
+    try:
+        with csv_fields_unbounded():
+            header = next(reader, None) or []
+            generators = _savacu_header(path, header)
+            pairs, problems, first_row = [], [], {}
+            for row, fields in enumerate(reader, start=1):
+                if len(fields) != len(header):
+                    problems.append((row, f"has {len(fields)} fields, the header has {len(header)}"))
+                    continue
+                if any(_undecodable(f) for f in fields):
+                    problems.append((row, "is not valid UTF-8"))
+                    continue
+                record = {name: value.strip() for name, value in zip(header, fields)}
+                if not record["prompt"]:
+                    problems.append((row, "prompt is empty"))
+                    continue
+                if record["row_index"] in first_row:
+                    problems.append((row, f"row_index {record['row_index']!r} is also row "
+                                          f"{first_row[record['row_index']]}'s"))
+                    continue
+                first_row[record["row_index"]] = row
+                pairs.extend(_savacu_pairs(row, record, generators, problems))
+    except csv.Error as exc:
+        problem = "a quoted field is never closed" if "end of data" in str(exc) else f"is not valid CSV ({exc})"
+        raise InputError(path, problem, row=row + 1) from None
+    return pairs, problems
+
+
+def _savacu_header(path, header: list[str]) -> list[str]:
+    """The generators named by the header's response columns, after checking the layout."""
+    check_header(path, header)
     missing = [c for c in SAVACU_REQUIRED if c not in header]
     if missing:
         raise InputError(path, f"is not in the SaVaCu layout: no column {', '.join(missing)} "
@@ -261,22 +370,15 @@ def read_savacu(path) -> tuple[list[SavacuPair], list[tuple[int, str]]]:
                                f"<generator> partner and back; unmatched: {', '.join(unmatched)}")
     if not generators:
         raise InputError(path, "has no aligned_response_<generator> / misaligned_response_<generator> columns")
-    pairs, problems = [], []
-    for row, record in enumerate(reader, start=1):
-        if None in record:
-            problems.append((row, f"{len(record[None])} more field(s) than the header has"))
-            continue
-        prompt = (record.get("prompt") or "").strip()
-        if not prompt:
-            problems.append((row, "prompt is empty"))
-            continue
-        labels = {dim: (record.get(f"label_{dim}") or "").strip() for dim in ("safety", "value", "cultural")}
-        for gen in generators:
-            aligned = (record.get(f"aligned_response_{gen}") or "").strip()
-            misaligned = (record.get(f"misaligned_response_{gen}") or "").strip()
-            if aligned and misaligned:
-                pairs.append(SavacuPair(row, record["row_index"], labels, prompt, gen, aligned, misaligned))
-            elif aligned or misaligned:
-                problems.append((row, f"generator {gen!r} has only its {'aligned' if aligned else 'misaligned'} "
-                                      "response"))
-    return pairs, problems
+    return generators
+
+
+def _savacu_pairs(row: int, record: dict, generators: list[str], problems: list):
+    labels = {dim: record[f"label_{dim}"] for dim in ("safety", "value", "cultural")}
+    for gen in generators:
+        aligned, misaligned = record[f"aligned_response_{gen}"], record[f"misaligned_response_{gen}"]
+        if aligned and misaligned:
+            yield SavacuPair(row, record["row_index"], labels, record["prompt"], gen, aligned, misaligned)
+        elif aligned or misaligned:
+            problems.append((row, f"generator {gen!r} has only its {'aligned' if aligned else 'misaligned'} "
+                                  "response"))

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from misalign.config import BUNDLED_PREFIX, Config
+from misalign.config import BUNDLED_PREFIX, Config, ModelConfig
 from misalign.errors import ConfigError
 from misalign.inference.base import ChoiceError, answer_codes, check_choices
 from misalign.taxonomy import DIMENSIONS, Taxonomy
@@ -42,9 +42,45 @@ class ModelCheck:
 STAGE2_ROLES = ("model under test",)
 
 
+def check_model(name: str, model: ModelConfig) -> None:
+    """The files a model's config names exist (its values were validated when the config loaded)."""
+    if model.kind == "vllm" and model.path and not model.path.startswith(BUNDLED_PREFIX) \
+            and not (Path(model.path) / "config.json").exists():
+        raise ConfigError(f"[models.{name}] path {model.path!r} is not a model directory (no config.json); "
+                          "models are loaded from disk, never downloaded at run time")
+    if model.kind == "probe" and model.path and not Path(model.path).exists():
+        raise ConfigError(f"[models.{name}] path {model.path!r} (the probe's training data) does not exist")
+
+
+def check_models(config: Config) -> None:
+    """Stage I's files: the classifier's probe and every model that makes the dataset."""
+    if config.classify.probe and not Path(config.classify.probe).exists():
+        raise ConfigError(f"classify.probe = {config.classify.probe!r} does not exist")
+    for name in config.stage1_models():
+        check_model(name, config.model(name))
+
+
+def check_bench(config: Config) -> None:
+    """Stage II's files, and a probe that would be tested on its own training split."""
+    bench = config.bench
+    for name in bench.models:
+        model = config.model(name)
+        check_model(name, model)
+        if model.kind == "probe" and not model.path and bench.split in ("train", "all") and not \
+                str(bench.dataset).lower().endswith(".csv"):
+            raise ConfigError(f"probe {name!r} trains on the train split, which bench.split = {bench.split!r} "
+                              "also tests on; benchmark another split or give the probe its own path")
+    if bench.dataset:                  # a given dataset is read now, not after Stage I
+        from misalign.stages.bench import load_items
+        load_items(bench.dataset, bench.split).require_some(bench.split, rejected_items_path(config))
+
+
+def rejected_items_path(config: Config) -> Path:
+    return Path(config.run.dir) / "bench" / "rejected_items.jsonl"
+
+
 def check(config: Config, stage1: bool = True, stage2: bool = True) -> list[ModelCheck]:
     """One ModelCheck per model the run uses: in Stage I's roles, as a model under test, or both."""
-    from misalign.build import check_model
     taxonomy = Taxonomy.load()
     prompts = _longest_prompts(config) if stage1 else []
     results = []
@@ -55,7 +91,7 @@ def check(config: Config, stage1: bool = True, stage2: bool = True) -> list[Mode
         model = config.model(name)
         result = ModelCheck(name, roles, model.kind)
         try:
-            check_model(name, model, probe_allowed=roles == ["model under test"])
+            check_model(name, model)
         except ConfigError as exc:
             result.problems.append(str(exc))
         else:
@@ -71,6 +107,10 @@ def check(config: Config, stage1: bool = True, stage2: bool = True) -> list[Mode
 
 def require(config: Config, stage1: bool = True, stage2: bool = True) -> list[ModelCheck]:
     """`check`, stopping with the first problem as one line."""
+    if stage1:
+        check_models(config)
+    if stage2:
+        check_bench(config)
     results = check(config, stage1, stage2)
     for result in results:
         if result.problems:

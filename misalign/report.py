@@ -122,7 +122,11 @@ def print_tables(res: dict, console) -> None:
                       + (" (stand-in model: its figures are noise)" if model["stand_in"] else "")
                       + (" (a weak 135M model: its figures are that model's, not the paper's)"
                          if model.get("weak") else ""))
-    for note in res.get("role_warnings", []):
+    dataset = res["dataset"]
+    if dataset.get("set_aside"):
+        console.print(Text(f"note: {dataset['set_aside']:,} rows of {dataset['source']} set aside, each with its "
+                           "reason, in bench/rejected_items.jsonl"))
+    for note in [*dataset.get("notes", []), *res.get("role_warnings", [])]:
         console.print(Text(f"note: {note}"))
 
 

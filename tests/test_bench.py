@@ -49,14 +49,15 @@ def test_savacu_layout_errors_say_what_is_wrong(tmp_path, text, message):
         load_items(path)
 
 
-def test_savacu_row_with_extra_fields_is_set_aside(tmp_path):
+def test_savacu_rows_with_more_or_fewer_fields_are_set_aside(tmp_path):
     path = tmp_path / "extra.csv"
     path.write_text("row_index,label_safety,label_value,label_cultural,prompt,aligned_response_g,misaligned_response_g\n"
                     '0,,,,"a prompt, with a comma",good answer,bad answer\n'
-                    "1,,,,another prompt,good,bad,surplus\n")
+                    "1,,,,another prompt,good,bad,surplus\n"
+                    "2,,,,a short row\n")
     items = load_items(path)
     assert items.table.column("item").to_pylist() == ["0/g"]
-    assert items.problems == [("row 2", "1 more field(s) than the header has")]
+    assert items.problems == [("row 2", "has 8 fields, the header has 7"), ("row 3", "has 5 fields, the header has 7")]
 
 
 def stage1_dataset(folder: Path, sizes=(("train", 4), ("validation", 1), ("test", 2))):
@@ -76,7 +77,7 @@ def test_stage1_dataset_by_split(tmp_path):
     assert test.table.schema.names == ITEM_SCHEMA.names
     everything = load_items(tmp_path / "run" / "dataset", "all")
     assert everything.table.num_rows == 6                       # train3 has no misaligned response
-    assert everything.problems == [("dataset", "1 rows without both responses")]
+    assert everything.problems == [("train.parquet row 4", "has no misaligned response")]
     assert load_items(tmp_path / "run" / "dataset" / "train.parquet").table.num_rows == 3
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="build the dataset first"):
@@ -229,6 +230,6 @@ def test_bench_command_reports_a_bad_dataset_in_one_line(tmp_path):
 
 def test_probe_may_not_test_on_its_own_training_split():
     config = config_mod.load(config_mod.embedded_default(), ['bench.split="train"'])
-    from misalign.benchmark import check_bench
+    from misalign.preflight import check_bench
     with pytest.raises(ConfigError, match="trains on the train split"):
         check_bench(config)

@@ -28,16 +28,15 @@ def test_bad_settings_are_named(overrides, message):
         config_mod.load(None, overrides)
 
 
-def test_undefined_model_is_a_clear_error():
-    config = config_mod.load(None, ['respond.models=["missing"]'])
+def test_undefined_model_is_a_clear_error_when_the_config_loads():
     with pytest.raises(ConfigError, match=r"add a \[models.missing\] section"):
-        config.model("missing")
+        config_mod.load(None, ['respond.models=["missing"]'])
 
 
 def test_paper_config_loads_and_names_missing_weights_before_any_work():
     from pathlib import Path
 
-    from misalign.build import check_models
+    from misalign.preflight import check_models
     config = config_mod.load(Path(__file__).parents[1] / "configs" / "paper-gpu.toml")
     assert config.classify.method == "llm" and len(config.respond.models) == 4
     with pytest.raises(ConfigError, match="is not a model directory"):

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from misalign.build import check_models
+from misalign.preflight import check_models
 from misalign.config import load
 from misalign.errors import ConfigError
 from misalign.pipeline import ResumeError, Runner

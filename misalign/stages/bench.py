@@ -21,12 +21,12 @@ runs differ by a bootstrap resample of the training pairs.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from misalign import io
 from misalign.errors import ConfigError, InputError
@@ -60,6 +60,20 @@ class Items:
     table: pa.Table              # ITEM_SCHEMA, one row per item
     source: str
     problems: list               # (where, reason) of rows set aside
+    notes: list = field(default_factory=list)    # what a user should know about how labels were read
+
+    def write_problems(self, path) -> None:
+        """The rows set aside, one JSON object (where, reason) per line."""
+        with io.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            for where, reason in self.problems:
+                f.write(json.dumps({"where": where, "reason": reason}, ensure_ascii=False) + "\n")
+
+    def require_some(self, split: str, problems_path) -> None:
+        """Stop with one line when no row could be used, after writing the rows set aside."""
+        if not self.table.num_rows:
+            self.write_problems(problems_path)
+            raise InputError(self.source, f"has no usable items in split {split!r}: {len(self.problems):,} rows "
+                                          f"set aside, each with its reason, in {problems_path}")
 
     @property
     def sha256(self) -> str:
@@ -73,66 +87,112 @@ class Items:
 
 def load_items(source, split: str = "test", taxonomy: Taxonomy | None = None) -> Items:
     """Items from a Stage I dataset (a run directory, its dataset/ directory or one Parquet file)
-    or from a CSV in the released SaVaCu layout."""
+    or from a CSV in the released SaVaCu layout.  Rows that cannot be items are set aside with
+    their place and reason: no prompt, not both responses, a label that is no domain, an item
+    (id and generator) seen before."""
     path = Path(source)
+    labels = DomainLabels(taxonomy or Taxonomy.load())
     if path.suffix.lower() == ".csv":
-        return _savacu_items(path, taxonomy or Taxonomy.load())
+        pairs, problems = io.read_savacu(path)
+        rows = [(f"row {p.row}", {"id": p.row_index, "prompt": p.prompt, "generator": p.generator,
+                                  "aligned_response": p.aligned, "misaligned_response": p.misaligned,
+                                  **{f"{dim}_domain": p.labels[dim] for dim in DIMENSIONS}}) for p in pairs]
+        return _items(rows, [(f"row {row}", reason) for row, reason in problems], str(path), labels)
     if path.is_dir():
         folder = path / "dataset" if (path / "dataset").is_dir() else path
-        names = SPLITS if split == "all" else (split,)
         if split not in (*SPLITS, "all"):
             raise ConfigError(f"bench.split must be train, validation, test or all, got {split!r}")
-        files = [folder / f"{name}.parquet" for name in names]
+        files = [folder / f"{name}.parquet" for name in (SPLITS if split == "all" else (split,))]
         absent = [str(f) for f in files if not f.exists()]
         if absent:
             raise InputError(folder, f"has no {', '.join(absent)}: build the dataset first "
                                      "(misalign-fast build), or point bench.dataset at one")
-        tables = [io.read_table(f, "parquet") for f in files]
-        return _stage1_items(pa.concat_tables(tables, promote_options="default"), str(folder))
-    if not path.exists():
+        source = str(folder)
+    elif not path.exists():
         raise InputError(path, "does not exist: build a dataset there first (misalign-fast build), or point "
                                "bench.dataset (--dataset) at one")
-    return _stage1_items(io.read_table(path, "parquet"), str(path))
+    else:
+        files, source = [path], str(path)
+    rows = [row for f in files for row in _stage1_rows(f)]
+    return _items(rows, [], source, labels)
 
 
-def _stage1_items(table: pa.Table, source: str) -> Items:
+def _stage1_rows(path: Path):
+    """(where, record) of each row of a Stage I Parquet file, its columns checked to be text."""
+    table = io.read_table(path, "parquet")
     needed = [n for n in ITEM_SCHEMA.names if n != "item"]
     missing = [n for n in needed if n not in table.column_names]
     if missing:
-        raise InputError(source, f"is not a misalign-fast dataset: no column {', '.join(missing)}")
-    table = table.select(needed).cast(pa.schema([ITEM_SCHEMA.field(n) for n in needed]))
-    keep = pc.and_(pc.is_valid(table.column("aligned_response")), pc.is_valid(table.column("misaligned_response")))
-    dropped = table.num_rows - pc.sum(keep).as_py() if table.num_rows else 0
-    table = table.filter(keep)
-    items = pc.binary_join_element_wise(table.column("id"), table.column("generator"), "/")
-    problems = [("dataset", f"{dropped} rows without both responses")] if dropped else []
-    return Items(table.add_column(0, "item", items), source, problems)
+        raise InputError(path, f"is not a misalign-fast dataset: no column {', '.join(missing)}")
+    for name in needed:
+        kind = table.schema.field(name).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+            raise InputError(path, f"column {name!r} holds {kind} values, expected text")
+    for row, record in enumerate(table.select(needed).to_pylist(), start=1):
+        yield f"{path.name} row {row}", record
 
 
-def _savacu_items(path: Path, taxonomy: Taxonomy) -> Items:
-    pairs, problems = io.read_savacu(path)
-    names = {dim: {d.name for d in taxonomy.of(dim)} for dim in DIMENSIONS}
-    rows, problems = [], [(f"row {row}", reason) for row, reason in problems]
-    bad_rows = set()
-    for pair in pairs:
-        domains = {}
-        for dim in DIMENSIONS:
-            label = pair.labels[dim]
-            if label and label != UNKNOWN and label not in names[dim]:
-                if pair.row not in bad_rows:
-                    problems.append((f"row {pair.row}", f"label_{dim} {label!r} is not a {dim} domain "
-                                                        "(see misalign-fast taxonomy)"))
-                bad_rows.add(pair.row)
-            domains[f"{dim}_domain"] = label if label and label != UNKNOWN else None
-        if pair.row in bad_rows:
+class DomainLabels:
+    """A label as written in a dataset -> a domain name of the taxonomy, or None for no domain.
+
+    The paper's released files write "None" where a prompt has no domain in a dimension and
+    "Unknown" where the classifier gave none; both, and an empty field, are no domain.  Names
+    match ignoring case and spacing ("self-harm" is "Self-harm"), counted in `relaxed`."""
+    NO_DOMAIN = {"", "none", UNKNOWN.lower()}
+
+    def __init__(self, taxonomy: Taxonomy):
+        self.names = {dim: {_label_key(d.name): d.name for d in taxonomy.of(dim)} for dim in DIMENSIONS}
+        self.relaxed: dict[tuple[str, str], int] = {}
+
+    def domain(self, dim: str, label) -> str | None:
+        """The domain, None, or ValueError naming the label."""
+        if label is None or _label_key(label) in self.NO_DOMAIN:
+            return None
+        name = self.names[dim].get(_label_key(label))
+        if name is None:
+            raise ValueError(f"label_{dim} {label!r} is not a {dim} domain (see misalign-fast taxonomy)")
+        if name != label:
+            self.relaxed[(label, name)] = self.relaxed.get((label, name), 0) + 1
+        return name
+
+    def notes(self) -> list[str]:
+        if not self.relaxed:
+            return []
+        (label, name), _ = max(self.relaxed.items(), key=lambda kv: kv[1])
+        return [f"{sum(self.relaxed.values()):,} labels matched a domain only when case and spacing are ignored "
+                f"(e.g. {label!r} as {name!r})"]
+
+
+def _label_key(label: str) -> str:
+    return "".join(label.split()).casefold()
+
+
+def _items(rows, problems: list, source: str, labels: DomainLabels) -> Items:
+    """The items among (where, record) rows; the others added to `problems`."""
+    kept, first = [], {}
+    for where, row in rows:
+        reason = None
+        if not (row["prompt"] or "").strip():
+            reason = "prompt is empty or null"
+        elif not row["id"] or not row["generator"]:
+            reason = "id or generator is empty or null"
+        elif not row["aligned_response"] or not row["misaligned_response"]:
+            reason = f"has no {'aligned' if not row['aligned_response'] else 'misaligned'} response"
+        else:
+            try:
+                domains = {f"{dim}_domain": labels.domain(dim, row[f"{dim}_domain"]) for dim in DIMENSIONS}
+            except ValueError as exc:
+                reason = str(exc)
+        item = f"{row['id']}/{row['generator']}"
+        if reason is None and item in first:
+            reason = f"item {item!r} (id/generator) is also {first[item]}'s"
+        if reason:
+            if not problems or problems[-1] != (where, reason):     # once per row, not per generator
+                problems.append((where, reason))
             continue
-        rows.append({"item": f"{pair.row_index}/{pair.generator}", "id": pair.row_index, "prompt": pair.prompt,
-                     **domains, "generator": pair.generator, "aligned_response": pair.aligned,
-                     "misaligned_response": pair.misaligned})
-    keys = [r["item"] for r in rows]
-    if len(set(keys)) != len(keys):
-        raise InputError(path, "row_index has repeated values; each row needs its own")
-    return Items(pa.Table.from_pylist(rows, schema=ITEM_SCHEMA), str(path), problems)
+        first[item] = where
+        kept.append({**row, **domains, "item": item})
+    return Items(pa.Table.from_pylist(kept, schema=ITEM_SCHEMA), source, problems, labels.notes())
 
 
 def questions(per_dimension: bool) -> list[str]:
