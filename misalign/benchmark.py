@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from misalign import config as config_mod
-from misalign.config import Config
+from misalign.config import Config, redact_url
 from misalign.errors import ConfigError
 from misalign.inference.pool import EnginePool
 from misalign.io import atomic_path
@@ -67,7 +67,7 @@ def benchmark(config: Config, pool: EnginePool, on_progress=None, executor=None)
                         "items": items.table.num_rows, "sha256": items.sha256, "set_aside": len(items.problems),
                         "notes": items.notes},
             "models": {name: {"description": pool.describe(name), "kind": config.models[name].kind,
-                              "path": config.models[name].path, "base_url": config.models[name].base_url,
+                              "path": config.models[name].path, "base_url": redact_url(config.models[name].base_url),
                               "stand_in": pool.is_stand_in(name), "weak": pool.is_bundled(name)}
                        for name in bench.models},
             "role_warnings": config.role_warnings(),

@@ -50,12 +50,12 @@ def build(config: Config, pool: EnginePool, on_progress=None, executor=None) -> 
     see misalign.distributed); return a summary (counts, paths, per-stage profile, per-domain
     stats)."""
     check_models(config)
-    run_dir = Path(config.run.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_text(run_dir / "config.resolved.toml", config_mod.to_toml(config))
     source = config.input.path or str(resources.files("misalign").joinpath("data/sample_prompts.jsonl"))
     table, rejected = read_prompts(source, config.input.column, config.input.format or None,
                                    config.input.max_chars, config.run.limit)
+    run_dir = Path(config.run.dir)          # written only once the input has been read
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_text(run_dir / "config.resolved.toml", config_mod.to_toml(config))
     write_rejected(rejected, run_dir / "rejected_inputs.jsonl")
 
     taxonomy = Taxonomy.load()

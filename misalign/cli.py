@@ -85,6 +85,7 @@ def dedup(input_path, output_path, column, tau, ngram, seed, threads, fmt, clust
     Example: misalign-fast dedup prompts.jsonl unique.jsonl --column prompt --tau 10
     """
     started = time.perf_counter()
+    io.require_distinct({"INPUT": input_path, "OUTPUT": output_path, "--clusters": clusters_path})
     in_fmt = io.detect_format(input_path, fmt)
     out_fmt = io.detect_format(output_path, fmt)
     if out_fmt != in_fmt:

@@ -397,13 +397,14 @@ def _put(raw: dict, key: str, value, origin: str) -> None:
 
 
 def to_toml(config: Config) -> str:
-    """The resolved config, as TOML (written into every run directory)."""
+    """The resolved config, as TOML (written into every run directory), without credentials."""
     lines = []
 
     def emit(section: str, obj) -> None:
         lines.append(f"[{section}]")
         for f in dataclasses.fields(obj):
-            lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
+            value = getattr(obj, f.name)
+            lines.append(f"{f.name} = {_toml_value(redact_url(value) if f.name == 'base_url' else value)}")
         lines.append("")
 
     for f in dataclasses.fields(Config):

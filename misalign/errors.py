@@ -2,7 +2,11 @@
 
 
 class MisalignError(Exception):
-    """Base class: every error misalign-fast raises on purpose."""
+    """Base class: every error misalign-fast raises on purpose.  Its message is one line: line
+    breaks that come with data (a column name, a path) are shown as \\n."""
+
+    def __init__(self, message: str = ""):
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class InputError(MisalignError):

@@ -66,11 +66,13 @@ def read_table(path, fmt: str | None = None) -> pa.Table:
 
 
 def _read_csv(path) -> pa.Table:
-    with csv_fields_unbounded(), open(path, "r", encoding="utf-8", errors="replace", newline="") as f:
+    with csv_fields_unbounded(), open(path, "r", encoding="utf-8", errors="surrogateescape", newline="") as f:
         header = next(csv.reader(f), None)
     if not header:
         raise InputError(path, "is empty: a CSV file needs a header row")
     header[0] = header[0].lstrip("\ufeff")
+    if any(_undecodable(name) for name in header):
+        raise InputError(path, "the header row is not valid UTF-8", row=None)
     check_header(path, header)
     with open(path, "rb") as f:            # quotes pair up, escaped ones too: an odd count leaves one open
         if sum(block.count(b'"') for block in iter(lambda: f.read(1 << 24), b"")) % 2:
@@ -224,6 +226,26 @@ def _row_label(path, fmt: str, index: int) -> int:
     if fmt == "jsonl":
         return int(jsonl_line_numbers(path)[index])
     return index + 1
+
+
+def require_distinct(paths: dict) -> None:
+    """Refuse two of the named paths (None: not given) that are one file, through links too."""
+    seen = {}
+    for name, path in paths.items():
+        if path is None:
+            continue
+        key = Path(path).resolve()
+        same = next((other for other, known in seen.items() if known == key or _same_file(known, key)), None)
+        if same:
+            raise InputError(path, f"{same} and {name} name the same file: give {name} a path of its own")
+        seen[name] = key
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:            # one of them does not exist yet
+        return False
 
 
 @contextmanager

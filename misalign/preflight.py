@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from misalign.config import BUNDLED_PREFIX, Config, ModelConfig
+from misalign.config import BUNDLED_PREFIX, Config, ModelConfig, redact_url
 from misalign.errors import ConfigError
 from misalign.inference.base import ChoiceError, answer_codes, check_choices
 from misalign.taxonomy import DIMENSIONS, Taxonomy
@@ -130,7 +130,7 @@ def _longest_prompts(config: Config) -> list[str]:
 
 def _check_server(model, result: ModelCheck) -> None:
     import httpx
-    result.source = model.base_url
+    result.source = redact_url(model.base_url)
     headers = {}
     if model.api_key_env:
         key = os.environ.get(model.api_key_env)
@@ -141,7 +141,9 @@ def _check_server(model, result: ModelCheck) -> None:
     url = model.base_url.rstrip("/") + "/models"
     try:
         reply = httpx.get(url, headers=headers, timeout=5.0)
+        url = redact_url(url)
     except httpx.HTTPError as exc:
+        url = redact_url(url)
         result.problems.append(f"the server does not answer at {url} ({type(exc).__name__})")
         return
     if reply.status_code >= 400:

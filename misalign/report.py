@@ -19,14 +19,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from misalign.errors import InputError
-from misalign.io import atomic_path
+from misalign.io import atomic_path, one_line, read_table
 from misalign.metrics import FIGURES, Verdicts, summarise
+from misalign.stages.bench import SAMPLE_SCHEMA
 from misalign.taxonomy import DIMENSIONS
 
 GROUPS = ("joint", *DIMENSIONS)
+META_KEYS = ("models", "dataset", "runs", "bootstrap", "seed")
 
 
 def load(run_dir) -> tuple[dict, pa.Table]:
@@ -35,7 +36,19 @@ def load(run_dir) -> tuple[dict, pa.Table]:
     if not meta_path.exists() or not samples_path.exists():
         raise InputError(run_dir, "holds no Stage II results (bench/meta.json, samples.parquet): run "
                                   "`misalign-fast bench` or `misalign-fast run` on it first")
-    return json.loads(meta_path.read_text()), pq.read_table(samples_path)
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(meta_path, f"cannot be read as JSON ({one_line(exc)}); run the benchmark again") from None
+    absent = [key for key in META_KEYS if not isinstance(meta, dict) or key not in meta]
+    if absent or not isinstance(meta["models"], dict):
+        raise InputError(meta_path, f"is not a misalign-fast bench record (no {', '.join(absent or ['models'])}); "
+                                    "run the benchmark again")
+    samples = read_table(samples_path, "parquet")
+    missing = [name for name in SAMPLE_SCHEMA.names if name not in samples.column_names]
+    if missing:
+        raise InputError(samples_path, f"is not a misalign-fast verdict file: no column {', '.join(missing)}")
+    return meta, samples
 
 
 def model_metrics(samples, model: str, bootstrap: int, seed: int) -> dict:

@@ -7,16 +7,25 @@ the environment variable the config names and never logged or written anywhere.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
+from misalign.config import redact_url
 from misalign.inference.base import (AnswerProbs, ChoiceError, EngineError, EngineStats, Generation, Prompt,
                                      SamplingConfig, Timer, check_choices, mass_of, renormalise)
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+CREDENTIALS = [(re.compile(r"(?i)\b(bearer|basic)\s+[^\s\"',;]+"), r"\1 ***"),
+               (re.compile(r"\bsk-[A-Za-z0-9_-]{6,}"), "sk-***"),
+               (re.compile(r"://[^/\s@]+@"), "://***@")]
+# what each endpoint's answer must hold: key -> what its first element must have
+REPLY_SHAPES = {"/chat/completions": ("choices", ("message",)), "/completions": ("choices", ("text",)),
+                "/embeddings": ("data", ("embedding",)), "/tokenize": ("tokens", ()), "/detokenize": ("prompt", ())}
 
 
 @dataclass
@@ -26,7 +35,8 @@ class OpenAIConfig:
     api_key_env: str | None = None     # name of the variable holding the key, e.g. OPENAI_API_KEY
     chat: bool = False                 # /v1/chat/completions instead of /v1/completions
     max_in_flight: int = 16
-    timeout_s: float = 60.0
+    timeout_s: float = 60.0              # per attempt, the whole answer (not per read)
+    max_response_bytes: int = 16 << 20
     retries: int = 3
     backoff_s: float = 0.5
     top_logprobs: int = 20
@@ -49,24 +59,55 @@ class OpenAIEngine:
     # -- transport -----------------------------------------------------------------------------
 
     async def _post(self, client, path: str, body: dict) -> dict:
+        """One request: retried on RETRY_STATUS and connection errors, each attempt bounded by
+        timeout_s as a whole (not per read) and its answer by max_response_bytes."""
         import httpx
         url = path if path.startswith("http") else self.config.base_url.rstrip("/") + path
+        shown = redact_url(url)
         last = "no attempt"
         for attempt in range(self.config.retries + 1):
             if attempt:
                 await asyncio.sleep(self.config.backoff_s * 2 ** (attempt - 1))
             try:
-                response = await client.post(url, json=body, headers=self._headers)
+                async with asyncio.timeout(self.config.timeout_s):
+                    status, payload = await self._send(client, url, body)
+            except TimeoutError:
+                last = f"no whole answer within {self.config.timeout_s:g} s"
+                continue
             except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}"
+                last = f"{type(exc).__name__}: {self._scrub(str(exc))}"
                 continue
-            if response.status_code in RETRY_STATUS:
-                last = f"HTTP {response.status_code}"
+            if status in RETRY_STATUS:
+                last = f"HTTP {status}"
                 continue
-            if response.status_code >= 400:
-                raise EngineError(f"{url} refused the request: HTTP {response.status_code} {response.text[:300]}")
-            return response.json()
-        raise EngineError(f"{url} did not answer after {self.config.retries} retries ({last})")
+            if status >= 300:
+                raise EngineError(f"{shown} refused the request: HTTP {status}: {self._scrub(payload)}")
+            return _parse_reply(shown, path, payload, self._scrub)
+        raise EngineError(f"{shown} did not answer after {self.config.retries} retries ({last})")
+
+    async def _send(self, client, url: str, body: dict) -> tuple[int, bytes]:
+        async with client.stream("POST", url, json=body, headers=self._headers) as response:
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > self.config.max_response_bytes:
+                    raise EngineError(f"{redact_url(url)} sent an answer over {self.config.max_response_bytes:,} "
+                                      "bytes (OpenAIConfig.max_response_bytes); stopped reading it")
+                chunks.append(chunk)
+            return response.status_code, b"".join(chunks)
+
+    def _scrub(self, text: str | bytes) -> str:
+        """A server's words for a message: one line, 200 characters at most, without our key
+        or anything that looks like a credential (servers echo headers back)."""
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        key = self._headers.get("Authorization", "").removeprefix("Bearer ")
+        if key:
+            text = text.replace(key, "***")
+        for pattern, replacement in CREDENTIALS:
+            text = pattern.sub(replacement, text)
+        text = " ".join(text.split())
+        return text if len(text) <= 200 else text[:197] + "..."
 
     def _post_all(self, path: str, bodies: list[dict]) -> list[dict]:
         import httpx
@@ -211,6 +252,28 @@ def _top_logprobs(choice: dict) -> dict[str, float]:
     logprobs = choice.get("logprobs") or {}
     if "content" in logprobs:                       # chat
         first = (logprobs.get("content") or [{}])[0]
-        return {t["token"]: t["logprob"] for t in first.get("top_logprobs", [])}
+        return {t["token"]: t["logprob"] for t in first.get("top_logprobs") or []
+                if isinstance(t, dict) and isinstance(t.get("token"), str) and isinstance(t.get("logprob"), (int, float))}
     tops = logprobs.get("top_logprobs") or [{}]     # completions
     return dict(tops[0] or {})
+
+
+def _parse_reply(url: str, path: str, payload: bytes, scrub) -> dict:
+    """The answer as a dict of the endpoint's shape, or an EngineError saying what is wrong."""
+    try:
+        reply = json.loads(payload)
+    except ValueError:
+        raise EngineError(f"{url} answered with something that is not JSON: {scrub(payload[:200]) or '(empty)'}") \
+            from None
+    endpoint = next((e for e in REPLY_SHAPES if path.endswith(e)), None)
+    if endpoint is None:
+        return reply
+    key, fields = REPLY_SHAPES[endpoint]
+    value = reply.get(key) if isinstance(reply, dict) else None
+    if value is None or (isinstance(value, list) and not value) or (
+            fields and not (isinstance(value, list) and isinstance(value[0], dict) and
+                            any(f in value[0] for f in fields))):
+        wanted = f"a non-empty {key!r} list whose first entry has {' or '.join(map(repr, fields))}" if fields \
+            else f"{key!r}"
+        raise EngineError(f"{url} answered JSON without {wanted}: {scrub(payload[:200])}")
+    return reply

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from misalign.config import BUNDLED_PREFIX, Config, ModelConfig
+from misalign.config import BUNDLED_PREFIX, Config, ModelConfig, redact_url
 
 
 class EnginePool:
@@ -90,7 +90,7 @@ class EnginePool:
         if model.kind == "probe":
             return f"{name} (logistic probe on MiniLM embeddings, trained on {model.path or 'the train split'})"
         if model.kind == "openai":
-            return f"{name} ({model.path or name} served at {model.base_url})"
+            return f"{name} ({model.path or name} served at {redact_url(model.base_url)})"
         return f"{name} ({model.path})"
 
     def close(self) -> None:

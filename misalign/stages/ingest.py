@@ -80,15 +80,25 @@ def _jsonl_rows(path, raw: bytes, column: str):
 
 def _csv_rows(path, raw: bytes, column: str):
     text = raw.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
-    reader = csv.DictReader(_io.StringIO(text, newline=""))
-    if reader.fieldnames is None or column not in reader.fieldnames:
-        raise InputError(path, f"has no column {column!r} (columns: {', '.join(reader.fieldnames or [])})")
-    for row_no, record in enumerate(reader, start=1):
-        value = record.get(column)
-        if value is not None and any("\udc80" <= ch <= "\udcff" for ch in value):
-            yield row_no, None, None, "not valid UTF-8"
-            continue
-        yield row_no, record.get("id") or None, value, None
+    reader = csv.reader(_io.StringIO(text, newline=""), strict=True)
+    row_no = 0
+    try:
+        with io.csv_fields_unbounded():
+            header = next(reader, None) or []
+            io.check_header(path, header)
+            if column not in header:
+                raise InputError(path, f"has no column {column!r} (columns: {', '.join(header)})")
+            where, id_at = header.index(column), header.index("id") if "id" in header else None
+            for row_no, fields in enumerate(reader, start=1):
+                if len(fields) != len(header):
+                    yield row_no, None, None, f"has {len(fields)} fields, the header has {len(header)}"
+                elif any("\udc80" <= ch <= "\udcff" for ch in fields[where]):
+                    yield row_no, None, None, "not valid UTF-8"
+                else:
+                    yield row_no, (fields[id_at] or None) if id_at is not None else None, fields[where], None
+    except csv.Error as exc:
+        problem = "a quoted field is never closed" if "end of data" in str(exc) else f"is not valid CSV ({exc})"
+        raise InputError(path, problem, row=row_no + 1) from None
 
 
 def _parquet_rows(path, raw: bytes, column: str):
