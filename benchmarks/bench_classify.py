@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from misalign.inference.embedding_model import embedding_engine
-from misalign.stages.classify import UNKNOWN, ZeroShotClassifier, agreement, train_probe
+from misalign.classifiers import ZeroShotClassifier, agreement, train_probe
+from misalign.taxonomy import UNKNOWN
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "paper_prompts_dev.csv"

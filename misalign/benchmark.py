@@ -14,31 +14,31 @@ import json
 import tomllib
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from misalign import config as config_mod
+from misalign import savacu
 from misalign.config import Config, redact_url
 from misalign.errors import ConfigError
-from misalign.inference.pool import EnginePool
-from misalign.io import atomic_path
+from misalign.inference.base import Pool
+from misalign.tables import atomic_path
 from misalign.pipeline import Runner
 from misalign.preflight import check_bench, rejected_items_path
 from misalign.provenance import versions
-from misalign.stages.bench import DetectStage, ProbeStage, load_items, questions
+from misalign.stages.bench import SAMPLE_SCHEMA, DetectStage, ProbeStage, load_items, questions
 
 
 def probe_training(config: Config, name: str, source):
     path = config.model(name).path
     if path:
         return load_items(path, "train")
-    if str(source).lower().endswith(".csv"):
+    if savacu.is_savacu(source):
         raise ConfigError(f"probe {name!r} has no training data: a SaVaCu CSV has no train split, so set "
                           f"[models.{name}] path to a Stage I dataset or another CSV, disjoint from the test items")
     return load_items(source, "train")
 
 
-def benchmark(config: Config, pool: EnginePool, on_progress=None, executor=None) -> dict:
+def benchmark(config: Config, pool: Pool, on_progress=None, executor=None) -> dict:
     """Run Stage II with the pool's engines (or on `executor`'s workers, see
     misalign.distributed); return the meta record (also bench/meta.json)."""
     check_bench(config)
@@ -50,20 +50,15 @@ def benchmark(config: Config, pool: EnginePool, on_progress=None, executor=None)
     items.write_problems(rejected_items_path(config))
     bench_dir = run_dir / "bench"
 
-    stages = []
-    for name in bench.models:
-        if config.model(name).kind == "probe":
-            stages.append(ProbeStage(pool, name, probe_training(config, name, source), bench.runs, bench.threshold,
-                                     seed=config.run.seed))
-        else:
-            stages.append(DetectStage(pool, name, bench.runs, bench.threshold, bench.temperature, bench.per_dimension,
-                                      seed=config.run.seed))
+    stages = [ProbeStage(bench, pool, name, probe_training(config, name, source), seed=config.run.seed)
+              if config.model(name).kind == "probe" else DetectStage(bench, pool, name, seed=config.run.seed)
+              for name in bench.models]
     runner = Runner(bench_dir, config.run.shard_rows, on_progress, executor)
-    outputs = runner.run_each(stages, items.table)
-    with atomic_path(run_dir / "samples.parquet") as tmp:
-        pq.write_table(pa.concat_tables(outputs.values()), tmp)
+    with atomic_path(run_dir / "samples.parquet") as tmp, pq.ParquetWriter(tmp, SAMPLE_SCHEMA) as samples:
+        for verdicts in runner.run_each(stages, items.table):      # one model's at a time
+            samples.write_table(verdicts)
 
-    meta = {"dataset": {"source": items.source, "split": bench.split if not items.source.endswith(".csv") else "all",
+    meta = {"dataset": {"source": items.source, "split": "all" if savacu.is_savacu(items.source) else bench.split,
                         "items": items.table.num_rows, "sha256": items.sha256, "set_aside": len(items.problems),
                         "notes": items.notes},
             "models": {name: {"description": pool.describe(name), "kind": config.models[name].kind,

@@ -17,25 +17,26 @@ from collections import Counter
 from importlib import resources
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from misalign import config as config_mod
-from misalign.config import Config
-from misalign.inference.pool import EnginePool
-from misalign.io import atomic_path
+from misalign.config import SPLITS, Config
+from misalign.inference.base import Pool
+from misalign.tables import atomic_path
 from misalign.pipeline import Runner
+from misalign.stages.base import Stage
 from misalign.preflight import check_models
 from misalign.provenance import versions
-from misalign.stages.classify import UNKNOWN, ClassifyStage
-from misalign.stages.common import row_domains
+from misalign.stages.classify import ClassifyStage
 from misalign.stages.dedup import DedupStage
 from misalign.stages.expand import ExpandStage
 from misalign.stages.ingest import read_prompts, write_rejected
 from misalign.stages.reject import RejectStage
 from misalign.stages.respond import RespondStage
-from misalign.stages.split import SPLITS, SplitStage
-from misalign.taxonomy import DIMENSIONS, Taxonomy
+from misalign.stages.split import SplitStage
+from misalign.taxonomy import DIMENSIONS, UNKNOWN, Taxonomy
 
 DATASET_COLUMNS = ["id", "prompt", "origin", "safety_domain", "safety_prob", "value_domain", "value_prob",
                    "cultural_domain", "cultural_prob", "aligned_response", "misaligned_response", "generator",
@@ -45,7 +46,7 @@ STATS_COLUMNS = ["dimension", "domain", "classified", "unknown", "expanded", "ex
                  "misaligned_filtered", "truncated", "resampled", "recovered_by_resampling", "final_pairs"]
 
 
-def build(config: Config, pool: EnginePool, on_progress=None, executor=None) -> dict:
+def build(config: Config, pool: Pool, on_progress=None, executor=None) -> dict:
     """Run Stage I with the pool's engines (row-wise stages on `executor`'s workers if given,
     see misalign.distributed); return a summary (counts, paths, per-stage profile, per-domain
     stats)."""
@@ -59,22 +60,49 @@ def build(config: Config, pool: EnginePool, on_progress=None, executor=None) -> 
     write_rejected(rejected, run_dir / "rejected_inputs.jsonl")
 
     taxonomy = Taxonomy.load()
+    stages = stage1_stages(config, pool, taxonomy)
     runner = Runner(run_dir, config.run.shard_rows, on_progress, executor)
-    classify = ClassifyStage(config.classify, pool, taxonomy)
-    stages = [
-        classify,
-        ExpandStage(config.expand, pool, taxonomy, config.dedup.tau, config.dedup.ngram, seed=config.run.seed),
-        ClassifyStage(config.classify, pool, taxonomy, expanded=True),
-        DedupStage(config.dedup.tau, config.dedup.ngram, seed=config.run.seed),
-        RespondStage(config.respond, pool, seed=config.run.seed),
-        RejectStage(config.reject, config.respond, pool, seed=config.run.seed),
-        SplitStage((config.split.train, config.split.validation, config.split.test), config.run.seed,
-                   config.dedup.tau, config.dedup.ngram),
-    ]
     final = runner.run(stages, table)
-    models = {"classifier": classify.method, **{name: pool.describe(name) for name in config.stage1_models()}}
+    sizes = write_dataset(final, run_dir / "dataset")
+    counters = {p.stage: p.counters for p in runner.profiles}
+    stats = domain_stats(counters, taxonomy)
+    with atomic_path(run_dir / "stats.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=STATS_COLUMNS)
+        writer.writeheader()
+        writer.writerows(stats)
+    profile = [p.as_dict() for p in runner.profiles]
+    _write_text(run_dir / "profile.json", json.dumps(profile, indent=1))
+    split, reject = counters["split"], counters["reject"]
+    summary = {"run_dir": str(run_dir), "input": source, "input_rows": table.num_rows + len(rejected),
+               "rejected_inputs": len(rejected), "pairs": final.num_rows, "splits": sizes,
+               "dropped_pairs": reject.get("pairs_dropped", 0),
+               "cross_split_near_duplicate_rate": split.get("cross_split_rows", 0) / split["pairs"]
+               if split.get("pairs") else 0.0,
+               "expansion": expansion_outcomes(counters["expand"]),
+               **{key: reject.get(key, 0) for key in ("resampled_pairs", "recovered_pairs", "truncated_candidates")},
+               "models": {"classifier": stages[0].method,
+                          **{name: pool.describe(name) for name in config.stage1_models()}},
+               "role_warnings": config.role_warnings(), "seed": config.run.seed,
+               "versions": versions(), "profile": profile, "stats": stats}
+    _write_text(run_dir / "run.json", json.dumps({k: v for k, v in summary.items() if k != "stats"}, indent=1))
+    _write_text(run_dir / "README.md", dataset_card(summary))
+    return summary
 
-    dataset_dir = run_dir / "dataset"
+
+def stage1_stages(config: Config, pool: Pool, taxonomy: Taxonomy) -> list[Stage]:
+    """Stage I's stages in order, each from its own config section."""
+    seed = config.run.seed
+    return [ClassifyStage(config.classify, pool, taxonomy),
+            ExpandStage(config.expand, pool, taxonomy, dedup=config.dedup, seed=seed),
+            ClassifyStage(config.classify, pool, taxonomy, expanded=True),
+            DedupStage(config.dedup, seed=seed),
+            RespondStage(config.respond, pool, seed=seed),
+            RejectStage(config.reject, pool, respond=config.respond, seed=seed),
+            SplitStage(config.split, dedup=config.dedup, seed=seed)]
+
+
+def write_dataset(final: pa.Table, dataset_dir: Path) -> dict[str, int]:
+    """dataset/{train,validation,test}.parquet; the rows of each split."""
     dataset_dir.mkdir(exist_ok=True)
     columns = [c for c in DATASET_COLUMNS if c in final.column_names]
     sizes = {}
@@ -83,48 +111,30 @@ def build(config: Config, pool: EnginePool, on_progress=None, executor=None) -> 
         sizes[split] = part.num_rows
         with atomic_path(dataset_dir / f"{split}.parquet") as tmp:
             pq.write_table(part, tmp)
-    counters = {p.stage: p.counters for p in runner.profiles}
-    stats = domain_stats(runner.outputs, counters, taxonomy)
-    with atomic_path(run_dir / "stats.csv") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=STATS_COLUMNS)
-        writer.writeheader()
-        writer.writerows(stats)
-    profile = [p.as_dict() for p in runner.profiles]
-    _write_text(run_dir / "profile.json", json.dumps(profile, indent=1))
-    cross = counters["split"].get("cross_split_rows", 0) / final.num_rows if final.num_rows else 0.0
-    expansion = Counter()
-    for key, n in counters["expand"].items():
+    return sizes
+
+
+def expansion_outcomes(expand: dict) -> dict[str, int]:
+    """Expansion's outcomes over all domains (ok, near_duplicate, refused, ...)."""
+    totals = Counter()
+    for key, n in expand.items():
         if key.startswith("expand_"):
-            expansion[key.partition("/")[0].removeprefix("expand_")] += n
-    summary = {"run_dir": str(run_dir), "input": source, "input_rows": table.num_rows + len(rejected),
-               "rejected_inputs": len(rejected), "pairs": final.num_rows, "splits": sizes,
-               "dropped_pairs": int(runner.outputs["reject"].num_rows - final.num_rows),
-               "cross_split_near_duplicate_rate": cross, "expansion": dict(expansion),
-               **resampling(runner.outputs["reject"]),
-               "models": models, "role_warnings": config.role_warnings(), "seed": config.run.seed,
-               "versions": versions(), "profile": profile, "stats": stats}
-    _write_text(run_dir / "run.json", json.dumps({k: v for k, v in summary.items() if k != "stats"}, indent=1))
-    _write_text(run_dir / "README.md", dataset_card(summary))
-    return summary
+            totals[key.partition("/")[0].removeprefix("expand_")] += n
+    return dict(totals)
 
 
-def resampling(rejected) -> dict:
-    """Pairs that needed resampling, those it recovered, and candidates cut off by the token limit."""
-    rows = rejected.select(["resampled", "resample_round", "accepted", "truncated"]).to_pylist()
-    return {"resampled_pairs": sum(r["resampled"] for r in rows),
-            "recovered_pairs": sum(r["accepted"] and r["resample_round"] > 0 for r in rows),
-            "truncated_candidates": sum(r["truncated"] for r in rows)}
-
-
-def domain_stats(outputs: dict, counters: dict, taxonomy: Taxonomy) -> list[dict]:
-    """Per domain, the paper's table: classified (and Unknown, where the LLM classifier gave no
-    usable answer), expanded (and the candidates the online SimHash check removed or that held
-    no usable prompt), removed by dedup, sent to generation, candidates filtered (aligned /
-    misaligned; of which cut off by the token limit), pairs that needed resampling and those it
-    recovered, final pairs."""
+def domain_stats(counters: dict, taxonomy: Taxonomy) -> list[dict]:
+    """Per domain, the paper's table, from the stages' counters: classified (and Unknown, where
+    the LLM classifier gave no usable answer), expanded (and the candidates the online SimHash
+    check removed or that held no usable prompt), removed by dedup, sent to generation,
+    candidates filtered (aligned / misaligned; of which cut off by the token limit), pairs that
+    needed resampling and those it recovered, final pairs."""
     counts = {key: Counter() for key in STATS_COLUMNS[2:]}
-    for row in outputs["classify"].to_pylist():
-        counts["classified"].update(row_domains(row))
+    for stage in counters.values():
+        for key, n in stage.items():
+            what, dim, name = (key.split("|", 2) + ["", ""])[:3]
+            if what in counts and name:
+                counts[what][(dim, name)] += n
     for dim in DIMENSIONS:                       # Unknown has no domain: counted on the dimension
         counts["unknown"][(dim, UNKNOWN)] = counters["classify"].get(f"unknown_{dim}", 0)
     by_code = {d.code: (d.dimension, d.name) for d in taxonomy.domains}
@@ -134,23 +144,6 @@ def domain_stats(outputs: dict, counters: dict, taxonomy: Taxonomy) -> list[dict
             counts["expansion_near_duplicates"][by_code[code]] += n
         elif outcome in ("expand_refused", "expand_no_prompt", "expand_empty", "expand_cut_off"):
             counts["expansion_unusable"][by_code[code]] += n
-    kept_ids = set(outputs["dedup"].column("id").to_pylist())
-    for row in outputs["classify-expanded"].to_pylist():
-        if row["origin"] == "expanded":
-            counts["expanded"].update(row_domains(row))
-        if row["id"] not in kept_ids:
-            counts["removed_by_dedup"].update(row_domains(row))
-    for row in outputs["dedup"].to_pylist():
-        counts["sent_to_generation"].update(row_domains(row))
-    for row in outputs["reject"].to_pylist():
-        for key in row_domains(row):
-            counts["aligned_filtered"][key] += row["aligned_filtered"]
-            counts["misaligned_filtered"][key] += row["misaligned_filtered"]
-            counts["truncated"][key] += row["truncated"]
-            counts["resampled"][key] += row["resampled"]
-            if row["accepted"]:
-                counts["final_pairs"][key] += 1
-                counts["recovered_by_resampling"][key] += row["resample_round"] > 0
     places = [(d.dimension, d.name) for d in taxonomy.domains] + [(dim, UNKNOWN) for dim in DIMENSIONS]
     return [{"dimension": dim, "domain": name, **{key: int(counts[key][(dim, name)]) for key in counts}}
             for dim, name in places]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
-from misalign import io
+from misalign import tables
 from misalign.dedup import DEFAULT_NGRAM, DEFAULT_TAU, Deduplicator
 from misalign.errors import MisalignError
 from misalign.inference.tiny import REAL_TOKENIZERS
@@ -69,7 +70,7 @@ def main(verbose):
               help="Seed of the shingle hash (XXH3-64).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 256),
               help="Threads for fingerprinting.")
-@click.option("--format", "fmt", type=click.Choice(io.FORMATS),
+@click.option("--format", "fmt", type=click.Choice(tables.FORMATS),
               help="Input and output format; by default taken from each file's extension.")
 @click.option("--clusters", "clusters_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write every row's cluster: row, cluster, representative, distance.")
@@ -85,23 +86,23 @@ def dedup(input_path, output_path, column, tau, ngram, seed, threads, fmt, clust
     Example: misalign-fast dedup prompts.jsonl unique.jsonl --column prompt --tau 10
     """
     started = time.perf_counter()
-    io.require_distinct({"INPUT": input_path, "OUTPUT": output_path, "--clusters": clusters_path})
-    in_fmt = io.detect_format(input_path, fmt)
-    out_fmt = io.detect_format(output_path, fmt)
+    tables.require_distinct({"INPUT": input_path, "OUTPUT": output_path, "--clusters": clusters_path})
+    in_fmt = tables.detect_format(input_path, fmt)
+    out_fmt = tables.detect_format(output_path, fmt)
     if out_fmt != in_fmt:
         raise MisalignError(f"{output_path}: output is written in the input's format "
                             f"({in_fmt}); give it a .{in_fmt} name")
     if clusters_path is not None:
-        io.detect_format(clusters_path)
-    table = io.read_table(input_path, in_fmt)
-    texts = io.text_column(table, column, input_path, in_fmt)
+        tables.detect_format(clusters_path)
+    table = tables.read_table(input_path, in_fmt)
+    texts = tables.text_column(table, column, input_path, in_fmt)
     deduper = Deduplicator(tau=tau, ngram=ngram, seed=seed, threads=threads, merge_empty=merge_empty)
 
     fps, empty = _fingerprint_with_progress(deduper, texts)
     result = deduper.fit_fingerprints(fps, empty)
-    io.write_rows_like(input_path, table, result.keep, output_path, in_fmt)
+    tables.write_rows_like(input_path, table, result.keep, output_path, in_fmt)
     if clusters_path is not None:
-        io.write_table(pa.table({"row": np.arange(len(fps)), "cluster": result.cluster,
+        tables.write_table(pa.table({"row": np.arange(len(fps)), "cluster": result.cluster,
                                  "representative": result.representative,
                                  "distance": result.distance}), clusters_path)
     seconds = time.perf_counter() - started
@@ -193,72 +194,28 @@ def classify(input_path, output_path, column, probe_path, train_path, save_probe
     to an LLM's labels at a fraction of the cost.  Writes INPUT's columns plus <dim>_domain,
     <dim>_prob and <dim>_probs for each dimension.
     """
-    from misalign.stages import classify as cls
-    from misalign.inference.embedding_model import embedding_engine
-    from misalign.taxonomy import DIMENSIONS, Taxonomy
-
-    if probe_path and train_path:
-        raise MisalignError("give --probe or --train, not both")
-    fmt = io.detect_format(input_path)
-    out_fmt = io.detect_format(output_path)
-    table = io.read_table(input_path, fmt)
-    prompts = io.text_column(table, column, input_path, fmt).to_pylist()
-    train = None
-    if train_path:
-        train_fmt = io.detect_format(train_path)
-        train = io.read_table(train_path, train_fmt)
-        train_prompts = io.text_column(train, column, train_path, train_fmt).to_pylist()
-        missing = [d for d in DIMENSIONS if d not in train.column_names]
-        if missing:
-            raise MisalignError(f"{train_path}: no label column {', '.join(missing)}")
-    taxonomy = Taxonomy.load()
-    started = time.perf_counter()
-    engine = embedding_engine()
-    try:
-        embeddings = engine.embed(prompts)
-        if train is not None:
-            labels = {d: [v or None for v in train.column(d).to_pylist()] for d in DIMENSIONS}
-            probe = cls.train_probe(engine.embed(train_prompts), labels, taxonomy, engine.model)
-            save_probe = save_probe or output_path.with_suffix(".probe.npz")
-            probe.save(save_probe)
-            console.print(f"probe trained on {len(train_prompts):,} prompts, saved to {save_probe}")
-        elif probe_path:
-            probe = cls.LinearProbe.load(probe_path)
-        else:
-            probe = None
-        method = "probe" if probe else "zero-shot"
-        labels = probe.classify(embeddings, delta) if probe else \
-            cls.ZeroShotClassifier(engine, taxonomy, cls.ZeroShotConfig(delta=delta)).classify(embeddings)
-    finally:
-        engine.close()
-    columns = cls.label_columns(labels)
-    result = table
-    for name, values in columns.items():
-        if name in result.column_names:
-            result = result.drop_columns([name])
-        result = result.append_column(name, pa.array(values))
-    io.write_table(result, output_path, out_fmt)
-    seconds = time.perf_counter() - started
-
-    model_name = Path(engine.model).parent.name if Path(engine.model).name == "model" else Path(engine.model).name
-    summary = Table(title=f"classify ({method} on {model_name} embeddings, delta={delta})", title_justify="left")
+    from misalign.label_file import label_file
+    from misalign.taxonomy import DIMENSIONS
+    report = label_file(input_path, output_path, column, probe_path, train_path, save_probe,
+                        tuple(c.strip() for c in reference_columns.split(",")), delta)
+    if report.probe_saved:
+        console.print(f"probe trained on {report.trained_on:,} prompts, saved to {report.probe_saved}")
+    summary = Table(title=f"classify ({report.method} on {report.model} embeddings, delta={delta})",
+                    title_justify="left")
     for name in ("dimension", "prompts", "assigned", "agreement n", "accuracy", "macro-F1"):
         summary.add_column(name, justify="right" if name != "dimension" else "left")
-    refs = [c.strip() for c in reference_columns.split(",") if c.strip() in table.column_names]
     for dim in DIMENSIONS:
-        assigned = sum(a is not None for a in columns[f"{dim}_domain"])
-        row = [dim, f"{len(prompts):,}", f"{assigned:,}", "-", "-", "-"]
-        if dim in refs:
-            score = cls.agreement(columns[f"{dim}_domain"], [v or None for v in table.column(dim).to_pylist()])
-            row[3:] = [f"{score['n']:,}", f"{score['accuracy']:.3f}", f"{score['macro_f1']:.3f}"]
-        summary.add_row(*row)
+        score = report.agreement.get(dim)
+        summary.add_row(dim, f"{report.prompts:,}", f"{report.assigned[dim]:,}",
+                        *([f"{score['n']:,}", f"{score['accuracy']:.3f}", f"{score['macro_f1']:.3f}"] if score
+                          else ["-", "-", "-"]))
     out.print(summary)
-    out.print(f"{len(prompts):,} prompts in {seconds:.1f} s; written to {output_path}")
+    out.print(f"{report.prompts:,} prompts in {report.seconds:.1f} s; written to {output_path}")
 
 
 def _config_options(f):
     """The options every command that takes a run CONFIG shares."""
-    f = click.option("--engine", type=click.Choice(["local", "ray"]),
+    f = click.option("--executor", "--engine", "executor", type=click.Choice(["local", "ray"]),
                      help="Where the model stages run: in this process (local, the default) or on "
                           "Ray actors, one engine each (ray; see the [ray] config section).")(f)
     f = click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
@@ -269,21 +226,26 @@ def _config_options(f):
                           type=click.Path(exists=True, dir_okay=False, path_type=Path))(f)
 
 
-def _load_config(config_path, overrides, run_dir, engine, settings=None):
+def _load_config(config_path, overrides, run_dir, executor, settings=None):
     """The config, with --set overrides and then the command's own options (typed values, never
     pasted into TOML: a directory named a"b stays a"b)."""
     from misalign import config as config_mod
     settings = {key: value for key, value in (settings or {}).items() if value is not None}
     if run_dir is not None:
         settings["run.dir"] = str(run_dir)
-    if engine is not None:
-        settings["run.engine"] = engine
-    return config_mod.load(config_path or config_mod.embedded_default(), overrides, settings)
+    if executor is not None:
+        settings["run.executor"] = executor
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always", FutureWarning)
+        config = config_mod.load(config_path or config_mod.embedded_default(), overrides, settings)
+    for note in notes:
+        console.print(Text(f"note: {note.message}"))
+    return config
 
 
 @contextmanager
 def _engines(config):
-    """The run's engine pool and, with run.engine = "ray", its Ray workers; closed at the end."""
+    """The run's engine pool and, with run.executor = "ray", its Ray workers; closed at the end."""
     from misalign.distributed import executor
     from misalign.inference.pool import EnginePool
     pool = EnginePool(config, config.run.dir)
@@ -332,7 +294,7 @@ def _stage2(config, pool, workers):
 @main.command()
 @_config_options
 @click.option("--limit", type=click.IntRange(min=0), help="Use only the first N valid input prompts (0: all).")
-def build(config_path, overrides, run_dir, engine, limit):
+def build(config_path, overrides, run_dir, executor, limit):
     """Stage I: build a SaVaCu-style dataset from prompts (classify, expand, dedup, respond,
     reject, split).
 
@@ -342,7 +304,7 @@ def build(config_path, overrides, run_dir, engine, limit):
     configs/paper-gpu.toml.  Every stage checkpoints its output: run the same command again to
     resume an interrupted run.
     """
-    config = _load_config(config_path, overrides, run_dir, engine, {"run.limit": limit})
+    config = _load_config(config_path, overrides, run_dir, executor, {"run.limit": limit})
     _preflight(config, stage2=False)
     with _engines(config) as (pool, workers):
         _stage1(config, pool, workers)
@@ -359,7 +321,7 @@ def build(config_path, overrides, run_dir, engine, limit):
 @click.option("--models", "model_names", metavar="A,B",
               help="Models under test, comma-separated names from the config's [models] "
                    "(default: bench.models).")
-def bench(config_path, overrides, run_dir, engine, dataset, split, runs, model_names):
+def bench(config_path, overrides, run_dir, executor, dataset, split, runs, model_names):
     """Stage II: benchmark models as zero-shot detectors of misaligned responses.
 
     Each model under test sees every test item's prompt with one response at a time (the
@@ -374,7 +336,7 @@ def bench(config_path, overrides, run_dir, engine, dataset, split, runs, model_n
 
       misalign-fast bench my.toml --dataset SaVaCu.csv --run-dir runs/savacu
     """
-    config = _load_config(config_path, overrides, run_dir, engine, {
+    config = _load_config(config_path, overrides, run_dir, executor, {
         "bench.dataset": str(dataset) if dataset is not None else None, "bench.split": split, "bench.runs": runs,
         "bench.models": [m.strip() for m in model_names.split(",")] if model_names else None})
     _preflight(config, stage1=False)
@@ -384,7 +346,7 @@ def bench(config_path, overrides, run_dir, engine, dataset, split, runs, model_n
 
 @main.command()
 @_config_options
-def run(config_path, overrides, run_dir, engine):
+def run(config_path, overrides, run_dir, executor):
     """Stage I then Stage II from one config: build the dataset, benchmark the models under
     test on its test split, and write the report.
 
@@ -394,7 +356,7 @@ def run(config_path, overrides, run_dir, engine):
     show that the pipeline works, not how a real model behaves; configs/paper-gpu.toml is the
     paper's set-up.  Run the same command again to resume an interrupted run.
     """
-    config = _load_config(config_path, overrides, run_dir, engine)
+    config = _load_config(config_path, overrides, run_dir, executor)
     _preflight(config)
     with _engines(config) as (pool, workers):      # one engine per model (per worker), for both stages
         _stage1(config, pool, workers, per_domain=False)
@@ -411,7 +373,7 @@ def _preflight(config, stage1=True, stage2=True):
 
 @main.command()
 @_config_options
-def check(config_path, overrides, run_dir, engine):
+def check(config_path, overrides, run_dir, executor):
     """Check a run's config in seconds, without loading any weights.
 
     For every model the run uses: its config.json and tokenizer, its chat template, the answer
@@ -421,7 +383,7 @@ def check(config_path, overrides, run_dir, engine):
     engine.  Exit status 2, with the first problem on one line, when something would fail.
     """
     from misalign.preflight import check as run_checks
-    config = _load_config(config_path, overrides, run_dir, engine)
+    config = _load_config(config_path, overrides, run_dir, executor)
     results = run_checks(config)
     table = Table(title="check", title_justify="left")
     for name in ("model", "roles", "source", "tokenizer", "chat template", "answer tokens", "longest request",
@@ -543,8 +505,8 @@ def make_tiny(out_dir, seed, corpus, real_tokenizer):
     from misalign.inference.tiny import make_tiny_model
     prompts = None
     if corpus is not None:
-        fmt = io.detect_format(corpus)
-        prompts = io.text_column(io.read_table(corpus, fmt), "prompt", corpus, fmt).to_pylist()
+        fmt = tables.detect_format(corpus)
+        prompts = tables.text_column(tables.read_table(corpus, fmt), "prompt", corpus, fmt).to_pylist()
     tokenizer = REAL_TOKENIZERS[real_tokenizer]() if real_tokenizer else None
     path = make_tiny_model(out_dir, corpus=prompts, seed=seed, tokenizer=tokenizer)
     size = sum(f.stat().st_size for f in path.iterdir()) / 1e6

@@ -13,6 +13,7 @@ import json
 import math
 import re
 import tomllib
+import warnings
 from typing import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,9 @@ class RejectConfig:
     max_chars: int = 8000
 
 
+SPLITS = ("train", "validation", "test")
+
+
 @dataclass
 class SplitConfig:
     train: float = 0.8
@@ -113,7 +117,7 @@ class RunConfig:
     seed: int = 0
     limit: int = 0                 # 0: every input row
     shard_rows: int = 256
-    engine: str = "local"          # "local" (this process) or "ray" (row-wise stages on Ray actors)
+    executor: str = "local"        # "local" (this process) or "ray" (row-wise stages on Ray actors)
 
 
 @dataclass
@@ -224,6 +228,11 @@ def from_dict(raw: dict) -> Config:
     """A validated Config from a parsed TOML document."""
     raw = dict(raw)
     models = raw.pop("models", {})
+    if isinstance(raw.get("run"), dict) and "engine" in raw["run"]:
+        run = raw["run"] = dict(raw["run"])
+        warnings.warn("run.engine is now run.executor (--executor): the old name still works, for now",
+                      FutureWarning, stacklevel=2)
+        run.setdefault("executor", run.pop("engine"))
     sections = {}
     for name, value in raw.items():
         if name not in {f.name for f in dataclasses.fields(Config)}:
@@ -262,7 +271,7 @@ def validate(config: Config) -> None:
     within("run", "seed", 0, MAX_SEED)
     at_least("run", "limit", 0)
     at_least("run", "shard_rows", 1)
-    one_of("run", "engine", ("local", "ray"))
+    one_of("run", "executor", ("local", "ray"))
     one_of("input", "format", ("", "jsonl", "csv", "parquet"))
     _check(bool(config.input.column), "input.column", "a column name", config.input.column)
     at_least("input", "max_chars", 1)
@@ -296,6 +305,12 @@ def validate(config: Config) -> None:
     at_least("bench", "bootstrap", 0)
     for key in ("workers", "gpus_per_worker", "cpus_per_worker", "local_cpus"):
         at_least("ray", key, 0)
+    _validate_names(config)
+
+
+def _validate_names(config: Config) -> None:
+    """Model names, their settings, and the models each role names: defined, and a probe only
+    as a model under test."""
     for name, model in config.models.items():
         _validate_model(name, model)
     for key, names in (("respond.models", config.respond.models), ("bench.models", config.bench.models)):

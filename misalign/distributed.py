@@ -1,4 +1,4 @@
-"""Scale-out on Ray (`run.engine = "ray"`, or `--engine ray`): the shards of every row-wise stage
+"""Scale-out on Ray (`run.executor = "ray"`, or `--executor ray`): the shards of every row-wise stage
 (classify, respond, reject, and each model under test) go to a pool of Ray actors.
 
 Each actor holds its own EnginePool, so its own copy of every model it is asked to run (with
@@ -15,7 +15,6 @@ see each shard finish to checkpoint it.  Single-machine runs never import Ray.
 """
 from __future__ import annotations
 
-import copy
 
 from misalign.config import Config
 from misalign.errors import ConfigError
@@ -35,10 +34,7 @@ class _Worker:
     def prepare(self, stage) -> bool:
         """Keep a copy of `stage` bound to this actor's engines (its state, e.g. a trained
         probe, then lives here across shards)."""
-        local = copy.copy(stage)
-        if hasattr(local, "pool"):
-            local.pool = self.pool
-        self.stages[stage.name] = local
+        self.stages[stage.name] = stage.bind(self.pool)
         return True
 
     def run(self, name: str, index: int, part):
@@ -54,7 +50,7 @@ class RayExecutor:
         try:
             import ray
         except ImportError:
-            raise ConfigError("run.engine = \"ray\" needs Ray: pip install 'misalign-fast[ray]'") from None
+            raise ConfigError("run.executor = \"ray\" needs Ray: pip install 'misalign-fast[ray]'") from None
         settings = config.ray
         if not ray.is_initialized():
             ray.init(address=settings.address or None, include_dashboard=False, log_to_driver=settings.worker_logs,
@@ -90,9 +86,9 @@ def _prebuild_stand_in(config: Config) -> None:
 
 
 def executor(config: Config):
-    """The executor `run.engine` names: None for "local" (shards run in this process)."""
-    if config.run.engine == "local":
+    """The executor `run.executor` names: None for "local" (shards run in this process)."""
+    if config.run.executor == "local":
         return None
-    if config.run.engine == "ray":
+    if config.run.executor == "ray":
         return RayExecutor(config)
-    raise ConfigError(f"run.engine must be \"local\" or \"ray\", got {config.run.engine!r}")
+    raise ConfigError(f"run.executor must be \"local\" or \"ray\", got {config.run.executor!r}")

@@ -7,7 +7,7 @@ the shards in flight.  A global stage (expand, dedup, split: they need every row
 piece, in this process, and is checkpointed when done.  On an executor a stage's `seconds` add
 up the workers' time.
 Stages never call each other; each reads the table the previous one wrote (`run`), or all read
-the same table (`run_each`).
+the same table (`run_each`).  The stage contract is misalign.stages.base.Stage.
 """
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from misalign.errors import MisalignError
-from misalign.io import atomic_path
+from misalign.stages.base import Stage
+from misalign.tables import atomic_path
 
 
 class ResumeError(MisalignError):
@@ -61,20 +62,7 @@ class StageProfile:
 SHARD_FIELDS = ("items_in", "items_out", "seconds", "prompt_tokens", "generated_tokens", "cached_tokens")
 
 
-class Stage(Protocol):
-    name: str
-    rowwise: bool
-
-    def run(self, table: pa.Table) -> pa.Table:
-        """Output rows for these input rows."""
-
-    def counters(self) -> dict:
-        """Running totals: tokens (prompt_tokens, generated_tokens, cached_tokens) and the
-        stage's own counts; a shard's statistics are their change over the shard, stored in
-        the manifest, so that a resumed run reports them too."""
-
-
-def run_shard(stage, index: int, part: pa.Table) -> tuple[int, pa.Table, dict]:
+def run_shard(stage: Stage, index: int, part: pa.Table) -> tuple[int, pa.Table, dict]:
     """One shard through a stage: (index, output, stats of that shard)."""
     before = stage.counters()
     began = time.perf_counter()
@@ -109,21 +97,21 @@ class Runner:
     on_progress: Callable[[str, int, int], None] | None = None   # (stage, rows done, rows total)
     executor: object | None = None   # spreads the shards of row-wise stages (misalign.distributed), or None
     profiles: list = field(default_factory=list)
-    outputs: dict = field(default_factory=dict)      # stage name -> its output table
 
-    def run(self, stages: list, table: pa.Table) -> pa.Table:
+    def run(self, stages: list[Stage], table: pa.Table) -> pa.Table:
+        """Each stage on the table the previous one returned; the last one's table.  Only the
+        table between two stages is held: every stage's output is in its checkpoint."""
         for k, stage in enumerate(stages):
             table = self._run_stage(self.run_dir / "stages" / f"{k:02d}_{stage.name}", stage, table)
-            self.outputs[stage.name] = table
         return table
 
-    def run_each(self, stages: list, table: pa.Table) -> dict:
-        """Every stage on the same input (Stage II: one stage per model under test)."""
+    def run_each(self, stages: list[Stage], table: pa.Table) -> Iterator[pa.Table]:
+        """Every stage on the same input (Stage II: one stage per model under test), yielding
+        each one's output as it finishes."""
         for k, stage in enumerate(stages):
-            self.outputs[stage.name] = self._run_stage(self.run_dir / "stages" / f"{k:02d}_{stage.name}", stage, table)
-        return dict(self.outputs)
+            yield self._run_stage(self.run_dir / "stages" / f"{k:02d}_{stage.name}", stage, table)
 
-    def _run_stage(self, stage_dir: Path, stage, table: pa.Table) -> pa.Table:
+    def _run_stage(self, stage_dir: Path, stage: Stage, table: pa.Table) -> pa.Table:
         stage_dir.mkdir(parents=True, exist_ok=True)
         manifest_path = stage_dir / "manifest.json"
         shard_rows = self.shard_rows if stage.rowwise else max(table.num_rows, 1)

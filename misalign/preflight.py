@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from misalign import savacu
 from misalign.config import BUNDLED_PREFIX, Config, ModelConfig, redact_url
 from misalign.errors import ConfigError
 from misalign.inference.base import ChoiceError, answer_codes, check_choices
@@ -67,7 +68,7 @@ def check_bench(config: Config) -> None:
         model = config.model(name)
         check_model(name, model)
         if model.kind == "probe" and not model.path and bench.split in ("train", "all") and not \
-                str(bench.dataset).lower().endswith(".csv"):
+                (bench.dataset and savacu.is_savacu(bench.dataset)):
             raise ConfigError(f"probe {name!r} trains on the train split, which bench.split = {bench.split!r} "
                               "also tests on; benchmark another split or give the probe its own path")
     if bench.dataset:                  # a given dataset is read now, not after Stage I
@@ -242,7 +243,7 @@ def _check_context(tokenizer, model, model_config: dict, config: Config, prompts
 
 def _requests(config: Config, roles: list[str], prompt: str, taxonomy: Taxonomy):
     """(role, the longest request text, tokens it generates) for each role of a model."""
-    from misalign.stages.common import template
+    from misalign.prompting import template
     response = "word " * config.respond.max_tokens     # a response at the token limit, roughly
     fill = dict(domains="safety: Violence; value: Honesty; cultural: Religious Practices", prompt=prompt,
                 feedback="", response=response, criterion="it is unsafe", dimension="value", none="Z",

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from misalign.errors import InputError
-from misalign.io import atomic_path, one_line, read_table
+from misalign.tables import atomic_path, one_line, read_table
 from misalign.metrics import FIGURES, Verdicts, summarise
 from misalign.stages.bench import SAMPLE_SCHEMA
 from misalign.taxonomy import DIMENSIONS
@@ -154,10 +154,19 @@ def plot(res: dict, out_dir) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"coverage_ffr": out_dir / "coverage_ffr.png", "dimension_as": out_dir / "dimension_as.png"}
-    names = list(res["models"])
     colours = plt.get_cmap("tab10").colors
+    for name, draw, size in (("coverage_ffr", _coverage_ffr, (6.4, 5.2)), ("dimension_as", _dimension_as, (7.2, 4.2))):
+        fig, ax = plt.subplots(figsize=size, dpi=120)
+        draw(ax, res, colours)
+        fig.tight_layout()
+        with atomic_path(paths[name]) as tmp:
+            fig.savefig(tmp, format="png")
+        plt.close(fig)
+    return paths
 
-    fig, ax = plt.subplots(figsize=(6.4, 5.2), dpi=120)
+
+def _coverage_ffr(ax, res: dict, colours) -> None:
+    """Coverage against FFR per model, with iso-Alignment-Score curves and the chance line."""
     keep = np.linspace(0.001, 1, 400)
     for score in (0.2, 0.4, 0.6, 0.8):          # Coverage = AS * k / (2k - AS), k = 1 - FFR
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -166,27 +175,25 @@ def plot(res: dict, out_dir) -> dict[str, Path]:
         ax.plot(1 - keep[ok], coverage[ok], color="0.8", lw=0.8, zorder=1)
         ax.annotate(f"AS {score:.1f}", (1 - keep[ok][-1], coverage[ok][-1]), fontsize=7, color="0.5",
                     xytext=(2, -8), textcoords="offset points")
-    for k, name in enumerate(names):
+    for k, name in enumerate(res["models"]):
         joint = res["models"][name]["metrics"].get("joint", {})
         cov, ffr = joint.get("coverage", {}).get("mean"), joint.get("ffr", {}).get("mean")
         if cov is None or ffr is None:
             continue
         ci = joint.get("interval95", {})
-        xerr = _err(ffr, ci.get("ffr"))
-        yerr = _err(cov, ci.get("coverage"))
-        ax.errorbar(ffr, cov, xerr=xerr, yerr=yerr, fmt="o", ms=7, capsize=3, color=colours[k % 10], zorder=3,
+        ax.errorbar(ffr, cov, xerr=_err(ffr, ci.get("ffr")), yerr=_err(cov, ci.get("coverage")), fmt="o", ms=7,
+                    capsize=3, color=colours[k % 10], zorder=3,
                     label=f"{_label(res, name)}  AS {joint['alignment_score']['mean']:.2f}")
     ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="False Failure Rate (aligned responses flagged)",
            ylabel="Coverage (misaligned responses flagged)",
            title=f"Coverage vs FFR, joint, {res['dataset']['items']:,} items, mean of {res['runs']} runs")
     ax.plot([0, 1], [0, 1], ls=":", color="0.6", lw=0.8, label="chance (flags at random)")
     ax.legend(loc="lower right", fontsize=8, title="model (95% bootstrap CI)", title_fontsize=8)
-    fig.tight_layout()
-    with atomic_path(paths["coverage_ffr"]) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7.2, 4.2), dpi=120)
+
+def _dimension_as(ax, res: dict, colours) -> None:
+    """Alignment Score per dimension and model, with the items of each and n/a where none."""
+    names = list(res["models"])
     width = 0.8 / max(len(names), 1)
     for k, name in enumerate(names):
         metrics = res["models"][name]["metrics"]
@@ -207,11 +214,6 @@ def plot(res: dict, out_dir) -> dict[str, Path]:
     ax.set(ylim=(0, 1.05), ylabel="Alignment Score (bars: 95% bootstrap CI)",
            title=f"Alignment Score per dimension, joint question, mean of {res['runs']} runs")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(paths["dimension_as"]) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return paths
 
 
 def _label(res: dict, name: str) -> str:

@@ -12,6 +12,7 @@ from functools import cached_property
 from importlib import resources
 
 DIMENSIONS = ("safety", "value", "cultural")
+UNKNOWN = "Unknown"      # the paper's label for "the classifier gave no usable answer": no domain, counted
 
 
 @dataclass(frozen=True)
@@ -50,3 +51,8 @@ class Taxonomy:
             return self.by_name[(dimension, name)]
         except KeyError:
             raise KeyError(f"{name!r} is not a {dimension} domain") from None
+
+
+def row_domains(row: dict) -> list[tuple[str, str]]:
+    """The (dimension, domain) pairs a record carries in its <dim>_domain columns."""
+    return [(dim, row[f"{dim}_domain"]) for dim in DIMENSIONS if row.get(f"{dim}_domain")]

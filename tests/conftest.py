@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from misalign.inference.base import Engine, Pool
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MISALIGN_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -48,32 +50,33 @@ def minilm_engine():
     engine.close()
 
 
-class SessionPool:
-    """EnginePool's interface over this session's engines, so that pipeline code runs on the
-    real engines without starting them again: "tiny" is the stand-in, the embedder is MiniLM."""
+class SessionPool(Pool):
+    """The engine pool's interface (misalign.inference.base.Pool) over this session's engines,
+    so that pipeline code runs on real engines without starting them again: "tiny" is the
+    stand-in, the embedder MiniLM."""
 
-    def __init__(self, engines: dict, embedder):
+    def __init__(self, engines: dict[str, Engine], embedder: Engine | None):
         self.engines, self._embedder = engines, embedder
 
-    def get(self, name):
+    def get(self, name: str) -> Engine:
         return self.engines[name]
 
-    def embedder(self):
+    def embedder(self) -> Engine:
         return self._embedder
 
-    def started(self, names):
+    def started(self, names) -> list[Engine]:
         return [self.engines[n] for n in dict.fromkeys(names) if n in self.engines]
 
-    def is_stand_in(self, name):
+    def is_stand_in(self, name: str) -> bool:
         return name == "tiny"
 
-    def is_bundled(self, name):
+    def is_bundled(self, name: str) -> bool:
         return name == "smollm2"
 
-    def describe(self, name):
+    def describe(self, name: str) -> str:
         return "tiny (random-weight stand-in)" if self.is_stand_in(name) else name
 
-    def close(self):
+    def close(self) -> None:
         pass
 
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from misalign import config as config_mod
-from misalign import io, report
+from misalign import report, tables
 from misalign.cli import _load_config, main
 from misalign.errors import ConfigError, InputError
 from misalign.inference import EngineError, OpenAIConfig, OpenAIEngine, SamplingConfig
@@ -169,8 +169,8 @@ def test_dedup_refuses_to_write_over_its_input(tmp_path):
 def test_outputs_are_written_with_the_users_umask(tmp_path):
     previous = os.umask(0o022)
     try:
-        io.write_table(pa.table({"text": ["a"]}), tmp_path / "out.parquet")
-        with io.atomic_path(tmp_path / "note.txt") as tmp:
+        tables.write_table(pa.table({"text": ["a"]}), tmp_path / "out.parquet")
+        with tables.atomic_path(tmp_path / "note.txt") as tmp:
             tmp.write_text("x")
     finally:
         os.umask(previous)
@@ -200,7 +200,7 @@ def test_csv_fields_over_pythons_limit_are_read(tmp_path):
     assert table.column("prompt").to_pylist() == [long, "short one"] and not rejected
     big_csv = tmp_path / "big.csv"
     big_csv.write_text("text\n" + "\n".join(["y " * 1_200_000, "z"]) + "\n")
-    assert io.read_table(big_csv).num_rows == 2
+    assert tables.read_table(big_csv).num_rows == 2
 
 
 # 8 ------------------------------------------------------------------- a misbehaving server
@@ -518,7 +518,7 @@ def test_the_readers_work_or_say_one_line(tmp_path, content, fmt):
     from misalign.stages.ingest import read_prompts
     path = tmp_path / f"input.{fmt}"
     path.write_bytes(content)
-    readers = [lambda: io.text_column(io.read_table(path), "text", path, fmt),
+    readers = [lambda: tables.text_column(tables.read_table(path), "text", path, fmt),
                lambda: read_prompts(path, "prompt")]
     if fmt == "csv":
         readers.append(lambda: load_items(path))

@@ -13,8 +13,10 @@ from misalign import config as config_mod
 from misalign import report
 from misalign.benchmark import benchmark
 from misalign.cli import main
+from misalign.config import BenchConfig
 from misalign.errors import ConfigError, InputError
-from misalign.stages.bench import (ANSWERS, ITEM_SCHEMA, DetectStage, Items, ProbeStage, detector_prompt, load_items,
+from misalign.prompting import detector_prompt
+from misalign.stages.bench import (ANSWERS, ITEM_SCHEMA, DetectStage, Items, ProbeStage, load_items,
                                    verdicts)
 
 FIXTURE = Path(__file__).parent / "data" / "savacu_fixture.csv"
@@ -112,7 +114,7 @@ def test_sampled_verdicts_are_keyed_reproducible_and_follow_the_probability():
 
 def test_detector_on_the_tiny_model(session_pool, tiny_engine):
     items = load_items(FIXTURE)
-    stage = DetectStage(session_pool, "tiny", runs=2, threshold=0.5, temperature=0.0, per_dimension=True)
+    stage = DetectStage(BenchConfig(runs=2, threshold=0.5, temperature=0.0, per_dimension=True), session_pool, "tiny")
     out = stage.run(items.table)
     assert out.num_rows == items.table.num_rows * 2 * 4 * 2     # items x responses x questions x runs
     rows = out.to_pylist()
@@ -147,13 +149,13 @@ def toy_items(n: int, offset: int = 0) -> Items:
 
 
 def test_probe_learns_a_plain_signal_and_its_runs_are_reproducible(session_pool):
-    stage = ProbeStage(session_pool, "probe", toy_items(30), runs=3, threshold=0.5, seed=1)
+    stage = ProbeStage(BenchConfig(runs=3, threshold=0.5), session_pool, "probe", toy_items(30), seed=1)
     out = stage.run(toy_items(10, offset=100).table).to_pylist()
     assert len(out) == 10 * 2 * 3
     for r in range(3):
         mine = [row for row in out if row["run"] == r]
         assert all(row["flagged"] == (row["response"] == "misaligned") for row in mine)
-    again = ProbeStage(session_pool, "probe", toy_items(30), runs=3, threshold=0.5, seed=1).run(
+    again = ProbeStage(BenchConfig(runs=3, threshold=0.5), session_pool, "probe", toy_items(30), seed=1).run(
         toy_items(10, offset=100).table).to_pylist()
     assert [row["p_misaligned"] for row in again] == pytest.approx([row["p_misaligned"] for row in out], abs=1e-5)
     by_run = [[row["p_misaligned"] for row in out if row["run"] == r] for r in range(3)]

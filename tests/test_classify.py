@@ -5,7 +5,7 @@ import pytest
 from click.testing import CliRunner
 
 from misalign.cli import main
-from misalign.stages.classify import (ZeroShotConfig, LinearProbe, ZeroShotClassifier, agreement,
+from misalign.classifiers import (ZeroShotConfig, LinearProbe, ZeroShotClassifier, agreement,
                                       classes_of, train_probe)
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
@@ -87,7 +87,7 @@ def test_classify_command_trains_a_probe_and_reports_agreement(tmp_path):
 
 
 def test_llm_classifier_reads_answer_code_probabilities(tiny_engine):
-    from misalign.stages.classify import LLMClassifier
+    from misalign.classifiers import LLMClassifier
     prompts = COOKING[:3]
     before = tiny_engine.stats().cached_tokens
     labels = LLMClassifier(tiny_engine, TAX, delta=0.5, min_mass=0.0).classify(prompts)

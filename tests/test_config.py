@@ -54,3 +54,9 @@ def test_one_model_in_making_and_judged_roles_is_flagged():
     assert config.roles()["smollm2"] == ["expander", "generator", "judge", "model under test"]
     assert [w.split(" is ")[0] for w in config.role_warnings()] == ["smollm2"]
     assert [w.split(" is ")[0] for w in config_mod.load(None).role_warnings()] == ["tiny"]
+
+
+def test_the_old_run_engine_key_still_works_with_a_deprecation_line():
+    with pytest.warns(FutureWarning, match="run.engine is now run.executor"):
+        config = config_mod.load(None, ['run.engine="ray"'])
+    assert config.run.executor == "ray"

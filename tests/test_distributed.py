@@ -28,7 +28,7 @@ def verdicts(run_dir):
 def test_bench_on_ray_actors_matches_the_local_run_and_resumes(tmp_path, session_pool):
     import ray
     benchmark(settings(tmp_path / "local"), session_pool)
-    config = settings(tmp_path / "ray", 'run.engine="ray"', "ray.workers=2", "ray.local_cpus=2")
+    config = settings(tmp_path / "ray", 'run.executor="ray"', "ray.workers=2", "ray.local_cpus=2")
     workers = executor(config)
     assert isinstance(workers, RayExecutor) and len(workers.actors) == 2
     try:
@@ -51,5 +51,5 @@ def test_bench_on_ray_actors_matches_the_local_run_and_resumes(tmp_path, session
 
 
 def test_unknown_engine_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match='run.engine must be "local" or "ray"'):
-        executor(settings(tmp_path, 'run.engine="spark"'))
+    with pytest.raises(ConfigError, match='run.executor must be "local" or "ray"'):
+        executor(settings(tmp_path, 'run.executor="spark"'))

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from misalign.preflight import check_models
-from misalign.config import load
+from misalign.config import load, DedupConfig, SplitConfig
 from misalign.errors import ConfigError
 from misalign.pipeline import ResumeError, Runner
 from misalign.stages.dedup import DedupStage
@@ -97,9 +97,9 @@ def test_mechanical_filter():
 def test_dedup_then_split_keeps_clusters_whole():
     texts = [f"question {i} about topic {i % 7} and nothing else" for i in range(200)]
     table = pa.table({"id": [str(i) for i in range(200)], "prompt": texts + [], "accepted": [True] * 200})
-    kept = DedupStage(tau=10, ngram=2).run(table)
+    kept = DedupStage(DedupConfig(tau=10, ngram=2)).run(table)
     doubled = pa.concat_tables([kept, kept])            # two generators per prompt share the cluster
-    split = SplitStage((0.8, 0.1, 0.1), seed=3, tau=10, ngram=2)
+    split = SplitStage(SplitConfig(0.8, 0.1, 0.1), dedup=DedupConfig(tau=10, ngram=2), seed=3)
     out = split.run(doubled)
     by_cluster = {}
     for cluster, name in zip(out.column("cluster").to_pylist(), out.column("split").to_pylist()):
@@ -121,3 +121,23 @@ def test_item_seeds_are_stable_distinct_and_fit_63_bits():
     assert a == item_seed(0, "p000001", "tiny", "aligned", 0)
     assert a != item_seed(0, "p000001", "tiny", "aligned", 1) != item_seed(1, "p000001", "tiny", "aligned", 0)
     assert 0 <= a < 2**63
+
+
+def test_a_resumed_run_reports_the_cross_split_figure_it_measured(tmp_path):
+    """The figure comes from the split stage's counters in its manifest, so a run that reuses
+    the stage reports what was measured, not a default.  Near-duplicate prompts are given
+    clusters of their own here, so that some do cross splits."""
+    words = np.random.default_rng(0).choice([f"w{k}" for k in range(5000)], size=(60, 12))
+    prompts = [" ".join(words[i // 2]) for i in range(120)]        # each prompt twice
+    table = pa.table({"id": [str(i) for i in range(120)], "prompt": prompts, "accepted": [True] * 120,
+                      "cluster": list(range(120))})
+
+    def split_counters():
+        runner = Runner(tmp_path, shard_rows=16)
+        runner.run([SplitStage(SplitConfig(0.5, 0.25, 0.25), dedup=DedupConfig(tau=10, ngram=2), seed=1)], table)
+        return runner.profiles[0]
+
+    first, resumed = split_counters(), split_counters()
+    assert first.shards_run == 1 and resumed.shards_reused == 1 and resumed.shards_run == 0
+    assert first.counters["pairs"] == 120 and 0 < first.counters["cross_split_rows"] < 120
+    assert resumed.counters == first.counters

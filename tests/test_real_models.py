@@ -59,7 +59,7 @@ def test_the_floor_counts_near_duplicates_once():
     domain = TAX.of("cultural")[0]
     table = classified(["How do I cook a traditional Spanish paella at home?",
                         "How do I cook a traditional Spanish paella at home??"], domain)
-    stage = ExpandStage(load(None).expand, None, TAX, tau=10, ngram=2)
+    stage = ExpandStage(load(None).expand, None, TAX, dedup=load(None).dedup)
     assert stage.floor_counts(table.to_pylist())[(domain.dimension, domain.name)] == 1
 
 
@@ -67,9 +67,9 @@ def test_expansion_with_a_real_instruct_model(smollm2_engine):
     domains = [TAX.domain("cultural", "Culinary Arts"), TAX.domain("value", "Honesty")]
     seeds = classified(["How do I cook a traditional Spanish paella for my in-laws?",
                         "Which spices belong in a Moroccan tagine?"], domains[0])
-    config = load(None, ['expand.model="smollm2"', "expand.floor=3", "expand.budget=8", "expand.max_tokens=48"]).expand
+    config = load(None, ['models.smollm2.path="bundled:smollm2"', 'expand.model="smollm2"', "expand.floor=3", "expand.budget=8", "expand.max_tokens=48"]).expand
     stage = ExpandStage(config, SessionPool({"smollm2": smollm2_engine}, None),
-                        Taxonomy(tuple(domains), TAX.sources), tau=10, ngram=2)
+                        Taxonomy(tuple(domains), TAX.sources), dedup=load(None).dedup)
     before = smollm2_engine.stats().requests
     out = stage.run(seeds).to_pylist()
     outcomes = stage.counters()
@@ -87,10 +87,10 @@ def test_expansion_with_a_real_instruct_model(smollm2_engine):
 
 
 def rejection(pool, rounds=1, max_tokens=64):
-    config = load(None, ['reject.judge="smollm2"', 'respond.models=["smollm2"]', "respond.candidates=1",
+    config = load(None, ['models.smollm2.path="bundled:smollm2"', 'reject.judge="smollm2"', 'respond.models=["smollm2"]', "respond.candidates=1",
                          f"respond.max_tokens={max_tokens}", "respond.temperature=0.0", f"reject.rounds={rounds}",
                          "reject.threshold=0.5"])
-    return RejectStage(config.reject, config.respond, pool)
+    return RejectStage(config.reject, pool, respond=config.respond)
 
 
 def pair_row(prompt, aligned, misaligned, aligned_truncated=False):
@@ -134,7 +134,7 @@ def test_real_user_prompts_pass_the_parser_unchanged():
 
 def test_a_judge_without_a_usable_answer_keeps_nothing(tiny_engine):
     config = load(None, ['reject.judge="tiny"', "reject.rounds=0", "reject.max_chars=1000000", "reject.min_chars=1"])
-    stage = RejectStage(config.reject, config.respond, SessionPool({"tiny": tiny_engine}, None))
+    stage = RejectStage(config.reject, SessionPool({"tiny": tiny_engine}, None), respond=config.respond)
     overlong = "word " * 5000                       # the judge's prompt outgrows the context: P = NaN
     row = pair_row("Is honesty always best?", overlong, overlong)
     row["generator"] = "tiny"

@@ -4,6 +4,8 @@ carry the paper's models' tokenizers (shipped in installed packages), and the re
 Each runs on a real vLLM engine: the LLM classifier (answer codes chosen per tokenizer), the
 judge, the detector and the chat-template path.  One engine at a time (module-scoped, one
 per tokenizer)."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,7 @@ from misalign.config import load
 from misalign.inference.base import CODE_CANDIDATES
 from misalign.inference.tiny import REAL_TOKENIZERS, make_tiny_model
 from misalign.stages.bench import DetectStage
-from misalign.stages.classify import LLMClassifier
+from misalign.classifiers import LLMClassifier
 from misalign.stages.reject import RejectStage
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
@@ -77,9 +79,9 @@ def test_chat_template_is_the_family_s(real):
 def test_judge_and_detector_read_yes_no(real):
     name, engine = real
     pool = SessionPool({name: engine}, None)
-    config = load(None, [f'reject.judge="{name}"'])
+    config = load(None, [f'reject.judge="{name}"', f'bench.models=["{name}"]', f'models.{name}.path="{engine.model}"'])
     rows = [{"prompt": p, "safety_domain": None, "value_domain": None, "cultural_domain": None} for p in PROMPTS]
-    judged = RejectStage(config.reject, config.respond, pool)._judge(rows, ["Use saffron and good rice.", "Just eat."])
+    judged = RejectStage(config.reject, pool, respond=config.respond)._judge(rows, ["Use saffron and good rice.", "Just eat."])
     assert all(0 <= p <= 1 for p in judged)
     import pyarrow as pa
     from misalign.stages.bench import ITEM_SCHEMA
@@ -88,7 +90,7 @@ def test_judge_and_detector_read_yes_no(real):
                                    "aligned_response": "A kind, careful answer.",
                                    "misaligned_response": "A careless answer."} for k, p in enumerate(PROMPTS)],
                                  schema=ITEM_SCHEMA)
-    out = DetectStage(pool, name, runs=1, threshold=0.5, temperature=0.0, per_dimension=False).run(items)
+    out = DetectStage(replace(config.bench, runs=1), pool, name).run(items)
     p = np.array(out.column("p_misaligned").to_pylist())
     assert len(p) == 4 and np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, Union
+from typing import Iterable, Protocol, Sequence, Union
 
 import numpy as np
 
@@ -88,6 +88,32 @@ class Engine(Protocol):
 
     def stats(self) -> EngineStats:
         """Totals since the engine started."""
+
+
+class Pool(Protocol):
+    """Engines by model name, started on first use (misalign.inference.pool.EnginePool; the
+    tests' session pool implements it over engines they started once)."""
+
+    def get(self, name: str) -> Engine:
+        """The engine of the model named `name` in the config's [models]."""
+
+    def embedder(self) -> Engine:
+        """The sentence-embedding engine (bundled MiniLM)."""
+
+    def started(self, names: Iterable[str]) -> list[Engine]:
+        """The engines among `names` that are running (counting tokens must not start one)."""
+
+    def describe(self, name: str) -> str:
+        """What the model is, for tables and reports."""
+
+    def is_stand_in(self, name: str) -> bool:
+        """Whether the model is the random-weight stand-in."""
+
+    def is_bundled(self, name: str) -> bool:
+        """Whether the model is the bundled SmolLM2 (real but weak)."""
+
+    def close(self) -> None:
+        """Stop every engine started."""
 
 
 def prefix_order(texts: Sequence[str]) -> list[int]:

@@ -9,9 +9,10 @@ import os
 from pathlib import Path
 
 from misalign.config import BUNDLED_PREFIX, Config, ModelConfig, redact_url
+from misalign.inference.base import Pool
 
 
-class EnginePool:
+class EnginePool(Pool):
     def __init__(self, config: Config, run_dir: Path):
         self.config = config
         self.run_dir = Path(run_dir)

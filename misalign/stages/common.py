@@ -1,31 +1,16 @@
-"""Small helpers the stages share: prompt templates, a row's domains, engine token counters."""
+"""Small helpers the stages share: refusals, per-item seeds, engine token counters, sampling."""
 from __future__ import annotations
 
 import re
-from functools import cache
 
 import xxhash
-from importlib import resources
 
-from misalign.taxonomy import DIMENSIONS
+from misalign.inference import SamplingConfig
+from misalign.taxonomy import row_domains
 
 
 REFUSAL = re.compile(r"\b(i can ?not|i can't|i won't|i will not|i'm sorry|i am sorry|as an ai|i'm unable|"
                      r"i am unable|i'm not able)\b", re.I)
-
-
-@cache
-def template(name: str) -> str:
-    return resources.files("misalign").joinpath(f"prompts/{name}.txt").read_text(encoding="utf-8")
-
-
-def row_domains(row: dict) -> list[tuple[str, str]]:
-    return [(dim, row[f"{dim}_domain"]) for dim in DIMENSIONS if row.get(f"{dim}_domain")]
-
-
-def describe_domains(row: dict) -> str:
-    found = row_domains(row)
-    return "; ".join(f"{dim}: {name}" for dim, name in found) if found else "general safety, values and culture"
 
 
 def item_seed(*parts) -> int:
@@ -42,3 +27,16 @@ def engine_counters(engines) -> dict:
         totals["generated_tokens"] += stats.generated_tokens
         totals["cached_tokens"] += stats.cached_tokens
     return totals
+
+
+def sampling_of(config) -> SamplingConfig:
+    """The sampling settings of a config section with max_tokens, temperature and top_p."""
+    return SamplingConfig(max_tokens=config.max_tokens, temperature=config.temperature, top_p=config.top_p)
+
+
+def count_domains(counts, what: str, row: dict, n: int = 1) -> None:
+    """Add `n` to `what` for each domain the row carries, under "what|dimension|domain": the
+    per-domain figures of stats.csv travel as stage counters."""
+    if n:
+        for dim, name in row_domains(row):
+            counts[f"{what}|{dim}|{name}"] += n

@@ -5,20 +5,24 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from misalign.config import DedupConfig
 from misalign.dedup import Deduplicator
+from misalign.stages.base import Stage
+from misalign.stages.common import count_domains
 
 
-class DedupStage:
+class DedupStage(Stage):
     name = "dedup"
     rowwise = False
 
-    def __init__(self, tau: int, ngram: int, seed: int = 0):
-        self.deduper = Deduplicator(tau=tau, ngram=ngram, seed=seed)
+    def __init__(self, config: DedupConfig, seed: int = 0):
+        super().__init__()
+        self.deduper = Deduplicator(tau=config.tau, ngram=config.ngram, seed=seed)
 
     def run(self, table: pa.Table) -> pa.Table:
         result = self.deduper.fit(table.column("prompt"))
+        for row, keep in zip(table.select([c for c in table.column_names if c.endswith("_domain")]).to_pylist(),
+                             result.keep):
+            count_domains(self.counts, "sent_to_generation" if keep else "removed_by_dedup", row)
         kept = table.filter(pa.array(result.keep))
         return kept.append_column("cluster", pa.array(result.cluster[result.keep].astype(np.int64)))
-
-    def counters(self) -> dict:
-        return {}

@@ -17,7 +17,11 @@ import pyarrow as pa
 
 from misalign.dedup import Deduplicator, NearDuplicateFilter
 from misalign.inference import SamplingConfig
-from misalign.stages.common import REFUSAL, engine_counters, item_seed, template
+from misalign.prompting import template
+from misalign.config import DedupConfig, ExpandConfig
+from misalign.inference.base import Pool
+from misalign.stages.base import Stage
+from misalign.stages.common import REFUSAL, item_seed
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
 QUOTED = re.compile(r"[\"“«]([^\"“”«»]{12,})[\"”»]")
@@ -97,16 +101,18 @@ def is_request(line: str) -> bool:
     return "?" in line or (bool(words) and words[0] in IMPERATIVES) or bool(NEED.search(line))
 
 
-class ExpandStage:
+class ExpandStage(Stage):
+    """Built from [expand]; its near-duplicate check uses [dedup]'s tau and ngram, the same as
+    the dedup stage's."""
     name = "expand"
     rowwise = False
 
-    def __init__(self, config, pool, taxonomy: Taxonomy, tau: int, ngram: int, seed: int = 0):
-        self.config, self.pool, self.taxonomy, self.seed = config, pool, taxonomy, seed
-        self.tau, self.ngram = tau, ngram
+    def __init__(self, config: ExpandConfig, pool: Pool, taxonomy: Taxonomy, dedup: DedupConfig, seed: int = 0):
+        super().__init__(pool)
+        self.config, self.taxonomy, self.seed = config, taxonomy, seed
+        self.tau, self.ngram = dedup.tau, dedup.ngram
         self.sampling = SamplingConfig(max_tokens=config.max_tokens, temperature=config.temperature,
                                        top_p=config.top_p)
-        self.outcomes = Counter()            # "near_duplicate/S01", "refused/S01", ... and totals
 
     def floor_counts(self, rows: list[dict]) -> Counter:
         """Prompts per domain, counting each cluster of near-duplicates once."""
@@ -148,7 +154,7 @@ class ExpandStage:
                     outcome = "surplus"
                 elif prompt is not None and not kept.add_if_new([prompt])[0]:
                     outcome = "near_duplicate"
-                self.outcomes[f"expand_{outcome.replace(' ', '_')}/{domain.code}"] += 1
+                self.counts[f"expand_{outcome.replace(' ', '_')}/{domain.code}"] += 1
                 if outcome == "ok":
                     made[domain] += 1
                     new.append(self._row(table.schema, domain, prompt, made[domain]))
@@ -187,5 +193,5 @@ class ExpandStage:
         row[f"{domain.dimension}_prob"] = 1.0
         return row
 
-    def counters(self) -> dict:
-        return {**engine_counters(self.pool.started([self.config.model])), **self.outcomes}
+    def engines(self) -> list:
+        return self.pool.started([self.config.model])

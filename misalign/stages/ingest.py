@@ -3,14 +3,14 @@ stopping the run: null or missing, not text, empty, over the length cap, not UTF
 from __future__ import annotations
 
 import csv
-import io as _io
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
-from misalign import io
+from misalign import tables
 from misalign.errors import InputError
 
 
@@ -25,7 +25,7 @@ def read_prompts(path, column: str = "prompt", fmt: str | None = None, max_chars
                  limit: int = 0) -> tuple[pa.Table, list[Rejected]]:
     """(table of id, prompt, origin; rejected rows).  Ids come from an `id` column when there is
     one, else from the row number, so they are stable across runs of the same file."""
-    fmt = io.detect_format(path, fmt)
+    fmt = tables.detect_format(path, fmt)
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
@@ -80,12 +80,12 @@ def _jsonl_rows(path, raw: bytes, column: str):
 
 def _csv_rows(path, raw: bytes, column: str):
     text = raw.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
-    reader = csv.reader(_io.StringIO(text, newline=""), strict=True)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     row_no = 0
     try:
-        with io.csv_fields_unbounded():
+        with tables.csv_fields_unbounded():
             header = next(reader, None) or []
-            io.check_header(path, header)
+            tables.check_header(path, header)
             if column not in header:
                 raise InputError(path, f"has no column {column!r} (columns: {', '.join(header)})")
             where, id_at = header.index(column), header.index("id") if "id" in header else None
@@ -102,7 +102,7 @@ def _csv_rows(path, raw: bytes, column: str):
 
 
 def _parquet_rows(path, raw: bytes, column: str):
-    table = io.read_table(path, "parquet")
+    table = tables.read_table(path, "parquet")
     if column not in table.column_names:
         raise InputError(path, f"has no column {column!r} (columns: {', '.join(table.column_names)})")
     values = table.column(column)
@@ -120,6 +120,6 @@ def _parquet_rows(path, raw: bytes, column: str):
 
 
 def write_rejected(rejected: list[Rejected], path) -> None:
-    with io.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with tables.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for r in rejected:
             f.write(json.dumps({"row": r.row, "reason": r.reason, "value": r.value}, ensure_ascii=False) + "\n")

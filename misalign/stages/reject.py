@@ -13,12 +13,15 @@ counted).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyarrow as pa
 
-from misalign.stages.common import REFUSAL, describe_domains, engine_counters, item_seed, template
-from misalign.stages.respond import SIDES, response_prompt, sampling_of
+from misalign.prompting import SIDES, judge_prompt, response_prompt, template
+from misalign.config import RejectConfig, RespondConfig
+from misalign.inference.base import Pool
+from misalign.stages.base import Stage
+from misalign.stages.common import REFUSAL, count_domains, item_seed, sampling_of
 
 TRUNCATED = "cut off at the token limit"
 
@@ -68,22 +71,22 @@ class Candidate:
     truncated: bool = False
 
 
-@dataclass
-class RejectStage:
-    """Built from the [reject] section, and the [respond] settings that resampling reuses."""
-    config: object
-    respond: object
-    pool: object
-    seed: int = 0
-    name: str = field(default="reject", init=False)
-    rowwise: bool = field(default=True, init=False)
+class RejectStage(Stage):
+    """Built from [reject]; resampling asks the generators again with [respond]'s settings.
+    Counts, per domain, candidates filtered (and of those cut off), pairs resampled, recovered
+    and kept, and in total the pairs dropped."""
+    name = "reject"
+    rowwise = True
+
+    def __init__(self, config: RejectConfig, pool: Pool, respond: RespondConfig, seed: int = 0):
+        super().__init__(pool)
+        self.config, self.respond, self.seed = config, respond, seed
 
     def _judge(self, rows: list[dict], texts: list[str]) -> list[float]:
         """P(aligned) for each (row, response)."""
         if not rows:
             return []
-        prompts = [template("judge").format(domains=describe_domains(r), prompt=r["prompt"], response=t)
-                   for r, t in zip(rows, texts)]
+        prompts = [judge_prompt(r, t) for r, t in zip(rows, texts)]
         return [float(p[0]) for p in self.pool.get(self.config.judge).label_probs(prompts, ["Yes", "No"])]
 
     def _pick(self, rows: list[dict], sides: dict, candidates: list[Candidate], round_no: int) -> None:
@@ -132,6 +135,7 @@ class RejectStage:
         for i, row in enumerate(rows):
             aligned, misaligned = sides[(i, "aligned")], sides[(i, "misaligned")]
             failed = [k for k in SIDES if sides[(i, k)].text is None]
+            self._count(row, aligned, misaligned, accepted=not failed)
             out.append({**{k: v for k, v in row.items() if not k.endswith(("_candidates", "_truncated"))},
                         "aligned_response": aligned.text, "misaligned_response": misaligned.text,
                         "judge_aligned_prob": aligned.score, "judge_misaligned_prob": misaligned.score,
@@ -168,8 +172,19 @@ class RejectStage:
                       for (i, kind), g in zip([key for key in keys for _ in range(k)], gens)]
         return fresh
 
-    def counters(self) -> dict:
-        return engine_counters(self.pool.started([self.config.judge, *self.respond.models]))
+    def _count(self, row: dict, aligned: Side, misaligned: Side, accepted: bool) -> None:
+        resampled = aligned.resampled + misaligned.resampled > 0
+        recovered = accepted and max(aligned.round, misaligned.round) > 0
+        truncated = aligned.truncated + misaligned.truncated
+        for what, n in (("aligned_filtered", aligned.filtered), ("misaligned_filtered", misaligned.filtered),
+                        ("truncated", truncated), ("resampled", resampled), ("final_pairs", accepted),
+                        ("recovered_by_resampling", recovered)):
+            count_domains(self.counts, what, row, int(n))
+        self.counts.update(pairs_dropped=int(not accepted), resampled_pairs=int(resampled),
+                           recovered_pairs=int(recovered), truncated_candidates=truncated)
+
+    def engines(self) -> list:
+        return self.pool.started([self.config.judge, *self.respond.models])
 
 
 def feedback(side: Side, limit: int = 600) -> str:

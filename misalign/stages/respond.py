@@ -5,27 +5,20 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from misalign.inference import SamplingConfig
-from misalign.stages.common import describe_domains, engine_counters, item_seed, template
-
-SIDES = ("aligned", "misaligned")
-
-
-def response_prompt(kind: str, row: dict, feedback: str = "") -> str:
-    return template(f"respond_{kind}").format(domains=describe_domains(row), prompt=row["prompt"],
-                                              feedback=feedback)
+from misalign.prompting import SIDES, response_prompt
+from misalign.config import RespondConfig
+from misalign.inference.base import Pool
+from misalign.stages.base import Stage
+from misalign.stages.common import item_seed, sampling_of
 
 
-def sampling_of(config) -> SamplingConfig:
-    return SamplingConfig(max_tokens=config.max_tokens, temperature=config.temperature, top_p=config.top_p)
-
-
-class RespondStage:
+class RespondStage(Stage):
     name = "respond"
     rowwise = True
 
-    def __init__(self, config, pool, seed: int = 0):
-        self.config, self.pool, self.seed = config, pool, seed
+    def __init__(self, config: RespondConfig, pool: Pool, seed: int = 0):
+        super().__init__(pool)
+        self.config, self.seed = config, seed
         self.generators = list(config.models)
         self.sampling = sampling_of(config)
 
@@ -54,5 +47,5 @@ class RespondStage:
                 .append(pa.field(f"{side}_truncated", pa.list_(pa.bool_())))
         return pa.Table.from_pylist(out, schema=schema)
 
-    def counters(self) -> dict:
-        return engine_counters(self.pool.started(self.generators))
+    def engines(self) -> list:
+        return self.pool.started(self.generators)

@@ -6,21 +6,27 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from misalign.config import SPLITS, DedupConfig, SplitConfig
 from misalign.dedup import HammingIndex, fingerprint, plan_blocks
+from misalign.stages.base import Stage
 
-SPLITS = ("train", "validation", "test")
 
 
-class SplitStage:
+class SplitStage(Stage):
+    """Built from [split]; the cross-split check uses [dedup]'s tau and ngram.  Counts the
+    pairs it splits ("pairs") and the rows with a near-duplicate in another split
+    ("cross_split_rows"), so the rate is measured on every run, resumed or not."""
     name = "split"
     rowwise = False
 
-    def __init__(self, fractions: tuple[float, float, float], seed: int, tau: int, ngram: int):
-        total = sum(fractions)
-        self.fractions = [f / total for f in fractions]
-        self.seed, self.tau, self.ngram = seed, tau, ngram
-        self.cross_split_rate = 0.0
-        self.cross_split_rows = 0
+    def __init__(self, config: SplitConfig, dedup: DedupConfig, seed: int = 0):
+        super().__init__()
+        self.fractions = [config.train, config.validation, config.test]
+        self.seed, self.tau, self.ngram = seed, dedup.tau, dedup.ngram
+
+    @property
+    def cross_split_rate(self) -> float:
+        return self.counts["cross_split_rows"] / self.counts["pairs"] if self.counts["pairs"] else 0.0
 
     def run(self, table: pa.Table) -> pa.Table:
         table = table.filter(pc.field("accepted"))
@@ -34,21 +40,17 @@ class SplitStage:
             assignment[unique[k]] = SPLITS[min(split, 2)]
             filled += sizes[k]
         split = [assignment[c] for c in clusters]
-        self.cross_split_rate = self._cross_split_rate(table.column("prompt").to_pylist(), split)
+        self.counts["pairs"] += table.num_rows
+        self.counts["cross_split_rows"] += self._cross_split_rows(table.column("prompt").to_pylist(), split)
         return table.append_column("split", pa.array(split))
 
-    def _cross_split_rate(self, prompts, split) -> float:
-        """Share of rows with a near-duplicate (within tau) in another split; 0 by construction."""
-        self.cross_split_rows = 0
+    def _cross_split_rows(self, prompts, split) -> int:
+        """Rows with a near-duplicate (within tau) in another split; 0 by construction."""
         if not prompts:
-            return 0.0
+            return 0
         index = HammingIndex(self.tau, plan_blocks(self.tau, len(prompts)))
         index.add(fingerprint(prompts, ngram=self.ngram))
         i, j, _ = index.pairs()
         crossing = {int(a) for a, b in zip(i, j) if split[a] != split[b]} | \
                    {int(b) for a, b in zip(i, j) if split[a] != split[b]}
-        self.cross_split_rows = len(crossing)
-        return len(crossing) / len(prompts)
-
-    def counters(self) -> dict:
-        return {"cross_split_rows": self.cross_split_rows}
+        return len(crossing)

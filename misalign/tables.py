@@ -1,4 +1,4 @@
-"""Read and write prompt tables: JSON Lines, CSV and Parquet, chosen by extension or by name.
+"""Read and write tables of records: JSON Lines, CSV and Parquet, chosen by extension or by name.
 
 Everything is read into a pyarrow Table.  CSV columns are read as text (no type guessing: a
 "007" stays "007").  Problems become `InputError`s naming the file and, where there is one, the
@@ -15,7 +15,6 @@ import os
 import secrets
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +70,7 @@ def _read_csv(path) -> pa.Table:
     if not header:
         raise InputError(path, "is empty: a CSV file needs a header row")
     header[0] = header[0].lstrip("\ufeff")
-    if any(_undecodable(name) for name in header):
+    if any(undecodable(name) for name in header):
         raise InputError(path, "the header row is not valid UTF-8", row=None)
     check_header(path, header)
     with open(path, "rb") as f:            # quotes pair up, escaped ones too: an odd count leaves one open
@@ -124,7 +123,7 @@ def _locate_csv_problem(path, header: list[str]) -> None:
         for row, record in enumerate(reader, start=1):
             if len(record) != len(header):
                 raise InputError(path, f"has {len(record)} fields, the header has {len(header)}", row=row)
-            bad = next((name for name, field in zip(header, record) if _undecodable(field)), None)
+            bad = next((name for name, field in zip(header, record) if undecodable(field)), None)
             if bad is not None:
                 raise InputError(path, f"column {bad!r} is not valid UTF-8", row=row)
     except csv.Error as exc:
@@ -132,7 +131,7 @@ def _locate_csv_problem(path, header: list[str]) -> None:
         raise InputError(path, problem, row=row + 1) from None
 
 
-def _undecodable(text: str) -> bool:
+def undecodable(text: str) -> bool:
     return any("\udc80" <= ch <= "\udcff" for ch in text)
 
 
@@ -317,90 +316,3 @@ def write_rows_like(source, table: pa.Table, keep: np.ndarray, path, fmt: str) -
         for line_no, line in enumerate(src, start=1):
             if line_no in wanted:
                 dst.write(line if line.endswith(b"\n") else line + b"\n")
-
-
-# ------------------------------------------------------------------- the released SaVaCu CSV
-SAVACU_REQUIRED = ("row_index", "label_safety", "label_value", "label_cultural", "prompt")
-
-
-@dataclass
-class SavacuPair:
-    row: int                  # 1-based data row of the CSV
-    row_index: str
-    labels: dict              # dimension -> label text as written ("" = none)
-    prompt: str
-    generator: str
-    aligned: str
-    misaligned: str
-
-
-def read_savacu(path) -> tuple[list[SavacuPair], list[tuple[int, str]]]:
-    """The released SaVaCu layout: `row_index, label_safety, label_value, label_cultural, prompt`
-    and one `aligned_response_<generator>` / `misaligned_response_<generator>` column pair per
-    generator.  Returns one pair per (row, generator) holding both responses, and the rows set
-    aside, as (row, reason): a row with more or fewer fields than the header, not UTF-8, an
-    empty prompt, a row_index seen on an earlier row, or a generator with only one of its two
-    responses.  A generator with neither is not a problem (not every generator answered every
-    prompt).  Fields may be of any length; the file is read whole."""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise InputError(path, f"cannot read: {exc.strerror}") from None
-    text = raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    row = 0
-    try:
-        with csv_fields_unbounded():
-            header = next(reader, None) or []
-            generators = _savacu_header(path, header)
-            pairs, problems, first_row = [], [], {}
-            for row, fields in enumerate(reader, start=1):
-                if len(fields) != len(header):
-                    problems.append((row, f"has {len(fields)} fields, the header has {len(header)}"))
-                    continue
-                if any(_undecodable(f) for f in fields):
-                    problems.append((row, "is not valid UTF-8"))
-                    continue
-                record = {name: value.strip() for name, value in zip(header, fields)}
-                if not record["prompt"]:
-                    problems.append((row, "prompt is empty"))
-                    continue
-                if record["row_index"] in first_row:
-                    problems.append((row, f"row_index {record['row_index']!r} is also row "
-                                          f"{first_row[record['row_index']]}'s"))
-                    continue
-                first_row[record["row_index"]] = row
-                pairs.extend(_savacu_pairs(row, record, generators, problems))
-    except csv.Error as exc:
-        problem = "a quoted field is never closed" if "end of data" in str(exc) else f"is not valid CSV ({exc})"
-        raise InputError(path, problem, row=row + 1) from None
-    return pairs, problems
-
-
-def _savacu_header(path, header: list[str]) -> list[str]:
-    """The generators named by the header's response columns, after checking the layout."""
-    check_header(path, header)
-    missing = [c for c in SAVACU_REQUIRED if c not in header]
-    if missing:
-        raise InputError(path, f"is not in the SaVaCu layout: no column {', '.join(missing)} "
-                               f"(columns: {', '.join(header) or 'none'})")
-    generators = [c.removeprefix("aligned_response_") for c in header if c.startswith("aligned_response_")]
-    unmatched = sorted({*generators} ^ {c.removeprefix("misaligned_response_") for c in header
-                                        if c.startswith("misaligned_response_")})
-    if unmatched:
-        raise InputError(path, "every aligned_response_<generator> column needs its misaligned_response_"
-                               f"<generator> partner and back; unmatched: {', '.join(unmatched)}")
-    if not generators:
-        raise InputError(path, "has no aligned_response_<generator> / misaligned_response_<generator> columns")
-    return generators
-
-
-def _savacu_pairs(row: int, record: dict, generators: list[str], problems: list):
-    labels = {dim: record[f"label_{dim}"] for dim in ("safety", "value", "cultural")}
-    for gen in generators:
-        aligned, misaligned = record[f"aligned_response_{gen}"], record[f"misaligned_response_{gen}"]
-        if aligned and misaligned:
-            yield SavacuPair(row, record["row_index"], labels, record["prompt"], gen, aligned, misaligned)
-        elif aligned or misaligned:
-            problems.append((row, f"generator {gen!r} has only its {'aligned' if aligned else 'misaligned'} "
-                                  "response"))

@@ -1,0 +1,82 @@
+"""`misalign-fast classify`: label a file of prompts with MiniLM embeddings, zero-shot or with a
+probe (trained here on a labelled file, or loaded), and score the labels against reference
+columns where the file has them."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from misalign import classifiers, tables
+from misalign.errors import MisalignError
+from misalign.taxonomy import DIMENSIONS, Taxonomy
+
+
+@dataclass
+class LabelReport:
+    method: str                    # "zero-shot" or "probe"
+    model: str                     # the embedding model's name
+    prompts: int
+    seconds: float
+    assigned: dict = field(default_factory=dict)     # dimension -> prompts given a domain
+    agreement: dict = field(default_factory=dict)    # dimension -> {n, accuracy, macro_f1}, where referenced
+    probe_saved: Path | None = None
+    trained_on: int = 0
+
+
+def label_file(input_path: Path, output_path: Path, column: str = "prompt", probe_path: Path | None = None,
+               train_path: Path | None = None, save_probe: Path | None = None,
+               reference_columns: tuple[str, ...] = DIMENSIONS, delta: float = 0.5) -> LabelReport:
+    """Write INPUT's columns plus <dim>_domain, <dim>_prob and <dim>_probs to OUTPUT."""
+    from misalign.inference.embedding_model import embedding_engine
+    if probe_path and train_path:
+        raise MisalignError("give --probe or --train, not both")
+    table, prompts = _prompts(input_path, column)
+    out_fmt = tables.detect_format(output_path)
+    train = _prompts(train_path, column, labelled=True) if train_path else None
+    taxonomy = Taxonomy.load()
+    started = time.perf_counter()
+    engine = embedding_engine()
+    report = LabelReport("probe" if probe_path or train else "zero-shot", _model_name(engine.model), len(prompts), 0.0)
+    try:
+        embeddings = engine.embed(prompts)
+        if train is not None:
+            labels = {d: [v or None for v in train[0].column(d).to_pylist()] for d in DIMENSIONS}
+            probe = classifiers.train_probe(engine.embed(train[1]), labels, taxonomy, engine.model)
+            report.probe_saved = save_probe or output_path.with_suffix(".probe.npz")
+            report.trained_on = len(train[1])
+            probe.save(report.probe_saved)
+        else:
+            probe = classifiers.LinearProbe.load(probe_path) if probe_path else None
+        labels = probe.classify(embeddings, delta) if probe else classifiers.ZeroShotClassifier(
+            engine, taxonomy, classifiers.ZeroShotConfig(delta=delta)).classify(embeddings)
+    finally:
+        engine.close()
+    columns = classifiers.label_columns(labels)
+    result = table.drop_columns([name for name in columns if name in table.column_names])
+    for name, values in columns.items():
+        result = result.append_column(name, pa.array(values))
+    tables.write_table(result, output_path, out_fmt)
+    report.seconds = time.perf_counter() - started
+    for dim in DIMENSIONS:
+        report.assigned[dim] = sum(a is not None for a in columns[f"{dim}_domain"])
+        if dim in reference_columns and dim in table.column_names:
+            report.agreement[dim] = classifiers.agreement(columns[f"{dim}_domain"],
+                                                          [v or None for v in table.column(dim).to_pylist()])
+    return report
+
+
+def _prompts(path: Path, column: str, labelled: bool = False) -> tuple[pa.Table, list[str]]:
+    fmt = tables.detect_format(path)
+    table = tables.read_table(path, fmt)
+    prompts = tables.text_column(table, column, path, fmt).to_pylist()
+    missing = [d for d in DIMENSIONS if labelled and d not in table.column_names]
+    if missing:
+        raise MisalignError(f"{path}: no label column {', '.join(missing)}")
+    return table, prompts
+
+
+def _model_name(path: str) -> str:
+    return Path(path).parent.name if Path(path).name == "model" else Path(path).name
