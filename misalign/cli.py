@@ -9,8 +9,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
-import numpy as np
-import pyarrow as pa
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -26,7 +24,6 @@ console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 120)
 
 PROGRESS_ROWS = 200_000   # below this a run takes well under a second: no bar
-CHUNK_ROWS = 100_000
 
 
 class _Group(click.Group):
@@ -85,60 +82,26 @@ def dedup(input_path, output_path, column, tau, ngram, seed, threads, fmt, clust
 
     Example: misalign-fast dedup prompts.jsonl unique.jsonl --column prompt --tau 10
     """
-    started = time.perf_counter()
-    tables.require_distinct({"INPUT": input_path, "OUTPUT": output_path, "--clusters": clusters_path})
-    in_fmt = tables.detect_format(input_path, fmt)
-    out_fmt = tables.detect_format(output_path, fmt)
-    if out_fmt != in_fmt:
-        raise MisalignError(f"{output_path}: output is written in the input's format "
-                            f"({in_fmt}); give it a .{in_fmt} name")
-    if clusters_path is not None:
-        tables.detect_format(clusters_path)
-    table = tables.read_table(input_path, in_fmt)
-    texts = tables.text_column(table, column, input_path, in_fmt)
+    from misalign.dedup_file import dedup_file
     deduper = Deduplicator(tau=tau, ngram=ngram, seed=seed, threads=threads, merge_empty=merge_empty)
-
-    fps, empty = _fingerprint_with_progress(deduper, texts)
-    result = deduper.fit_fingerprints(fps, empty)
-    tables.write_rows_like(input_path, table, result.keep, output_path, in_fmt)
-    if clusters_path is not None:
-        tables.write_table(pa.table({"row": np.arange(len(fps)), "cluster": result.cluster,
-                                 "representative": result.representative,
-                                 "distance": result.distance}), clusters_path)
-    seconds = time.perf_counter() - started
-    text_mb = sum(c.buffers()[2].size if c.buffers()[2] is not None else 0 for c in texts.chunks) / 1e6
-    _print_dedup_summary(len(fps), result, seconds, text_mb, output_path)
-
-
-def _fingerprint_with_progress(deduper, texts):
-    n = len(texts)
-    if n < PROGRESS_ROWS:
-        fps, shingles = deduper.fingerprints(texts)
-        return fps, shingles == 0
-    fps, shingles = np.empty(n, np.uint64), np.empty(n, np.int64)
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} rows"),
-               TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("fingerprinting", total=n)
-        for start in range(0, n, CHUNK_ROWS):
-            stop = min(start + CHUNK_ROWS, n)
-            fps[start:stop], shingles[start:stop] = deduper.fingerprints(texts[start:stop])
-            progress.update(task, completed=stop)
-    return fps, shingles == 0
-
-
-def _print_dedup_summary(rows, result, seconds, text_mb, output_path):
-    sizes = np.bincount(result.cluster)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} rows"),
+                  TimeRemainingColumn(), console=console, transient=True) as progress:
+        def on_progress(done, total):        # a bar only where it takes a while
+            if total >= PROGRESS_ROWS:
+                if not progress.tasks:
+                    progress.add_task("fingerprinting", total=total)
+                progress.update(progress.tasks[0].id, completed=done)
+        report = dedup_file(input_path, output_path, deduper, column, fmt, clusters_path, on_progress)
     table = Table(title="dedup", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
-    table.add_row("rows in", f"{rows:,}")
-    table.add_row("rows kept", f"{int(result.keep.sum()):,}")
-    table.add_row("rows removed", f"{rows - int(result.keep.sum()):,}")
-    table.add_row("clusters with duplicates", f"{int((sizes > 1).sum()):,}")
-    table.add_row("seconds", f"{seconds:.2f}")
-    table.add_row("text MB/s", f"{text_mb / seconds:.1f}" if seconds > 0 else "-")
-    table.add_row("written", str(output_path))
+    for name, value in (("rows in", f"{report.rows:,}"), ("rows kept", f"{report.kept:,}"),
+                        ("rows removed", f"{report.rows - report.kept:,}"),
+                        ("clusters with duplicates", f"{report.clusters_with_duplicates:,}"),
+                        ("seconds", f"{report.seconds:.2f}"),
+                        ("text MB/s", f"{report.text_mb / report.seconds:.1f}" if report.seconds > 0 else "-"),
+                        ("written", str(output_path))):
+        table.add_row(name, value)
     out.print(table)
 
 

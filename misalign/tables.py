@@ -16,6 +16,7 @@ import secrets
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -153,24 +154,34 @@ def _read_jsonl(path) -> pa.Table:
         raise InputError(path, f"is not valid JSON Lines: {one_line(exc)}") from None
 
 
+def jsonl_records(lines: Iterable[bytes]) -> Iterator[tuple[int, dict | None, str | None]]:
+    """(line number, record, None), or (line number, None, what is wrong), for each non-blank
+    line of JSON Lines: the one reading of a line that the strict table reader and the
+    row-tolerant prompt reader (misalign.stages.ingest) share."""
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            yield line_no, None, f"not valid UTF-8 ({exc.reason} at byte {exc.start})"
+            continue
+        except json.JSONDecodeError as exc:
+            yield line_no, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+            continue
+        if not isinstance(record, dict):
+            yield line_no, None, f"a JSON {type(record).__name__}, not an object"
+            continue
+        yield line_no, record, None
+
+
 def _locate_jsonl_problem(path) -> None:
     """Re-read line by line to name the first line pyarrow refused; return if none is found."""
     types: dict[str, type] = {}
     with open(path, "rb") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                raise InputError(path, f"is not valid UTF-8 ({exc.reason} at byte {exc.start})",
-                                 row=line_no) from None
-            except json.JSONDecodeError as exc:
-                raise InputError(path, f"is not valid JSON ({exc.msg} at column {exc.colno})",
-                                 row=line_no) from None
-            if not isinstance(record, dict):
-                raise InputError(path, f"is a JSON {type(record).__name__}, expected an object",
-                                 row=line_no)
+        for line_no, record, problem in jsonl_records(f):
+            if problem:
+                raise InputError(path, f"is {problem}", row=line_no)
             for key, value in record.items():
                 if value is None:
                     continue

@@ -61,21 +61,11 @@ def _check(value, max_chars: int) -> str | None:
 
 
 def _jsonl_rows(path, raw: bytes, column: str):
-    for line_no, line in enumerate(raw.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            yield line_no, None, None, f"not valid UTF-8 ({exc.reason} at byte {exc.start})"
-            continue
-        except json.JSONDecodeError as exc:
-            yield line_no, None, None, f"not valid JSON ({exc.msg})"
-            continue
-        if not isinstance(record, dict):
-            yield line_no, None, None, f"a JSON {type(record).__name__}, not an object"
-            continue
-        yield line_no, record.get("id"), record.get(column), None
+    for line_no, record, problem in tables.jsonl_records(raw.split(b"\n")):
+        if problem:
+            yield line_no, None, None, problem
+        else:
+            yield line_no, record.get("id"), record.get(column), None
 
 
 def _csv_rows(path, raw: bytes, column: str):
