@@ -262,8 +262,8 @@ def build(config_path, overrides, run_dir, executor, limit):
     reject, split).
 
     Without CONFIG it runs the embedded CPU demo: the bundled sample of prompts, the MiniLM
-    embedding classifier and the tiny random-weight stand-in model for every generative step
-    (a few minutes on a laptop).  A CONFIG starts from the paper's settings; see
+    embedding classifier and SmolLM2-135M-Instruct (bundled, real but weak) for every
+    generative step (a few minutes on a laptop).  A CONFIG starts from the paper's settings; see
     configs/paper-gpu.toml.  Every stage checkpoints its output: run the same command again to
     resume an interrupted run.
     """
@@ -294,8 +294,8 @@ def bench(config_path, overrides, run_dir, executor, dataset, split, runs, model
     (their harmonic mean with 1 - FFR), jointly and per dimension, mean ± std over runs, and
     writes results.json, samples.parquet, plots/ and report.html into the run directory.
 
-    Without CONFIG it uses the embedded CPU demo's models (the tiny stand-in and an embedding
-    probe) on the run directory's dataset.  Example on the released data:
+    Without CONFIG it uses the embedded CPU demo's models (SmolLM2-135M-Instruct and an
+    embedding probe) on the run directory's dataset.  Example on the released data:
 
       misalign-fast bench my.toml --dataset SaVaCu.csv --run-dir runs/savacu
     """
@@ -313,11 +313,11 @@ def run(config_path, overrides, run_dir, executor):
     """Stage I then Stage II from one config: build the dataset, benchmark the models under
     test on its test split, and write the report.
 
-    Without CONFIG it runs the embedded CPU demo end to end in a few minutes: the bundled
-    sample of prompts, the MiniLM classifier, the tiny random-weight stand-in for generation
-    and judging, and as models under test the stand-in and an embedding probe.  Its figures
-    show that the pipeline works, not how a real model behaves; configs/paper-gpu.toml is the
-    paper's set-up.  Run the same command again to resume an interrupted run.
+    Without CONFIG it runs the embedded CPU demo end to end in about six minutes on two cores:
+    the bundled sample of prompts, the MiniLM classifier, SmolLM2-135M-Instruct (bundled: real
+    text, but a weak 135M model) for expansion, responses and judging, and as models under test
+    SmolLM2 and an embedding probe.  Its figures are that weak model's, not the paper's;
+    configs/paper-gpu.toml is the paper's set-up.  Run the same command again to resume an interrupted run.
     """
     config = _load_config(config_path, overrides, run_dir, executor)
     _preflight(config)
