@@ -202,7 +202,7 @@ def _load_config(config_path, overrides, run_dir, executor, settings=None):
         warnings.simplefilter("always", FutureWarning)
         config = config_mod.load(config_path or config_mod.embedded_default(), overrides, settings)
     for note in notes:
-        console.print(Text(f"note: {note.message}"))
+        console.print(Text(f"note: {note.message}"), soft_wrap=True)
     return config
 
 
