@@ -25,6 +25,9 @@ from misalign.stages.base import Stage
 from misalign.tables import atomic_path
 
 
+MANIFEST_FORMAT = 2        # 2: stages count per-domain figures and the split's pairs (#12)
+
+
 class ResumeError(MisalignError):
     """The run directory holds a run that does not match this one."""
 
@@ -80,10 +83,23 @@ class Manifest:
     shard_rows: int
     shards: list = field(default_factory=list)     # [{"index", "file", "rows", "stats"}]
     complete: bool = False
+    format: int = MANIFEST_FORMAT
 
     @classmethod
     def read(cls, path: Path) -> "Manifest | None":
-        return cls(**json.loads(path.read_text())) if path.exists() else None
+        """The manifest at `path`, None if there is none; a ResumeError for one whose shards
+        were counted differently (their statistics would be missing from the run's figures)."""
+        if not path.exists():
+            return None
+        try:
+            raw = json.loads(path.read_text())
+            manifest = cls(**{"format": 1, **raw})
+        except (ValueError, TypeError) as exc:
+            raise ResumeError(f"{path}: not a readable checkpoint manifest ({exc}); use a new run directory") from None
+        if manifest.format != MANIFEST_FORMAT:
+            raise ResumeError(f"{path.parent}: checkpointed by an older misalign-fast, whose stages counted their "
+                              "statistics differently; use a new run directory")
+        return manifest
 
     def write(self, path: Path) -> None:
         with atomic_path(path) as tmp:

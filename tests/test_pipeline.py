@@ -141,3 +141,12 @@ def test_a_resumed_run_reports_the_cross_split_figure_it_measured(tmp_path):
     assert first.shards_run == 1 and resumed.shards_reused == 1 and resumed.shards_run == 0
     assert first.counters["pairs"] == 120 and 0 < first.counters["cross_split_rows"] < 120
     assert resumed.counters == first.counters
+
+
+def test_a_checkpoint_of_an_older_format_is_refused_with_one_line(tmp_path):
+    stage_dir = tmp_path / "stages" / "00_upper"
+    stage_dir.mkdir(parents=True)
+    (stage_dir / "manifest.json").write_text(json.dumps({"stage": "upper", "input_rows": 21, "shard_rows": 10,
+                                                         "shards": [], "complete": False}))
+    with pytest.raises(ResumeError, match="checkpointed by an older misalign-fast"):
+        Runner(tmp_path, shard_rows=10).run([Upper()], prompts(21))
