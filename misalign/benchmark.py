@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 from misalign import config as config_mod
 from misalign import savacu
 from misalign.config import Config, redact_url
-from misalign.errors import ConfigError
 from misalign.inference.base import Pool
 from misalign.tables import atomic_path
 from misalign.pipeline import Runner
@@ -29,13 +28,9 @@ from misalign.stages.bench import SAMPLE_SCHEMA, DetectStage, ProbeStage, load_i
 
 
 def probe_training(config: Config, name: str, source):
-    path = config.model(name).path
-    if path:
-        return load_items(path, "train")
-    if savacu.is_savacu(source):
-        raise ConfigError(f"probe {name!r} has no training data: a SaVaCu CSV has no train split, so set "
-                          f"[models.{name}] path to a Stage I dataset or another CSV, disjoint from the test items")
-    return load_items(source, "train")
+    """The probe's training items: its own path, else the train split of the benchmarked
+    dataset (check_bench has refused a SaVaCu CSV, which has none)."""
+    return load_items(config.model(name).path or source, "train")
 
 
 def benchmark(config: Config, pool: Pool, on_progress=None, executor=None) -> dict:

@@ -19,9 +19,10 @@ from misalign.dedup import DEFAULT_NGRAM, DEFAULT_TAU, Deduplicator
 from misalign.errors import MisalignError
 from misalign.inference.tiny import REAL_TOKENIZERS
 
-console = Console(stderr=True)
+# Everything we print is data (paths, model names, [sections]): never read as rich markup.
+console = Console(stderr=True, markup=False)
 # A log or a pipe gets 120 columns rather than rich's 80, so that tables keep their figures whole.
-out = Console(width=None if sys.stdout.isatty() else 120)
+out = Console(width=None if sys.stdout.isatty() else 120, markup=False)
 
 PROGRESS_ROWS = 200_000   # below this a run takes well under a second: no bar
 
@@ -32,6 +33,11 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:          # a bad option value: one line too, with where to look
+            hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx else ""
+            console.print(Text.assemble(("error:", "bold red"), " ", exc.format_message(), hint), highlight=False,
+                          soft_wrap=True)
+            sys.exit(2)
         except MisalignError as exc:
             # the message is data (paths, names, [sections]): never read as rich markup
             console.print(Text.assemble(("error:", "bold red"), " ", str(exc)), highlight=False, soft_wrap=True)

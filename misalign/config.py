@@ -15,6 +15,7 @@ import re
 import tomllib
 import warnings
 from typing import Mapping, Sequence
+from urllib.parse import urlsplit
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,13 +204,17 @@ def _typed(default, value, key: str):
             raise ConfigError(f"{key} must be true or false, got {_show(value)}")
         return value
     if isinstance(default, (int, float)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                (isinstance(value, float) and not math.isfinite(value)):
             raise ConfigError(f"{key} must be a number, got {_show(value)}")
         if isinstance(default, int):
             if value != int(value):
                 raise ConfigError(f"{key} must be a whole number, got {_show(value)}")
             return int(value)
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:                    # an integer of hundreds of digits
+            raise ConfigError(f"{key} must be a number a float can hold, got {_show(value)}") from None
     if isinstance(default, str):
         if not isinstance(value, str):
             raise ConfigError(f'{key} must be text (in quotes: "..."), got {_show(value)}')
@@ -303,8 +308,9 @@ def validate(config: Config) -> None:
     within("bench", "threshold", 0, 1)
     at_least("bench", "temperature", 0)
     at_least("bench", "bootstrap", 0)
-    for key in ("workers", "gpus_per_worker", "cpus_per_worker", "local_cpus"):
+    for key in ("workers", "cpus_per_worker", "local_cpus"):
         at_least("ray", key, 0)
+    _check(config.ray.gpus_per_worker > 0, "ray.gpus_per_worker", "> 0", config.ray.gpus_per_worker)
     _validate_names(config)
 
 
@@ -315,6 +321,8 @@ def _validate_names(config: Config) -> None:
         _validate_model(name, model)
     for key, names in (("respond.models", config.respond.models), ("bench.models", config.bench.models)):
         _check(bool(names), key, "a list of at least one model name", names)
+        twice = sorted({n for n in names if names.count(n) > 1})
+        _check(not twice, key, "a list of distinct names", names)
     if config.classify.method == "llm" and not config.classify.model:
         raise ConfigError('classify.method = "llm" needs classify.model (a name from [models])')
     for name, roles in config.roles().items():
@@ -336,22 +344,35 @@ def _validate_model(name: str, model: ModelConfig) -> None:
            model.gpu_memory_utilization)
     _check(model.tensor_parallel_size >= 1, f"{key}.tensor_parallel_size", ">= 1", model.tensor_parallel_size)
     if model.kind == "openai":
-        scheme = model.base_url.partition("://")[0]
-        _check(scheme in ("http", "https"), f"{key}.base_url", "an http:// or https:// URL (kind = \"openai\")",
-               redact_url(model.base_url))
+        _check(_is_http_url(model.base_url), f"{key}.base_url", "an http:// or https:// URL with a host "
+               "(kind = \"openai\")", redact_url(model.base_url))
+    if model.kind == "vllm" and not model.path and name != "tiny":
+        raise ConfigError(f"[models.{name}] needs a path: a model directory, or \"bundled:smollm2\" (only the name "
+                          "\"tiny\" without a path means the random-weight stand-in)")
     if model.path.startswith(BUNDLED_PREFIX) and (
             model.kind != "vllm" or model.path.removeprefix(BUNDLED_PREFIX) not in BUNDLED_MODELS):
         raise ConfigError(f"[models.{name}] path {model.path!r}: the bundled models are "
                           f"{', '.join(BUNDLED_PREFIX + b for b in BUNDLED_MODELS)} (kind = \"vllm\")")
 
 
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port                       # raises on a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def redact_url(url: str) -> str:
-    """`url` without a user name or password, for anything we print or write."""
+    """`url` without a user name, password or query (where API keys also travel), for anything
+    we print or write."""
     scheme, sep, rest = url.partition("://")
+    rest, question, _ = rest.partition("?")
     host, slash, path = rest.partition("/")
-    if not sep or "@" not in host:
-        return url
-    return f"{scheme}://***@{host.rpartition('@')[2]}{slash}{path}"
+    if "@" in host:
+        host = "***@" + host.rpartition("@")[2]
+    return f"{scheme}{sep}{host}{slash}{path}" + ("?***" if question else "")
 
 
 def embedded_default() -> Path:

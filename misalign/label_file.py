@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from misalign import classifiers, tables
-from misalign.errors import MisalignError
-from misalign.taxonomy import DIMENSIONS, Taxonomy
+from misalign import classifiers, savacu, tables
+from misalign.errors import InputError, MisalignError
+from misalign.taxonomy import DIMENSIONS, UNKNOWN, Taxonomy
 
 
 @dataclass
@@ -37,13 +37,14 @@ def label_file(input_path: Path, output_path: Path, column: str = "prompt", prob
     out_fmt = tables.detect_format(output_path)
     train = _prompts(train_path, column, labelled=True) if train_path else None
     taxonomy = Taxonomy.load()
+    names = savacu.DomainLabels(taxonomy)
     started = time.perf_counter()
     engine = embedding_engine()
     report = LabelReport("probe" if probe_path or train else "zero-shot", _model_name(engine.model), len(prompts), 0.0)
     try:
         embeddings = engine.embed(prompts)
         if train is not None:
-            labels = {d: [v or None for v in train[0].column(d).to_pylist()] for d in DIMENSIONS}
+            labels = {d: _labels(train[0], d, train_path, names) for d in DIMENSIONS}
             probe = classifiers.train_probe(engine.embed(train[1]), labels, taxonomy, engine.model)
             report.probe_saved = save_probe or output_path.with_suffix(".probe.npz")
             report.trained_on = len(train[1])
@@ -64,7 +65,7 @@ def label_file(input_path: Path, output_path: Path, column: str = "prompt", prob
         report.assigned[dim] = sum(a is not None for a in columns[f"{dim}_domain"])
         if dim in reference_columns and dim in table.column_names:
             report.agreement[dim] = classifiers.agreement(columns[f"{dim}_domain"],
-                                                          [v or None for v in table.column(dim).to_pylist()])
+                                                          _labels(table, dim, input_path, names))
     return report
 
 
@@ -76,6 +77,22 @@ def _prompts(path: Path, column: str, labelled: bool = False) -> tuple[pa.Table,
     if missing:
         raise MisalignError(f"{path}: no label column {', '.join(missing)}")
     return table, prompts
+
+
+def _labels(table: pa.Table, dim: str, path: Path, names: savacu.DomainLabels) -> list[str | None]:
+    """A label column as the classifiers take it: a domain name (matched ignoring case and
+    spacing), None for none ("", "None", null), and the paper's "Unknown" kept (left out of
+    training and of agreement)."""
+    out = []
+    for row, value in enumerate(table.column(dim).to_pylist(), start=1):
+        if isinstance(value, str) and value.strip().lower() == UNKNOWN.lower():
+            out.append(UNKNOWN)
+            continue
+        try:
+            out.append(names.domain(dim, value if value is None else str(value)))
+        except ValueError as exc:
+            raise InputError(path, str(exc).replace(f"label_{dim}", f"column {dim!r}"), row=row) from None
+    return out
 
 
 def _model_name(path: str) -> str:

@@ -94,6 +94,8 @@ class Manifest:
         try:
             raw = json.loads(path.read_text())
             manifest = cls(**{"format": 1, **raw})
+            if not all({"index", "file", "rows", "stats"} <= set(s) for s in manifest.shards):
+                raise ValueError("a shard entry lacks index, file, rows or stats")
         except (ValueError, TypeError) as exc:
             raise ResumeError(f"{path}: not a readable checkpoint manifest ({exc}); use a new run directory") from None
         if manifest.format != MANIFEST_FORMAT:
@@ -162,4 +164,8 @@ class Runner:
         manifest.write(manifest_path)
         self.profiles.append(profile)
         shards = sorted(manifest.shards, key=lambda s: s["index"])
-        return pa.concat_tables([pq.read_table(stage_dir / s["file"]) for s in shards], promote_options="default")
+        try:
+            return pa.concat_tables([pq.read_table(stage_dir / s["file"]) for s in shards], promote_options="default")
+        except (OSError, pa.ArrowException) as exc:
+            raise ResumeError(f"{stage_dir}: a checkpointed shard is missing or damaged ({type(exc).__name__}); "
+                              f"delete {stage_dir} to compute that stage again") from None

@@ -62,18 +62,23 @@ def check_models(config: Config) -> None:
 
 
 def check_bench(config: Config) -> None:
-    """Stage II's files, and a probe that would be tested on its own training split."""
+    """Stage II's files: a given dataset (read now, not after Stage I), the models' files, and a
+    probe without training data or that would be tested on its own training split."""
     bench = config.bench
+    given_csv = bool(bench.dataset) and savacu.is_savacu(bench.dataset)
+    if bench.dataset:
+        from misalign.stages.bench import load_items
+        load_items(bench.dataset, bench.split).require_some(bench.split, rejected_items_path(config))
     for name in bench.models:
         model = config.model(name)
         check_model(name, model)
-        if model.kind == "probe" and not model.path and bench.split in ("train", "all") and not \
-                (bench.dataset and savacu.is_savacu(bench.dataset)):
+        if model.kind == "probe" and not model.path and given_csv:
+            raise ConfigError(f"probe {name!r} has no training data: a SaVaCu CSV has no train split, so set "
+                              f"[models.{name}] path to a Stage I dataset or another CSV, disjoint from the test "
+                              "items")
+        if model.kind == "probe" and not model.path and bench.split in ("train", "all") and not given_csv:
             raise ConfigError(f"probe {name!r} trains on the train split, which bench.split = {bench.split!r} "
                               "also tests on; benchmark another split or give the probe its own path")
-    if bench.dataset:                  # a given dataset is read now, not after Stage I
-        from misalign.stages.bench import load_items
-        load_items(bench.dataset, bench.split).require_some(bench.split, rejected_items_path(config))
 
 
 def rejected_items_path(config: Config) -> Path:

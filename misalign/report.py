@@ -27,7 +27,11 @@ from misalign.stages.bench import SAMPLE_SCHEMA
 from misalign.taxonomy import DIMENSIONS
 
 GROUPS = ("joint", *DIMENSIONS)
-META_KEYS = ("models", "dataset", "runs", "bootstrap", "seed")
+# what the report reads from bench/meta.json
+META_SHAPE = {"models": dict, "dataset": dict, "runs": int, "bootstrap": int, "seed": int, "threshold": (int, float),
+              "temperature": (int, float), "versions": dict, "config": dict}
+META_DATASET = ("source", "split", "items", "sha256")
+META_MODEL = ("description", "stand_in")
 
 
 def load(run_dir) -> tuple[dict, pa.Table]:
@@ -40,15 +44,29 @@ def load(run_dir) -> tuple[dict, pa.Table]:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(meta_path, f"cannot be read as JSON ({one_line(exc)}); run the benchmark again") from None
-    absent = [key for key in META_KEYS if not isinstance(meta, dict) or key not in meta]
-    if absent or not isinstance(meta["models"], dict):
-        raise InputError(meta_path, f"is not a misalign-fast bench record (no {', '.join(absent or ['models'])}); "
-                                    "run the benchmark again")
+    problem = _meta_problem(meta)
+    if problem:
+        raise InputError(meta_path, f"is not a misalign-fast bench record ({problem}); run the benchmark again")
     samples = read_table(samples_path, "parquet")
     missing = [name for name in SAMPLE_SCHEMA.names if name not in samples.column_names]
     if missing:
         raise InputError(samples_path, f"is not a misalign-fast verdict file: no column {', '.join(missing)}")
     return meta, samples
+
+
+def _meta_problem(meta) -> str | None:
+    if not isinstance(meta, dict):
+        return "not a JSON object"
+    for key, kind in META_SHAPE.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            return f"no {key} of the right type"
+    absent = [key for key in META_DATASET if key not in meta["dataset"]]
+    if absent:
+        return f"its dataset has no {', '.join(absent)}"
+    for name, model in meta["models"].items():
+        if not isinstance(model, dict) or not all(key in model for key in META_MODEL):
+            return f"model {name!r} has no {' or '.join(META_MODEL)}"
+    return None
 
 
 def model_metrics(samples, model: str, bootstrap: int, seed: int) -> dict:

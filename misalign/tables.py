@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from misalign.errors import InputError
 
 FORMATS = ("jsonl", "csv", "parquet")
+MAX_BLOCK = 2**31 - 1          # pyarrow's largest block: a record up to 2 GiB
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv",
                ".parquet": "parquet", ".pq": "parquet"}
 _PARQUET_MAGIC = b"PAR1"
@@ -95,7 +96,7 @@ def _with_block_size(path, read):
     except pa.ArrowInvalid as exc:
         if "straddl" not in str(exc):
             raise
-    return read(max(os.path.getsize(path) + 1, 1 << 20))
+    return read(min(max(os.path.getsize(path) + 1, 1 << 20), MAX_BLOCK))
 
 
 @contextmanager

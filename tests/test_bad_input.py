@@ -95,11 +95,22 @@ def test_report_titles_with_brackets_print_as_written(tmp_path):
     ("run.dir.x=1", "run.dir must be text"),
     ('classify.method="regex"', 'classify.method must be "embedding" or "llm"'),
     ('models.tiny.kind="onnx"', 'models.tiny.kind must be "vllm" or "openai" or "probe"'),
+    ("run.seed=" + "9" * 400, "run.seed must be within [0, "),
+    ("classify.delta=" + "9" * 400, "classify.delta must be a number a float can hold"),
+    ("ray.gpus_per_worker=0", "ray.gpus_per_worker must be > 0"),
+    ('bench.models=["tiny", "tiny"]', "bench.models must be a list of distinct names"),
+    ('models.mine.kind="vllm"', "[models.mine] needs a path"),
+    ('models.r.kind="openai"', "models.r.base_url must be an http:// or https:// URL with a host"),
 ])
 def test_out_of_range_and_mistyped_values_are_refused_at_load(override, message):
     with pytest.raises(ConfigError) as caught:
         config_mod.load(None, [override])
     assert message in str(caught.value)
+
+
+def test_a_malformed_server_url_is_refused_at_load():
+    with pytest.raises(ConfigError, match="base_url must be an http"):
+        config_mod.load(None, ['models.r.kind="openai"', 'models.r.base_url="http://[::1/v1"'])
 
 
 def test_all_zero_split_fractions_are_refused():
@@ -228,6 +239,8 @@ class Misbehaving(BaseHTTPRequestHandler):
                 pass
             return None
         body = {"empty": b"{}", "nochoices": b'{"choices": []}', "notjson": b"<html>oops</html>",
+                "nested": b'{"choices": [{"message": null}], "usage": {"prompt_tokens": "many"}}',
+                "nestedtext": b'{"choices": [{"text": "hi"}], "usage": {"prompt_tokens": "many"}}',
                 "list": b"[1, 2]", "huge": b'{"choices": [{"text": "' + b"a" * 3_000_000 + b'"}]}'}[mode]
         return self._send(200, body)
 
@@ -265,11 +278,14 @@ def engine(url, **settings):
     ("list", "answered JSON without a non-empty 'choices' list"),
     ("notjson", "answered with something that is not JSON: <html>oops</html>"),
     ("redirect", "refused the request: HTTP 302"),
+    ("nested", "answered JSON of an unexpected shape"),
+    ("nestedtext", "answered JSON of an unexpected shape"),
 ])
 def test_malformed_replies_are_one_clear_error_naming_the_url(misbehaving, mode, message):
     with pytest.raises(EngineError) as caught:
-        engine(f"{misbehaving}/{mode}/v1").generate(["hi"], SamplingConfig(max_tokens=1))
-    assert message in str(caught.value) and f"{misbehaving}/{mode}/v1/completions" in str(caught.value)
+        engine(f"{misbehaving}/{mode}/v1", chat=mode == "nested").generate(["hi"], SamplingConfig(max_tokens=1))
+    endpoint = "chat/completions" if mode == "nested" else "completions"
+    assert message in str(caught.value) and f"{misbehaving}/{mode}/v1/{endpoint}" in str(caught.value)
     assert "\n" not in str(caught.value)
 
 
@@ -293,6 +309,10 @@ def test_credentials_never_reach_a_message_or_a_file(misbehaving, monkeypatch, t
     message = str(caught.value)
     assert "HTTP 400" in message and "***" in message
     assert "sk-secretsecret" not in message and "hunter2" not in message
+    monkeypatch.delenv("MISALIGN_TEST_KEY")
+    with pytest.raises(EngineError) as caught:
+        engine(f"http://user:hunter2@{host}/v1?key=sk-abc", api_key_env="MISALIGN_TEST_KEY")
+    assert "hunter2" not in str(caught.value) and "sk-abc" not in str(caught.value)
     config = config_mod.load(None, ["models.remote.kind=\"openai\"", f'models.remote.base_url="http://u:hunter2@{host}/v1"'])
     assert "hunter2" not in config_mod.to_toml(config)
     from misalign.inference.pool import EnginePool
@@ -413,19 +433,51 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
 
 # 13 ------------------------------------------------------------------- report on a damaged run
 
+COMPLETE_META = {"models": {"m": {"description": "m", "stand_in": False}}, "runs": 1, "bootstrap": 0, "seed": 0,
+                 "dataset": {"source": "x", "split": "test", "items": 1, "sha256": "0"}, "threshold": 0.5,
+                 "temperature": 0.0, "versions": {}, "config": {}}
+
+
 @pytest.mark.parametrize("damage,message", [
     ("meta", "meta.json: cannot be read as JSON"),
     ("meta-shape", "is not a misalign-fast bench record"),
+    ("meta-dataset", "is not a misalign-fast bench record (its dataset has no sha256)"),
     ("samples", "samples.parquet: is not a Parquet file"),
 ])
 def test_report_on_a_damaged_run_is_one_line(tmp_path, damage, message):
     (tmp_path / "bench").mkdir()
+    incomplete = {**COMPLETE_META, "dataset": {"source": "x", "split": "test", "items": 1}}
     (tmp_path / "bench" / "meta.json").write_text("{not json" if damage == "meta" else
                                                   '{"models": 1}' if damage == "meta-shape" else
-                                                  json.dumps({"models": {}, "dataset": {}, "runs": 1, "bootstrap": 0,
-                                                              "seed": 0}))
+                                                  json.dumps(incomplete) if damage == "meta-dataset" else
+                                                  json.dumps(COMPLETE_META))
     (tmp_path / "samples.parquet").write_bytes(b"garbage")
     one_line_error(cli("report", tmp_path), message)
+
+
+def test_a_damaged_checkpoint_is_one_line(tmp_path):
+    from misalign.pipeline import ResumeError, Runner
+    from misalign.stages.base import Stage
+
+    class Same(Stage):
+        name = "same"
+
+        def run(self, table):
+            return table
+    table = pa.table({"id": ["a", "b"], "prompt": ["x", "y"]})
+    Runner(tmp_path, shard_rows=1).run([Same()], table)
+    (tmp_path / "stages" / "00_same" / "shard-00001.parquet").write_bytes(b"garbage")
+    with pytest.raises(ResumeError, match="a checkpointed shard is missing or damaged"):
+        Runner(tmp_path, shard_rows=1).run([Same()], table)
+
+
+def test_prompts_with_lone_surrogates_are_set_aside(tmp_path):
+    from misalign.stages.ingest import read_prompts
+    (tmp_path / "a.csv").write_bytes(b"id,prompt\n\xff,hello\nb,ok\n")
+    (tmp_path / "b.jsonl").write_text('{"prompt": "\\udc80 x"}\n{"prompt": "fine"}\n')
+    for name in ("a.csv", "b.jsonl"):
+        table, rejected = read_prompts(tmp_path / name)
+        assert table.num_rows == 1 and len(rejected) == 1 and "not valid UTF-8" in rejected[0].reason
 
 
 # 14 ------------------------------------------------------------------- --limit

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -53,7 +54,7 @@ class OpenAIEngine:
             key = os.environ.get(config.api_key_env)
             if not key:
                 raise EngineError(f"environment variable {config.api_key_env} (the API key for "
-                                  f"{config.base_url}) is not set")
+                                  f"{redact_url(config.base_url)}) is not set")
             self._headers["Authorization"] = f"Bearer {key}"
 
     # -- transport -----------------------------------------------------------------------------
@@ -77,6 +78,8 @@ class OpenAIEngine:
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}: {self._scrub(str(exc))}"
                 continue
+            except httpx.DecodingError as exc:        # e.g. a body that says gzip and is not
+                raise EngineError(f"{shown} sent an answer that cannot be decoded ({self._scrub(str(exc))})") from None
             if status in RETRY_STATUS:
                 last = f"HTTP {status}"
                 continue
@@ -95,6 +98,16 @@ class OpenAIEngine:
                                       "bytes (OpenAIConfig.max_response_bytes); stopped reading it")
                 chunks.append(chunk)
             return response.status_code, b"".join(chunks)
+
+    @contextmanager
+    def _reading(self, path: str):
+        """A field of the wrong type deep inside an answer: one error naming the URL."""
+        try:
+            yield
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            url = redact_url(self.config.base_url.rstrip("/") + path)
+            raise EngineError(f"{url} answered JSON of an unexpected shape ({type(exc).__name__}: "
+                              f"{self._scrub(str(exc))})") from None
 
     def _scrub(self, text: str | bytes) -> str:
         """A server's words for a message: one line, 200 characters at most, without our key
@@ -155,8 +168,10 @@ class OpenAIEngine:
         requests = [self._body(p, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
                                top_p=sampling.top_p, **({"seed": int(s)} if s is not None else {}))
                     for p, s in zip(prompts, seeds)]
-        replies = self._post_all(requests[0][0] if requests else "/completions", [b for _, b in requests])
-        return [self._count(r) for r in replies]
+        path = requests[0][0] if requests else "/completions"
+        replies = self._post_all(path, [b for _, b in requests])
+        with self._reading(path):
+            return [self._count(r) for r in replies]
 
     def label_probs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> np.ndarray:
         return self.answer_probs(prompts, choices).probs
@@ -187,7 +202,12 @@ class OpenAIEngine:
         extra = ({"logprobs": True, "top_logprobs": self.config.top_logprobs} if self.config.chat
                  else {"logprobs": self.config.top_logprobs})
         requests = [self._body(p, max_tokens=1, temperature=0.0, **extra) for p in prompts]
-        replies = self._post_all(requests[0][0] if requests else "/completions", [b for _, b in requests])
+        path = requests[0][0] if requests else "/completions"
+        replies = self._post_all(path, [b for _, b in requests])
+        with self._reading(path):
+            return self._answers_from_top_logprobs(replies, choices)
+
+    def _answers_from_top_logprobs(self, replies: list[dict], choices: Sequence[str]) -> AnswerProbs:
         probs, mass = np.empty((len(replies), len(choices))), np.zeros(len(replies))
         for row, reply in enumerate(replies):
             text = self._count(reply).text
@@ -215,7 +235,7 @@ class OpenAIEngine:
                 {"model": self.model, "prompt": c, "add_special_tokens": False} for c in choices])]
             texts = [r["prompt"] for r in self._post_all(root + "/detokenize", [
                 {"model": self.model, "tokens": [i]} for i in ids])]
-        except (EngineError, KeyError, IndexError):
+        except (EngineError, KeyError, IndexError, TypeError, ValueError):
             tokens = None
         else:
             check_choices(choices, ids)
@@ -228,19 +248,22 @@ class OpenAIEngine:
         ids = [i for i, _ in tokens]
         requests = [self._body(p, max_tokens=1, temperature=0.0, logprob_token_ids=ids,
                                logprobs=True if self.config.chat else 1) for p in prompts]
-        replies = self._post_all(requests[0][0] if requests else "/completions", [b for _, b in requests])
+        path = requests[0][0] if requests else "/completions"
+        replies = self._post_all(path, [b for _, b in requests])
         probs, mass = np.empty((len(replies), len(tokens))), np.zeros(len(replies))
-        for row, reply in enumerate(replies):
-            self._count(reply)
-            top = _top_logprobs(reply["choices"][0])
-            logprobs = [top.get(text) for _, text in tokens]
-            probs[row], mass[row] = renormalise(logprobs), mass_of(logprobs)
+        with self._reading(path):
+            for row, reply in enumerate(replies):
+                self._count(reply)
+                top = _top_logprobs(reply["choices"][0])
+                logprobs = [top.get(text) for _, text in tokens]
+                probs[row], mass[row] = renormalise(logprobs), mass_of(logprobs)
         return AnswerProbs(probs, mass)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         replies = self._post_all("/embeddings", [{"model": self.model, "input": t} for t in texts])
         self._stats.requests += len(replies)
-        vectors = np.array([r["data"][0]["embedding"] for r in replies], dtype=np.float32)
+        with self._reading("/embeddings"):
+            vectors = np.array([r["data"][0]["embedding"] for r in replies], dtype=np.float32).reshape(len(replies), -1)
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
     def stats(self) -> EngineStats:

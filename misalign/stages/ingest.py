@@ -34,9 +34,9 @@ def read_prompts(path, column: str = "prompt", fmt: str | None = None, max_chars
     ids, prompts, rejected = [], [], []
     for row, record_id, value, problem in rows:
         if problem is None:
-            problem = _check(value, max_chars)
+            problem = _check(value, max_chars) or (None if _encodable(record_id) else "id is not valid UTF-8")
         if problem:
-            rejected.append(Rejected(row, problem, value if isinstance(value, str) else None))
+            rejected.append(Rejected(row, problem, value if isinstance(value, str) and _encodable(value) else None))
             continue
         ids.append(str(record_id) if record_id is not None else f"p{row:06d}")
         prompts.append(value)
@@ -48,11 +48,22 @@ def read_prompts(path, column: str = "prompt", fmt: str | None = None, max_chars
     return table, rejected
 
 
+def _encodable(value) -> bool:
+    """False for text holding lone surrogates (a JSON "\\udc80", or CSV bytes that are not UTF-8)."""
+    try:
+        str(value).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check(value, max_chars: int) -> str | None:
     if value is None:
         return "prompt is null or missing"
     if not isinstance(value, str):
         return f"prompt is {type(value).__name__}, not text"
+    if not _encodable(value):
+        return "not valid UTF-8"
     if not value.strip():
         return "prompt is empty"
     if len(value) > max_chars:
