@@ -17,6 +17,7 @@ from pathlib import Path
 from misalign import savacu
 from misalign.config import BUNDLED_PREFIX, Config, ModelConfig, redact_url
 from misalign.errors import ConfigError
+from misalign.tables import one_line
 from misalign.inference.base import ChoiceError, answer_codes, check_choices
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
@@ -62,13 +63,10 @@ def check_models(config: Config) -> None:
 
 
 def check_bench(config: Config) -> None:
-    """Stage II's files: a given dataset (read now, not after Stage I), the models' files, and a
-    probe without training data or that would be tested on its own training split."""
+    """Stage II's files: the models', and a probe without training data or that would be
+    tested on its own training split."""
     bench = config.bench
     given_csv = bool(bench.dataset) and savacu.is_savacu(bench.dataset)
-    if bench.dataset:
-        from misalign.stages.bench import load_items
-        load_items(bench.dataset, bench.split).require_some(bench.split, rejected_items_path(config))
     for name in bench.models:
         model = config.model(name)
         check_model(name, model)
@@ -116,6 +114,10 @@ def require(config: Config, stage1: bool = True, stage2: bool = True) -> list[Mo
     if stage1:
         check_models(config)
     if stage2:
+        bench = config.bench
+        if bench.dataset:                    # a given dataset is read now, not after Stage I
+            from misalign.stages.bench import load_items
+            load_items(bench.dataset, bench.split).require_some(bench.split, rejected_items_path(config))
         check_bench(config)
     results = check(config, stage1, stage2)
     for result in results:
@@ -178,8 +180,7 @@ def _check_local(name: str, model, config: Config, taxonomy: Taxonomy, prompts: 
         from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as exc:     # transformers raises many kinds for a missing or broken tokenizer
-        reason = " ".join(str(exc).split())[:200]
-        result.problems.append(f"{path} has no usable tokenizer ({type(exc).__name__}: {reason})")
+        result.problems.append(f"{path} has no usable tokenizer ({type(exc).__name__}: {one_line(exc)})")
         return
     result.tokenizer = f"{len(tokenizer):,} tokens"
     template = getattr(tokenizer, "chat_template", None)

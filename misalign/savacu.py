@@ -8,8 +8,6 @@ paper's files write them into taxonomy domains.
 """
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,34 +47,26 @@ def read_savacu(path) -> tuple[list[SavacuPair], list[tuple[int, str]]]:
         raw = Path(path).read_bytes()
     except OSError as exc:
         raise InputError(path, f"cannot read: {exc.strerror}") from None
-    text = raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    row = 0
-    try:
-        with tables.csv_fields_unbounded():
-            header = next(reader, None) or []
-            generators = _savacu_header(path, header)
-            pairs, problems, first_row = [], [], {}
-            for row, fields in enumerate(reader, start=1):
-                if len(fields) != len(header):
-                    problems.append((row, f"has {len(fields)} fields, the header has {len(header)}"))
-                    continue
-                if any(tables.undecodable(f) for f in fields):
-                    problems.append((row, "is not valid UTF-8"))
-                    continue
-                record = {name: value.strip() for name, value in zip(header, fields)}
-                if not record["prompt"]:
-                    problems.append((row, "prompt is empty"))
-                    continue
-                if record["row_index"] in first_row:
-                    problems.append((row, f"row_index {record['row_index']!r} is also row "
-                                          f"{first_row[record['row_index']]}'s"))
-                    continue
-                first_row[record["row_index"]] = row
-                pairs.extend(_savacu_pairs(row, record, generators, problems))
-    except csv.Error as exc:
-        problem = "a quoted field is never closed" if "end of data" in str(exc) else f"is not valid CSV ({exc})"
-        raise InputError(path, problem, row=row + 1) from None
+    rows = tables.csv_rows(path, raw)
+    header = next(rows, (0, []))[1]
+    generators = _savacu_header(path, header)
+    pairs, problems, first_row = [], [], {}
+    for row, fields in rows:
+        if len(fields) != len(header):
+            problems.append((row, f"has {len(fields)} fields, the header has {len(header)}"))
+            continue
+        if any(tables.undecodable(f) for f in fields):
+            problems.append((row, "is not valid UTF-8"))
+            continue
+        record = {name: value.strip() for name, value in zip(header, fields)}
+        if not record["prompt"]:
+            problems.append((row, "prompt is empty"))
+            continue
+        if record["row_index"] in first_row:
+            problems.append((row, f"row_index {record['row_index']!r} is also row {first_row[record['row_index']]}'s"))
+            continue
+        first_row[record["row_index"]] = row
+        pairs.extend(_savacu_pairs(row, record, generators, problems))
     return pairs, problems
 
 

@@ -115,22 +115,32 @@ def check_header(path, header: list[str]) -> None:
         raise InputError(path, f"the header names column {', '.join(map(repr, repeated))} more than once")
 
 
+def csv_rows(path, raw: bytes | None = None) -> Iterator[tuple[int, list[str]]]:
+    """(row, fields) of a CSV file read strictly by Python's csv module, the header as row 0:
+    fields of any length, bytes that are not UTF-8 kept as surrogates (see `undecodable`), and
+    a malformed file an InputError naming the row.  `raw`: the file's bytes, if already read."""
+    raw = Path(path).read_bytes() if raw is None else raw
+    text = raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+    row = 0
+    with csv_fields_unbounded():
+        try:
+            for row, fields in enumerate(csv.reader(io.StringIO(text, newline=""), strict=True)):
+                yield row, fields
+        except csv.Error as exc:
+            problem = "a quoted field is never closed" if "end of data" in str(exc) else f"is not valid CSV ({exc})"
+            raise InputError(path, problem, row=row + 1) from None
+
+
 def _locate_csv_problem(path, header: list[str]) -> None:
     """Read the file with Python's strict csv module to name the first bad row; return if none."""
-    text = Path(path).read_bytes().decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    row = 0
-    try:
-        next(reader, None)
-        for row, record in enumerate(reader, start=1):
-            if len(record) != len(header):
-                raise InputError(path, f"has {len(record)} fields, the header has {len(header)}", row=row)
-            bad = next((name for name, field in zip(header, record) if undecodable(field)), None)
-            if bad is not None:
-                raise InputError(path, f"column {bad!r} is not valid UTF-8", row=row)
-    except csv.Error as exc:
-        problem = "a quoted field is never closed" if "end of data" in str(exc) else f"is not valid CSV ({exc})"
-        raise InputError(path, problem, row=row + 1) from None
+    for row, record in csv_rows(path):
+        if row == 0:
+            continue
+        if len(record) != len(header):
+            raise InputError(path, f"has {len(record)} fields, the header has {len(header)}", row=row)
+        bad = next((name for name, field in zip(header, record) if undecodable(field)), None)
+        if bad is not None:
+            raise InputError(path, f"column {bad!r} is not valid UTF-8", row=row)
 
 
 def undecodable(text: str) -> bool:
@@ -145,7 +155,7 @@ def one_line(exc) -> str:
 
 def _read_jsonl(path) -> pa.Table:
     """Records of any size; an empty file is a table without rows (like a CSV with only a header)."""
-    if os.path.getsize(path) == 0 or not Path(path).read_bytes().strip():
+    if os.path.getsize(path) == 0:        # pyarrow refuses it; blank lines alone it reads as no rows
         return pa.table({})
     try:
         return _with_block_size(path, lambda block: pajson.read_json(path, read_options=pajson.ReadOptions(

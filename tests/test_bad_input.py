@@ -438,19 +438,18 @@ COMPLETE_META = {"models": {"m": {"description": "m", "stand_in": False}}, "runs
                  "temperature": 0.0, "versions": {}, "config": {}}
 
 
-@pytest.mark.parametrize("damage,message", [
-    ("meta", "meta.json: cannot be read as JSON"),
-    ("meta-shape", "is not a misalign-fast bench record"),
-    ("meta-dataset", "is not a misalign-fast bench record (its dataset has no sha256)"),
-    ("samples", "samples.parquet: is not a Parquet file"),
+INCOMPLETE_META = {**COMPLETE_META, "dataset": {"source": "x", "split": "test", "items": 1}}
+
+
+@pytest.mark.parametrize("meta,message", [
+    ("{not json", "meta.json: cannot be read as JSON"),
+    ('{"models": 1}', "is not a misalign-fast bench record"),
+    (json.dumps(INCOMPLETE_META), "is not a misalign-fast bench record (its dataset has no sha256)"),
+    (json.dumps(COMPLETE_META), "samples.parquet: is not a Parquet file"),
 ])
-def test_report_on_a_damaged_run_is_one_line(tmp_path, damage, message):
+def test_report_on_a_damaged_run_is_one_line(tmp_path, meta, message):
     (tmp_path / "bench").mkdir()
-    incomplete = {**COMPLETE_META, "dataset": {"source": "x", "split": "test", "items": 1}}
-    (tmp_path / "bench" / "meta.json").write_text("{not json" if damage == "meta" else
-                                                  '{"models": 1}' if damage == "meta-shape" else
-                                                  json.dumps(incomplete) if damage == "meta-dataset" else
-                                                  json.dumps(COMPLETE_META))
+    (tmp_path / "bench" / "meta.json").write_text(meta)
     (tmp_path / "samples.parquet").write_bytes(b"garbage")
     one_line_error(cli("report", tmp_path), message)
 

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from misalign.config import redact_url
+from misalign.tables import one_line
 from misalign.inference.base import (AnswerProbs, ChoiceError, EngineError, EngineStats, Generation, Prompt,
                                      SamplingConfig, Timer, check_choices, mass_of, renormalise)
 
@@ -119,8 +120,7 @@ class OpenAIEngine:
             text = text.replace(key, "***")
         for pattern, replacement in CREDENTIALS:
             text = pattern.sub(replacement, text)
-        text = " ".join(text.split())
-        return text if len(text) <= 200 else text[:197] + "..."
+        return one_line(text)
 
     def _post_all(self, path: str, bodies: list[dict]) -> list[dict]:
         import httpx

@@ -2,8 +2,6 @@
 stopping the run: null or missing, not text, empty, over the length cap, not UTF-8, not JSON."""
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,26 +78,19 @@ def _jsonl_rows(path, raw: bytes, column: str):
 
 
 def _csv_rows(path, raw: bytes, column: str):
-    text = raw.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    row_no = 0
-    try:
-        with tables.csv_fields_unbounded():
-            header = next(reader, None) or []
-            tables.check_header(path, header)
-            if column not in header:
-                raise InputError(path, f"has no column {column!r} (columns: {', '.join(header)})")
-            where, id_at = header.index(column), header.index("id") if "id" in header else None
-            for row_no, fields in enumerate(reader, start=1):
-                if len(fields) != len(header):
-                    yield row_no, None, None, f"has {len(fields)} fields, the header has {len(header)}"
-                elif any("\udc80" <= ch <= "\udcff" for ch in fields[where]):
-                    yield row_no, None, None, "not valid UTF-8"
-                else:
-                    yield row_no, (fields[id_at] or None) if id_at is not None else None, fields[where], None
-    except csv.Error as exc:
-        problem = "a quoted field is never closed" if "end of data" in str(exc) else f"is not valid CSV ({exc})"
-        raise InputError(path, problem, row=row_no + 1) from None
+    rows = tables.csv_rows(path, raw)
+    header = next(rows, (0, []))[1]
+    tables.check_header(path, header)
+    if column not in header:
+        raise InputError(path, f"has no column {column!r} (columns: {', '.join(header)})")
+    where, id_at = header.index(column), header.index("id") if "id" in header else None
+    for row_no, fields in rows:
+        if len(fields) != len(header):
+            yield row_no, None, None, f"has {len(fields)} fields, the header has {len(header)}"
+        elif tables.undecodable(fields[where]):
+            yield row_no, None, None, "not valid UTF-8"
+        else:
+            yield row_no, (fields[id_at] or None) if id_at is not None else None, fields[where], None
 
 
 def _parquet_rows(path, raw: bytes, column: str):
