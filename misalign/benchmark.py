@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from misalign import config as config_mod
 from misalign import savacu
 from misalign.config import Config, redact_url
-from misalign.inference.base import Pool
+from misalign.inference.base import EMBEDDER, Pool
 from misalign.tables import atomic_path
 from misalign.pipeline import Runner
 from misalign.preflight import check_bench, rejected_items_path
@@ -33,9 +33,17 @@ def probe_training(config: Config, name: str, source):
     return load_items(config.model(name).path or source, "train")
 
 
-def benchmark(config: Config, pool: Pool, on_progress=None, executor=None) -> dict:
+def bench_passes(config: Config) -> list[tuple[str, str, str | None]]:
+    """(stage, pass, model) for Stage II's passes, one per model under test (a probe uses the
+    embedder), for the memory plan."""
+    return [(f"bench-{name}", f"bench-{name}", EMBEDDER if config.model(name).kind == "probe" else name)
+            for name in config.bench.models]
+
+
+def benchmark(config: Config, pool: Pool, on_progress=None, executor=None, schedule: dict | None = None) -> dict:
     """Run Stage II with the pool's engines (or on `executor`'s workers, see
-    misalign.distributed); return the meta record (also bench/meta.json)."""
+    misalign.distributed); return the meta record (also bench/meta.json).  `schedule`: the
+    memory plan the run follows, recorded there."""
     check_bench(config)
     bench = config.bench
     run_dir = Path(config.run.dir)
@@ -64,7 +72,7 @@ def benchmark(config: Config, pool: Pool, on_progress=None, executor=None) -> di
             "runs": bench.runs, "threshold": bench.threshold, "temperature": bench.temperature,
             "questions": questions(bench.per_dimension), "seed": config.run.seed, "bootstrap": bench.bootstrap,
             "config": tomllib.loads(config_mod.to_toml(config)), "versions": versions(),
-            "profile": [p.as_dict() for p in runner.profiles]}
+            "profile": [p.as_dict() for p in runner.profiles], "schedule": schedule}
     with atomic_path(bench_dir / "meta.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=1))
     return meta

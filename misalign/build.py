@@ -46,10 +46,10 @@ STATS_COLUMNS = ["dimension", "domain", "classified", "unknown", "expanded", "ex
                  "misaligned_filtered", "truncated", "resampled", "recovered_by_resampling", "final_pairs"]
 
 
-def build(config: Config, pool: Pool, on_progress=None, executor=None) -> dict:
+def build(config: Config, pool: Pool, on_progress=None, executor=None, schedule: dict | None = None) -> dict:
     """Run Stage I with the pool's engines (row-wise stages on `executor`'s workers if given,
     see misalign.distributed); return a summary (counts, paths, per-stage profile, per-domain
-    stats)."""
+    stats).  `schedule`: the memory plan the run follows, recorded in run.json."""
     check_models(config)
     source = config.input.path or str(resources.files("misalign").joinpath("data/sample_prompts.jsonl"))
     table, rejected = read_prompts(source, config.input.column, config.input.format or None,
@@ -82,7 +82,7 @@ def build(config: Config, pool: Pool, on_progress=None, executor=None) -> dict:
                **{key: reject.get(key, 0) for key in ("resampled_pairs", "recovered_pairs", "truncated_candidates")},
                "models": {"classifier": stages[0].method,
                           **{name: pool.describe(name) for name in config.stage1_models()}},
-               "role_warnings": config.role_warnings(), "seed": config.run.seed,
+               "role_warnings": config.role_warnings(), "seed": config.run.seed, "schedule": schedule,
                "versions": versions(), "profile": profile, "stats": stats}
     _write_text(run_dir / "run.json", json.dumps({k: v for k, v in summary.items() if k != "stats"}, indent=1))
     _write_text(run_dir / "README.md", dataset_card(summary))
@@ -99,6 +99,12 @@ def stage1_stages(config: Config, pool: Pool, taxonomy: Taxonomy) -> list[Stage]
             RespondStage(config.respond, pool, seed=seed),
             RejectStage(config.reject, pool, respond=config.respond, seed=seed),
             SplitStage(config.split, dedup=config.dedup, seed=seed)]
+
+
+def stage1_passes(config: Config) -> list[tuple[str, str, str | None]]:
+    """(stage, pass, model) for Stage I's passes, for the memory plan (no engine is started)."""
+    return [(stage.name, step.name, step.model) for stage in stage1_stages(config, None, Taxonomy.load())
+            for step in stage.passes()]
 
 
 def write_dataset(final: pa.Table, dataset_dir: Path) -> dict[str, int]:

@@ -213,11 +213,12 @@ def _load_config(config_path, overrides, run_dir, executor, settings=None):
 
 
 @contextmanager
-def _engines(config):
-    """The run's engine pool and, with run.executor = "ray", its Ray workers; closed at the end."""
+def _engines(config, schedule):
+    """The run's engine pool (following the memory plan) and, with run.executor = "ray", its Ray
+    workers; closed at the end."""
     from misalign.distributed import executor
     from misalign.inference.pool import EnginePool
-    pool = EnginePool(config, config.run.dir)
+    pool = EnginePool(config, config.run.dir, schedule.plan)
     workers = executor(config)
     try:
         yield pool, workers
@@ -240,20 +241,20 @@ def _progress():
     return progress, on_progress
 
 
-def _stage1(config, pool, workers, per_domain=True):
+def _stage1(config, pool, workers, schedule, per_domain=True):
     from misalign.build import build as run_build
     progress, on_progress = _progress()
     with progress:
-        summary = run_build(config, pool, on_progress, workers)
+        summary = run_build(config, pool, on_progress, workers, schedule.as_dict())
     _print_build_summary(summary, per_domain)
 
 
-def _stage2(config, pool, workers):
+def _stage2(config, pool, workers, schedule):
     from misalign.benchmark import benchmark
     from misalign.report import report
     progress, on_progress = _progress()
     with progress:
-        meta = benchmark(config, pool, on_progress, workers)
+        meta = benchmark(config, pool, on_progress, workers, schedule.as_dict())
     _print_profile(meta["profile"], "per model under test")
     res = report(config.run.dir, out)
     out.print(f"results.json, samples.parquet, plots/ and report.html written to {config.run.dir}")
@@ -274,9 +275,9 @@ def build(config_path, overrides, run_dir, executor, limit):
     resume an interrupted run.
     """
     config = _load_config(config_path, overrides, run_dir, executor, {"run.limit": limit})
-    _preflight(config, stage2=False)
-    with _engines(config) as (pool, workers):
-        _stage1(config, pool, workers)
+    schedule = _preflight(config, stage2=False)
+    with _engines(config, schedule) as (pool, workers):
+        _stage1(config, pool, workers, schedule)
 
 
 @main.command()
@@ -308,9 +309,9 @@ def bench(config_path, overrides, run_dir, executor, dataset, split, runs, model
     config = _load_config(config_path, overrides, run_dir, executor, {
         "bench.dataset": str(dataset) if dataset is not None else None, "bench.split": split, "bench.runs": runs,
         "bench.models": [m.strip() for m in model_names.split(",")] if model_names else None})
-    _preflight(config, stage1=False)
-    with _engines(config) as (pool, workers):
-        _stage2(config, pool, workers)
+    schedule = _preflight(config, stage1=False)
+    with _engines(config, schedule) as (pool, workers):
+        _stage2(config, pool, workers, schedule)
 
 
 @main.command()
@@ -326,18 +327,51 @@ def run(config_path, overrides, run_dir, executor):
     configs/paper-gpu.toml is the paper's set-up.  Run the same command again to resume an interrupted run.
     """
     config = _load_config(config_path, overrides, run_dir, executor)
-    _preflight(config)
-    with _engines(config) as (pool, workers):      # one engine per model (per worker), for both stages
-        _stage1(config, pool, workers, per_domain=False)
-        _stage2(config, pool, workers)
+    schedule = _preflight(config)
+    with _engines(config, schedule) as (pool, workers):      # engines kept across both stages where they fit
+        _stage1(config, pool, workers, schedule, per_domain=False)
+        _stage2(config, pool, workers, schedule)
 
 
 def _preflight(config, stage1=True, stage2=True):
-    """The check that runs before any engine starts: one line when all is well."""
-    from misalign.preflight import require
+    """The check that runs before any engine starts: one line when all is well, then the memory
+    plan; the plan's schedule."""
+    from misalign.preflight import plan_run, require
     results = require(config, stage1, stage2)
     out.print(f"check: {len(results)} model{'s' if len(results) != 1 else ''} ready "
               f"({', '.join(r.name for r in results)}); `misalign-fast check` shows the details")
+    schedule = plan_run(config, stage1, stage2)
+    schedule.plan.require()
+    _print_schedule(schedule)
+    return schedule
+
+
+def _print_schedule(schedule, passes=True):
+    """The memory plan: what each model needs, how many engines share the device, and (with
+    `passes`) which pass starts or releases which engine."""
+    from misalign.memory_plan import GIB
+    plan = schedule.plan
+    cap = f"run.resident_models = {plan.resident_models}" if plan.resident_models else "as many as fit"
+    table = Table(title=f"memory plan: {plan.device.describe()}; {plan.slots} engine"
+                        f"{'s' if plan.slots != 1 else ''} resident at once ({cap})", title_justify="left")
+    for name in ("model", "weights", "KV / sequence", "needs", "share", "from"):
+        table.add_column(name, justify="left" if name in ("model", "from") else "right")
+    for m in plan.models.values():
+        table.add_row(Text(m.name), f"{m.weights / GIB:.1f} GiB", f"{m.kv_per_token * m.max_model_len / GIB:.2f} GiB",
+                      f"{m.need / GIB:.1f} GiB", f"{m.share:.0%}", m.source)
+    out.print(table)
+    if not passes:
+        return
+    steps = Table(title="schedule (passes in order; a pass with nothing to do starts nothing)", title_justify="left")
+    for name in ("stage", "pass", "model", "engine"):
+        steps.add_column(name)
+    for step in schedule.steps:
+        if step.action != "none":
+            released = f", releases {', '.join(step.releases)}" if step.releases else ""
+            steps.add_row(step.stage, step.pass_name, Text(step.model), step.action + released)
+    out.print(steps)
+    starts = ", ".join(f"{name} {n}" for name, n in schedule.engine_starts().items())
+    out.print(Text(f"engine starts at most: {starts or 'none'}"))
 
 
 @main.command()
@@ -356,11 +390,11 @@ def check(config_path, overrides, run_dir, executor):
     results = run_checks(config)
     table = Table(title="check", title_justify="left")
     for name in ("model", "roles", "source", "tokenizer", "chat template", "answer tokens", "longest request",
-                 "status"):
+                 "memory", "status"):
         table.add_column(name, overflow="fold")
     for r in results:
         table.add_row(Text(r.name), ", ".join(r.roles), Text(r.source), r.tokenizer, r.chat_template,
-                      Text(r.answers), r.context, Text(r.problems[0] if r.problems else "ok",
+                      Text(r.answers), r.context, r.memory, Text(r.problems[0] if r.problems else "ok",
                                                          style="red" if r.problems else "green"))
     out.print(table)
     for r in results:
@@ -370,6 +404,43 @@ def check(config_path, overrides, run_dir, executor):
     if problems:
         raise MisalignError(f"check: model {problems[0].name!r}: {problems[0].problems[0]}")
     out.print(f"{len(results)} models ready")
+
+
+@main.command("plan")
+@_config_options
+@click.option("--gpus", type=click.IntRange(min=1), help="Plan for this many GPUs (with --gpu-memory) instead of "
+                                                         "this machine's device.")
+@click.option("--gpu-memory", type=click.FloatRange(min=1), metavar="GIB",
+              help="Memory of each of those GPUs in GiB: 79.6 for an H100 80GB, 140.4 for an H200.")
+@click.option("--shapes", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Model shapes for models whose files are not on this machine: DIR/NAME/config.json, NAME "
+                   "being the last part of the model's path (benchmarks/gpu/shapes has the paper's models).")
+def plan(config_path, overrides, run_dir, executor, gpus, gpu_memory, shapes):
+    """The memory plan of a run, in a second, without loading any model.
+
+    What each local model needs (weights from its safetensors headers, else from config.json's
+    shape; KV cache; engine overhead), how many engines the device holds at once, and which
+    pass of which stage starts or releases which engine.  `run`, `build` and `bench` print the
+    same plan before their first engine starts.  Exit status 2 when a model cannot fit on its
+    own.  For another box, or models stored elsewhere:
+
+      misalign-fast plan configs/paper-gpu.toml --gpu-memory 79.6 --shapes benchmarks/gpu/shapes
+    """
+    from misalign.memory_plan import GIB, Device
+    from misalign.preflight import plan_run
+    config = _load_config(config_path, overrides, run_dir, executor)
+    if gpus and not gpu_memory:
+        raise click.UsageError("--gpus needs --gpu-memory (GiB per GPU)")
+    device = Device("gpu", int(gpu_memory * GIB), gpus or 1, f"{gpu_memory:g} GiB GPU") if gpu_memory else None
+    directories = {}
+    for name, model in config.models.items():
+        candidate = Path(shapes or ".") / Path(model.path).name
+        if shapes and model.kind == "vllm" and model.path and not (Path(model.path) / "config.json").exists() \
+                and (candidate / "config.json").exists():
+            directories[name] = candidate
+    schedule = plan_run(config, device=device, directories=directories)
+    _print_schedule(schedule)
+    schedule.plan.require()
 
 
 @main.command()
@@ -384,12 +455,15 @@ def report(run_dir):
 
 def _print_profile(profile, title="per stage"):
     table = Table(title=title, title_justify="left")
-    for name in ("stage", "in", "out", "seconds", "items/s", "prompt tok", "gen tok", "tok/s", "cache hits", "shards reused"):
+    for name in ("stage", "in", "out", "seconds", "items/s", "prompt tok", "gen tok", "tok/s", "cache hits",
+                 "engine starts", "shards reused"):
         table.add_column(name, justify="left" if name == "stage" else "right")
     for p in profile:
+        starts = sum(p["engine_starts"].values())
         table.add_row(p["stage"], f"{p['items_in']:,}", f"{p['items_out']:,}", f"{p['seconds']:.1f}",
                       f"{p['items_per_s']:,.1f}", f"{p['prompt_tokens']:,}", f"{p['generated_tokens']:,}",
                       f"{p['tokens_per_s']:,.0f}", f"{p['prefix_cache_hit_rate']:.0%}",
+                      f"{starts} ({p['startup_seconds']:.0f} s)" if starts else "-",
                       f"{p['shards_reused']}/{p['shards_reused'] + p['shards_run']}")
     out.print(table)
 

@@ -36,6 +36,7 @@ class ModelConfig:
     max_model_len: int = 4096
     gpu_memory_utilization: float = 0.0   # 0: the engine's default for the device
     tensor_parallel_size: int = 1
+    enforce_eager: bool = False    # no CUDA graphs / compilation: a faster start, slower steps
 
 
 @dataclass
@@ -119,6 +120,7 @@ class RunConfig:
     limit: int = 0                 # 0: every input row
     shard_rows: int = 256
     executor: str = "local"        # "local" (this process) or "ray" (row-wise stages on Ray actors)
+    resident_models: int = 0       # engines alive at once at most; 0: as many as the memory plan fits
 
 
 @dataclass
@@ -276,6 +278,7 @@ def validate(config: Config) -> None:
     within("run", "seed", 0, MAX_SEED)
     at_least("run", "limit", 0)
     at_least("run", "shard_rows", 1)
+    at_least("run", "resident_models", 0)
     one_of("run", "executor", ("local", "ray"))
     one_of("input", "format", ("", "jsonl", "csv", "parquet"))
     _check(bool(config.input.column), "input.column", "a column name", config.input.column)

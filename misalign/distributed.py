@@ -37,8 +37,8 @@ class _Worker:
         self.stages[stage.name] = stage.bind(self.pool)
         return True
 
-    def run(self, name: str, index: int, part):
-        return run_shard(self.stages[name], index, part)
+    def run(self, name: str, pass_no: int, index: int, part):
+        return run_shard(self.stages[name], index, part, pass_no)
 
     def close(self) -> bool:
         self.pool.close()
@@ -63,12 +63,13 @@ class RayExecutor:
         self.actors = [actor.remote(config) for _ in range(workers)]
         self.ray = ray
 
-    def map(self, stage, shards):
-        """Yield (index, output, stats) for every (index, table) shard, as each finishes."""
+    def map(self, stage, pass_no: int, shards):
+        """Yield (index, output, stats) for every (index, table) shard through pass `pass_no`
+        of `stage`, as each finishes."""
         from ray.util import ActorPool
         self.ray.get([a.prepare.remote(stage) for a in self.actors])
         pool = ActorPool(self.actors)
-        yield from pool.map_unordered(lambda actor, shard: actor.run.remote(stage.name, *shard), shards)
+        yield from pool.map_unordered(lambda actor, shard: actor.run.remote(stage.name, pass_no, *shard), shards)
 
     def close(self) -> None:
         self.ray.get([a.close.remote() for a in self.actors])

@@ -6,6 +6,9 @@ same run directory skips every shard its manifest lists, so an interrupted run l
 the shards in flight.  A global stage (expand, dedup, split: they need every row) runs in one
 piece, in this process, and is checkpointed when done.  On an executor a stage's `seconds` add
 up the workers' time.
+A stage of several passes (one model each) runs pass by pass, each over every shard before the
+next (model-major): an engine starts once per pass however few fit in memory, and each
+(pass, shard) is checkpointed, so a run killed in the middle of a pass resumes there.
 Stages never call each other; each reads the table the previous one wrote (`run`), or all read
 the same table (`run_each`).  The stage contract is misalign.stages.base.Stage.
 """
@@ -25,7 +28,7 @@ from misalign.stages.base import Stage
 from misalign.tables import atomic_path
 
 
-MANIFEST_FORMAT = 2        # 2: stages count per-domain figures and the split's pairs (#12)
+MANIFEST_FORMAT = 3        # 2: per-domain figures counted by the stages (#12); 3: passes (#10)
 
 
 class ResumeError(MisalignError):
@@ -41,14 +44,20 @@ class StageProfile:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     cached_tokens: int = 0
-    shards_reused: int = 0
+    shards_reused: int = 0         # (pass, shard) pieces taken from the checkpoint
     shards_run: int = 0
+    startup_seconds: float = 0.0   # starting engines; `seconds` is the work alone
+    engine_starts: dict = field(default_factory=dict)   # model -> engines started for it
     counters: dict = field(default_factory=dict)   # the stage's own counts (e.g. unknown_value), summed over shards
 
     def add(self, other: dict) -> None:
         for key, value in other.items():
             if key in SHARD_FIELDS:
                 setattr(self, key, getattr(self, key) + value)
+            elif key.startswith(STARTS):
+                if value:
+                    model = key.removeprefix(STARTS)
+                    self.engine_starts[model] = self.engine_starts.get(model, 0) + value
             else:
                 self.counters[key] = self.counters.get(key, 0) + value
 
@@ -62,17 +71,22 @@ class StageProfile:
                 "tokens_per_s": (self.prompt_tokens + self.generated_tokens) / self.seconds if self.seconds else 0.0}
 
 
-SHARD_FIELDS = ("items_in", "items_out", "seconds", "prompt_tokens", "generated_tokens", "cached_tokens")
+SHARD_FIELDS = ("items_in", "items_out", "seconds", "prompt_tokens", "generated_tokens", "cached_tokens",
+                "startup_seconds")
+STARTS = "engine_starts|"
 
 
-def run_shard(stage: Stage, index: int, part: pa.Table) -> tuple[int, pa.Table, dict]:
-    """One shard through a stage: (index, output, stats of that shard)."""
+def run_shard(stage: Stage, index: int, part: pa.Table, pass_no: int = 0) -> tuple[int, pa.Table, dict]:
+    """One shard through one pass of a stage: (index, output, stats of that piece); the seconds
+    spent starting engines are counted apart from the work."""
     before = stage.counters()
     began = time.perf_counter()
-    out = stage.run(part)
+    out = stage.passes()[pass_no].run(part)
+    elapsed = time.perf_counter() - began
     after = stage.counters()
-    stats = {"items_in": part.num_rows, "items_out": out.num_rows, "seconds": time.perf_counter() - began,
-             **{k: after.get(k, 0) - before.get(k, 0) for k in after}}
+    change = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    stats = {"items_in": part.num_rows, "items_out": out.num_rows, **change,
+             "seconds": elapsed - change.get("startup_seconds", 0.0)}
     return index, out, stats
 
 
@@ -81,7 +95,7 @@ class Manifest:
     stage: str
     input_rows: int
     shard_rows: int
-    shards: list = field(default_factory=list)     # [{"index", "file", "rows", "stats"}]
+    passes: list = field(default_factory=list)     # [{"name", "model", "shards": [{"index", "file", "rows", "stats"}]}]
     complete: bool = False
     format: int = MANIFEST_FORMAT
 
@@ -93,14 +107,14 @@ class Manifest:
             return None
         try:
             raw = json.loads(path.read_text())
-            manifest = cls(**{"format": 1, **raw})
-            if not all({"index", "file", "rows", "stats"} <= set(s) for s in manifest.shards):
+            if raw.get("format", 1) != MANIFEST_FORMAT:
+                raise ResumeError(f"{path.parent}: checkpointed by an older misalign-fast, whose stages counted "
+                                  "their statistics differently; use a new run directory")
+            manifest = cls(**raw)
+            if not all({"index", "file", "rows", "stats"} <= set(s) for p in manifest.passes for s in p["shards"]):
                 raise ValueError("a shard entry lacks index, file, rows or stats")
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, KeyError) as exc:
             raise ResumeError(f"{path}: not a readable checkpoint manifest ({exc}); use a new run directory") from None
-        if manifest.format != MANIFEST_FORMAT:
-            raise ResumeError(f"{path.parent}: checkpointed by an older misalign-fast, whose stages counted their "
-                              "statistics differently; use a new run directory")
         return manifest
 
     def write(self, path: Path) -> None:
@@ -133,39 +147,66 @@ class Runner:
         stage_dir.mkdir(parents=True, exist_ok=True)
         manifest_path = stage_dir / "manifest.json"
         shard_rows = self.shard_rows if stage.rowwise else max(table.num_rows, 1)
-        manifest = Manifest.read(manifest_path) or Manifest(stage.name, table.num_rows, shard_rows)
-        if (manifest.input_rows, manifest.shard_rows) != (table.num_rows, shard_rows):
+        passes = stage.passes()
+        names = [p.name for p in passes]
+        manifest = Manifest.read(manifest_path) or Manifest(stage.name, table.num_rows, shard_rows, [
+            {"name": p.name, "model": p.model, "shards": []} for p in passes])
+        if (manifest.input_rows, manifest.shard_rows, [p["name"] for p in manifest.passes]) != \
+                (table.num_rows, shard_rows, names):
             raise ResumeError(f"{stage_dir}: this run directory holds a {manifest.stage} stage over "
-                              f"{manifest.input_rows} rows in shards of {manifest.shard_rows}, but this "
-                              f"run gives it {table.num_rows} rows in shards of {shard_rows}; use a new "
-                              "run directory, or the same config and input")
+                              f"{manifest.input_rows} rows in shards of {manifest.shard_rows} (passes "
+                              f"{', '.join(p['name'] for p in manifest.passes)}), but this run gives it "
+                              f"{table.num_rows} rows in shards of {shard_rows} (passes {', '.join(names)}); use "
+                              "a new run directory, or the same config and input")
         profile = StageProfile(stage.name)
-        done = {s["index"] for s in manifest.shards}
-        for s in manifest.shards:
-            profile.add(s["stats"])
-            profile.shards_reused += 1
         n_shards = max(-(-table.num_rows // shard_rows), 1)
-        pending = [(index, table.slice(index * shard_rows, shard_rows)) for index in range(n_shards) if index not in done]
-        spread = self.executor is not None and stage.rowwise and pending
-        results = self.executor.map(stage, pending) if spread else (run_shard(stage, i, part) for i, part in pending)
-        finished = len(done)
-        for index, out, stats in results:        # in order of completion (any order on Ray)
-            name = f"shard-{index:05d}.parquet"
-            with atomic_path(stage_dir / name) as tmp:
-                pq.write_table(out, tmp)
-            manifest.shards.append({"index": index, "file": name, "rows": out.num_rows, "stats": stats})
-            manifest.write(manifest_path)
-            profile.add(stats)
-            profile.shards_run += 1
-            finished += 1
-            if self.on_progress:
-                self.on_progress(stage.name, min(finished * shard_rows, table.num_rows), table.num_rows)
+        for pass_no, (step, entry) in enumerate(zip(passes, manifest.passes)):
+            for s in entry["shards"]:
+                profile.add(s["stats"])
+                profile.shards_reused += 1
+            done = {s["index"] for s in entry["shards"]}
+            pending = ((index, self._input(stage_dir, manifest, pass_no, index, table, shard_rows))
+                       for index in range(n_shards) if index not in done)
+            spread = self.executor is not None and stage.rowwise and len(done) < n_shards
+            results = self.executor.map(stage, pass_no, pending) if spread else \
+                (run_shard(stage, index, part, pass_no) for index, part in pending)
+            finished = len(done)
+            label = step.name if len(passes) > 1 else stage.name
+            for index, out, stats in results:        # in order of completion (any order on Ray)
+                name = f"{pass_no:02d}-{step.name}/shard-{index:05d}.parquet"
+                (stage_dir / name).parent.mkdir(exist_ok=True)
+                with atomic_path(stage_dir / name) as tmp:
+                    pq.write_table(out, tmp)
+                # the stage's rows in and out: those of its first and its last pass
+                stats["items_in"] *= pass_no == 0
+                stats["items_out"] *= pass_no == len(passes) - 1
+                entry["shards"].append({"index": index, "file": name, "rows": out.num_rows, "stats": stats})
+                manifest.write(manifest_path)
+                profile.add(stats)
+                profile.shards_run += 1
+                finished += 1
+                if self.on_progress:
+                    self.on_progress(label, min(finished * shard_rows, table.num_rows), table.num_rows)
         manifest.complete = True
         manifest.write(manifest_path)
         self.profiles.append(profile)
-        shards = sorted(manifest.shards, key=lambda s: s["index"])
+        shards = sorted(manifest.passes[-1]["shards"], key=lambda s: s["index"])
+        return pa.concat_tables([self._read(stage_dir, s) for s in shards], promote_options="default")
+
+    @staticmethod
+    def _input(stage_dir: Path, manifest: Manifest, pass_no: int, index: int, table: pa.Table,
+               shard_rows: int) -> pa.Table:
+        """Shard `index` as pass `pass_no` takes it: a slice of the stage's input, or what the
+        previous pass wrote for it."""
+        if pass_no == 0:
+            return table.slice(index * shard_rows, shard_rows)
+        previous = {s["index"]: s for s in manifest.passes[pass_no - 1]["shards"]}
+        return Runner._read(stage_dir, previous[index])
+
+    @staticmethod
+    def _read(stage_dir: Path, shard: dict) -> pa.Table:
         try:
-            return pa.concat_tables([pq.read_table(stage_dir / s["file"]) for s in shards], promote_options="default")
+            return pq.read_table(stage_dir / shard["file"])
         except (OSError, pa.ArrowException) as exc:
             raise ResumeError(f"{stage_dir}: a checkpointed shard is missing or damaged ({type(exc).__name__}); "
                               f"delete {stage_dir} to compute that stage again") from None

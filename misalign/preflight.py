@@ -18,7 +18,8 @@ from misalign import savacu
 from misalign.config import BUNDLED_PREFIX, Config, ModelConfig, redact_url
 from misalign.errors import ConfigError
 from misalign.tables import one_line
-from misalign.inference.base import ChoiceError, answer_codes, check_choices
+from misalign.inference.base import EMBEDDER, ChoiceError, answer_codes, check_choices
+from misalign.memory_plan import GIB, Device, MemoryPlan, Schedule, detect_device, plan_memory, schedule
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
 YES_NO = ["Yes", "No"]
@@ -37,6 +38,7 @@ class ModelCheck:
     chat_template: str = "-"
     answers: str = "-"
     context: str = "-"
+    memory: str = "-"
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -83,10 +85,28 @@ def rejected_items_path(config: Config) -> Path:
     return Path(config.run.dir) / "bench" / "rejected_items.jsonl"
 
 
+def run_passes(config: Config, stage1: bool = True, stage2: bool = True) -> list[tuple[str, str, str | None]]:
+    """(stage, pass, model) for every pass the run makes, in order."""
+    from misalign.benchmark import bench_passes
+    from misalign.build import stage1_passes
+    return [*(stage1_passes(config) if stage1 else []), *(bench_passes(config) if stage2 else [])]
+
+
+def plan_run(config: Config, stage1: bool = True, stage2: bool = True, device: Device | None = None,
+             directories: dict | None = None) -> Schedule:
+    """The memory plan and schedule of the run (on `device`, by default this machine's)."""
+    passes = run_passes(config, stage1, stage2)
+    names = [model for _, _, model in passes if model and model != EMBEDDER]
+    plan = plan_memory(config, device or detect_device(), names, embedder=any(m == EMBEDDER for _, _, m in passes),
+                       directories=directories)
+    return schedule(plan, passes)
+
+
 def check(config: Config, stage1: bool = True, stage2: bool = True) -> list[ModelCheck]:
     """One ModelCheck per model the run uses: in Stage I's roles, as a model under test, or both."""
     taxonomy = Taxonomy.load()
     prompts = _longest_prompts(config) if stage1 else []
+    memory = plan_run(config, stage1, stage2).plan
     results = []
     for name, roles in config.roles().items():
         roles = [r for r in roles if (stage2 if r in STAGE2_ROLES else stage1)]
@@ -103,10 +123,19 @@ def check(config: Config, stage1: bool = True, stage2: bool = True) -> list[Mode
                 _check_server(model, result)
             elif model.kind == "vllm":
                 _check_local(name, model, config, taxonomy, prompts, result)
+                _check_memory(name, memory, result)
             else:
                 result.source = model.path or "the run's train split"
         results.append(result)
     return results
+
+
+def _check_memory(name: str, plan: MemoryPlan, result: ModelCheck) -> None:
+    memory = plan.models.get(name)
+    if memory is None:
+        return
+    result.memory = f"{memory.need / GIB:.1f} GiB" + (f" ({memory.share:.0%} of a GPU)" if plan.device.kind == "gpu" else "")
+    result.problems += [why for model, why in plan.problems if model == name]
 
 
 def require(config: Config, stage1: bool = True, stage2: bool = True) -> list[ModelCheck]:

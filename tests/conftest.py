@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from misalign.inference.base import Engine, Pool
+from misalign.inference.base import EMBEDDER, Engine, Pool
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MISALIGN_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -64,8 +64,11 @@ class SessionPool(Pool):
     def embedder(self) -> Engine:
         return self._embedder
 
-    def started(self, names) -> list[Engine]:
-        return [self.engines[n] for n in dict.fromkeys(names) if n in self.engines]
+    def usage(self, names) -> dict:
+        running = [self._embedder if n == EMBEDDER else self.engines.get(n) for n in dict.fromkeys(names)]
+        stats = [e.stats() for e in running if e is not None]
+        return {key: sum(getattr(s, key) for s in stats) for key in ("prompt_tokens", "generated_tokens",
+                                                                      "cached_tokens")}
 
     def is_stand_in(self, name: str) -> bool:
         return name == "tiny"

@@ -465,7 +465,7 @@ def test_a_damaged_checkpoint_is_one_line(tmp_path):
             return table
     table = pa.table({"id": ["a", "b"], "prompt": ["x", "y"]})
     Runner(tmp_path, shard_rows=1).run([Same()], table)
-    (tmp_path / "stages" / "00_same" / "shard-00001.parquet").write_bytes(b"garbage")
+    (tmp_path / "stages" / "00_same" / "00-same" / "shard-00001.parquet").write_bytes(b"garbage")
     with pytest.raises(ResumeError, match="a checkpointed shard is missing or damaged"):
         Runner(tmp_path, shard_rows=1).run([Same()], table)
 

@@ -74,36 +74,60 @@ def test_build_300_prompts_writes_the_run_directory(tmp_path):
         "ok", "no_prompt", "empty", "cut_off", "refused", "near_duplicate", "surplus"}
 
 
-def test_sigkill_mid_stage_then_resume_equals_an_uninterrupted_run(tmp_path):
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    extra = ["expand.floor=1", "expand.budget=1"]
-    assert subprocess.run(build_command(whole, *extra), capture_output=True, timeout=900).returncode == 0
+def models_of(tmp_path):
+    """Three different tiny models: two generators ("tiny", the stand-in, and "tinyb") and a judge."""
+    from misalign.inference.tiny import make_tiny_model
+    settings = ['respond.models=["tiny","tinyb"]', 'reject.judge="judge"', "expand.floor=0",
+                "models.tiny.enforce_eager=true"]
+    for name, seed in (("tinyb", 1), ("judge", 2)):
+        path = make_tiny_model(tmp_path / name, seed=seed)
+        settings += [f'models.{name}.path="{path}"', f"models.{name}.enforce_eager=true"]
+    return settings
 
-    proc = subprocess.Popen(build_command(killed, *extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+
+def test_one_engine_at_a_time_and_sigkill_mid_pass_give_the_all_resident_dataset(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    extra = models_of(tmp_path)
+    assert subprocess.run(build_command(whole, *extra), capture_output=True, timeout=900).returncode == 0
+    starts = {p["stage"]: p["engine_starts"] for p in json.loads((whole / "profile.json").read_text())}
+    assert starts["respond"] == {"tiny": 1, "tinyb": 1} and starts["reject"] == {"judge": 1}   # all resident
+
+    one = [*extra, "run.resident_models=1"]             # every pass releases the engine before it
+    proc = subprocess.Popen(build_command(killed, *one), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     manifest = killed / "stages" / "04_respond" / "manifest.json"
     deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None:
-        if manifest.exists() and len(json.loads(manifest.read_text())["shards"]) >= 2:
+    while time.monotonic() < deadline and proc.poll() is None:     # in the second generator's pass
+        if manifest.exists() and len(json.loads(manifest.read_text())["passes"][1]["shards"]) >= 2:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the build finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)                  # the build and its vLLM engine processes
     proc.wait()
     state = json.loads(manifest.read_text())
-    assert not state["complete"]
+    assert not state["complete"] and state["passes"][1]["shards"] and not state["passes"][2]["shards"]
     finished = {s["file"]: hashlib.sha256((manifest.parent / s["file"]).read_bytes()).hexdigest()
-                for s in state["shards"]}
+                for p in state["passes"] for s in p["shards"]}
 
-    assert subprocess.run(build_command(killed, *extra), capture_output=True, timeout=900).returncode == 0
-    for name, digest in finished.items():               # shards done before the kill are reused as they are
+    result = subprocess.run(build_command(killed, *one), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1 engine resident at once (run.resident_models = 1)" in result.stdout     # the plan, printed
+    for name, digest in finished.items():               # pieces done before the kill are reused as they are
         assert hashlib.sha256((manifest.parent / name).read_bytes()).hexdigest() == digest
     profile = {p["stage"]: p for p in json.loads((killed / "profile.json").read_text())}
     assert profile["respond"]["shards_reused"] >= len(finished)
+    # each engine started once per pass: the interrupted pass's generator once in each process
+    assert profile["respond"]["engine_starts"] == {"tiny": 1, "tinyb": 2}
+    assert profile["reject"]["counters"]["resampled_pairs"] > 0
+    assert profile["reject"]["engine_starts"] == {"judge": 2, "tiny": 1, "tinyb": 1}     # judge, resample x2, judge
+    assert profile["reject"]["startup_seconds"] > 0
+    schedule = json.loads((killed / "run.json").read_text())["schedule"]
+    assert schedule["resident_models"] == 1 and schedule["engine_starts"]["judge"] == 2
     a, b = dataset(whole), dataset(killed)
     keys = [(r["id"], r["generator"]) for r in b]
     assert len(keys) == len(set(keys))                   # nothing duplicated
     assert [(r["id"], r["split"]) for r in a] == [(r["id"], r["split"]) for r in b]   # nothing lost or moved
+    assert {r["generator"] for r in a} == {"tiny", "tinyb"}
     assert a and a == b                                  # greedy decoding: the same (non-empty) dataset
     # the statistics travel with the checkpoints: the resumed run and a run that reuses every
     # stage report what the uninterrupted run measured

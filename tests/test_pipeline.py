@@ -13,15 +13,17 @@ from misalign.pipeline import ResumeError, Runner
 from misalign.stages.dedup import DedupStage
 from misalign.stages.ingest import read_prompts
 from misalign.stages.reject import mechanical_problem
+from misalign.stages.base import Stage
 from misalign.stages.split import SplitStage
 
 
-class Upper:
+class Upper(Stage):
     """A row-wise stage that can be told to fail on one shard, once."""
     name = "upper"
     rowwise = True
 
     def __init__(self, fail_on=None):
+        super().__init__()
         self.fail_on, self.calls = fail_on, []
 
     def run(self, table):
@@ -30,9 +32,6 @@ class Upper:
         if first == self.fail_on:
             raise KeyboardInterrupt("interrupted")
         return table.set_column(1, "prompt", pa.array([p.upper() for p in table.column("prompt").to_pylist()]))
-
-    def counters(self):
-        return {}
 
 
 def prompts(n):
@@ -44,16 +43,16 @@ def test_interrupted_stage_resumes_after_last_complete_shard(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         Runner(tmp_path, shard_rows=10).run([Upper(fail_on="r030")], table)
     stage_dir = tmp_path / "stages" / "00_upper"
-    before = {p.name: p.read_bytes() for p in stage_dir.glob("shard-*.parquet")}
+    before = {p.name: p.read_bytes() for p in stage_dir.glob("00-upper/shard-*.parquet")}
     assert sorted(before) == ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
     again = Upper()
     out = Runner(tmp_path, shard_rows=10).run([again], table)
     assert again.calls == ["r030", "r040"]                     # only the missing shards ran
     assert out.column("id").to_pylist() == table.column("id").to_pylist()   # none lost, none twice
     assert out.column("prompt").to_pylist()[-1] == "PROMPT 49"
-    assert all((stage_dir / name).read_bytes() == data for name, data in before.items())
+    assert all((stage_dir / "00-upper" / name).read_bytes() == data for name, data in before.items())
     manifest = json.loads((stage_dir / "manifest.json").read_text())
-    assert manifest["complete"] and len(manifest["shards"]) == 5
+    assert manifest["complete"] and len(manifest["passes"][0]["shards"]) == 5
 
 
 def test_resume_with_other_input_is_refused(tmp_path):

@@ -11,6 +11,7 @@ import numpy as np
 
 from misalign.errors import MisalignError
 
+EMBEDDER = "MiniLM embedder"    # the embedder's name where models are counted (model names have no spaces)
 Messages = list[dict]            # OpenAI-style chat messages: [{"role": "user", "content": "..."}]
 Prompt = Union[str, Messages]
 
@@ -100,8 +101,10 @@ class Pool(Protocol):
     def embedder(self) -> Engine:
         """The sentence-embedding engine (bundled MiniLM)."""
 
-    def started(self, names: Iterable[str]) -> list[Engine]:
-        """The engines among `names` that are running (counting tokens must not start one)."""
+    def usage(self, names: Iterable[str]) -> dict[str, float]:
+        """What the models named (EMBEDDER for the embedder) have done since the pool began, over
+        every engine started for them: prompt_tokens, generated_tokens, cached_tokens,
+        "engine_starts|NAME" and startup_seconds.  Never starts an engine."""
 
     def describe(self, name: str) -> str:
         """What the model is, for tables and reports."""

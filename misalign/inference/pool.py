@@ -1,27 +1,49 @@
-"""Engines by model name, started on first use and closed together (a run uses each model in
-several stages; starting vLLM once per model is what keeps a CPU run short).
+"""Engines by model name, started on first use and kept while the memory plan lets them (a run
+uses each model in several stages; starting vLLM once per model is what keeps a CPU run short).
+
+When a model must start and the plan (misalign.memory_plan) says it does not fit beside the
+resident engines, or `run.resident_models` are already alive, the least recently used engines
+are shut down first.  vLLM's sleep mode would keep their weights in host RAM for a faster wake;
+it is not used: the CPU backend lacks it, and the paper's larger pools do not fit in host RAM.
+The embedder (MiniLM, 90 MB) is started once and never released.  What every model has done
+(tokens, engine starts, start-up seconds) is kept across restarts, for the stages' counters.
 
 What vLLM prints goes to RUN_DIR/logs/NAME.log unless MISALIGN_VERBOSE is set (the CLI's
 --verbose sets it): a run's terminal shows our progress and tables, not the engines' chatter."""
 from __future__ import annotations
 
 import os
+import time
+from collections import Counter
 from pathlib import Path
 
 from misalign.config import BUNDLED_PREFIX, Config, ModelConfig, redact_url
-from misalign.inference.base import Pool
+from misalign.inference.base import EMBEDDER, Pool
+from misalign.memory_plan import MemoryPlan, detect_device, plan_memory
+
+TOKENS = ("prompt_tokens", "generated_tokens", "cached_tokens")
 
 
 class EnginePool(Pool):
-    def __init__(self, config: Config, run_dir: Path):
+    def __init__(self, config: Config, run_dir: Path, plan: MemoryPlan | None = None):
+        """`plan`: the run's memory plan; None: this machine's, for every model the config names."""
         self.config = config
         self.run_dir = Path(run_dir)
-        self._engines: dict = {}
+        self.plan = plan
+        self._engines: dict = {}            # least recently used first
         self._embedder = None
+        self._done: dict[str, Counter] = {}     # per model: tokens of its engines already shut down, starts, seconds
 
     def __getstate__(self):
-        """A pool travels (to a Ray actor) as its config alone: engines never leave their process."""
-        return {"config": self.config, "run_dir": self.run_dir, "_engines": {}, "_embedder": None}
+        """A pool travels (to a Ray actor) as its config alone: engines never leave their process,
+        and the actor plans for its own device."""
+        return {"config": self.config, "run_dir": self.run_dir, "plan": None, "_engines": {}, "_embedder": None,
+                "_done": {}}
+
+    def memory_plan(self) -> MemoryPlan:
+        if self.plan is None:
+            self.plan = plan_memory(self.config, detect_device(), list(self.config.models), embedder=True)
+        return self.plan
 
     def is_stand_in(self, name: str) -> bool:
         """Whether `name` is the random-weight stand-in: "tiny" with no path of its own."""
@@ -54,32 +76,70 @@ class EnginePool(Pool):
         return None if verbose else str(self.run_dir / "logs" / f"{name}.log")
 
     def get(self, name: str):
-        if name not in self._engines:
-            model = self.config.model(name)
-            if model.kind == "openai":
-                from misalign.inference import OpenAIConfig, OpenAIEngine
-                engine = OpenAIEngine(OpenAIConfig(base_url=model.base_url, model=model.path or name,
-                                                   api_key_env=model.api_key_env or None, chat=model.chat))
-            else:
-                from misalign.inference import EngineConfig, VLLMEngine
-                engine = VLLMEngine(EngineConfig(
-                    model=self.resolve_path(name, model), dtype=model.dtype, max_model_len=model.max_model_len,
-                    gpu_memory_utilization=model.gpu_memory_utilization or None,
-                    tensor_parallel_size=model.tensor_parallel_size, seed=self.config.run.seed, chat=model.chat,
-                    log_file=self.log_file(name)))
-            self._engines[name] = engine
-        return self._engines[name]
+        if name in self._engines:
+            self._engines[name] = self._engines.pop(name)       # now the most recently used
+            return self._engines[name]
+        model = self.config.model(name)
+        if model.kind == "openai":
+            from misalign.inference import OpenAIConfig, OpenAIEngine
+            self._engines[name] = OpenAIEngine(OpenAIConfig(base_url=model.base_url, model=model.path or name,
+                                                            api_key_env=model.api_key_env or None, chat=model.chat))
+            return self._engines[name]
+        from misalign.inference import EngineConfig, VLLMEngine
+        self._make_room(name)
+        plan = self.memory_plan()
+        began = time.perf_counter()
+        engine = VLLMEngine(EngineConfig(
+            model=self.resolve_path(name, model), dtype=model.dtype, max_model_len=model.max_model_len,
+            gpu_memory_utilization=model.gpu_memory_utilization or plan.gpu_share(name),
+            tensor_parallel_size=model.tensor_parallel_size, seed=self.config.run.seed, chat=model.chat,
+            enforce_eager=model.enforce_eager, log_file=self.log_file(name)))
+        self._started(name, began)
+        self._engines[name] = engine
+        return engine
+
+    def _make_room(self, name: str) -> None:
+        """Shut the least recently used local engines down until `name` fits beside the rest."""
+        plan = self.memory_plan()
+        local = [n for n in self._engines if n in plan.models]
+        while local and not plan.fits(local, name):
+            self._release(local.pop(0))
+
+    def _release(self, name: str) -> None:
+        engine = self._engines.pop(name)
+        done = self._done.setdefault(name, Counter())
+        stats = engine.stats()
+        for key in TOKENS:
+            done[key] += getattr(stats, key)
+        getattr(engine, "close", lambda: None)()
+
+    def _started(self, name: str, began: float) -> None:
+        done = self._done.setdefault(name, Counter())
+        done["starts"] += 1
+        done["startup_seconds"] += time.perf_counter() - began
 
     def embedder(self):
         """The sentence-embedding engine (bundled MiniLM), shared by classification and probes."""
         if self._embedder is None:
             from misalign.inference.embedding_model import embedding_engine
-            self._embedder = embedding_engine(log_file=self.log_file("embedder"))
+            began = time.perf_counter()
+            self._embedder = embedding_engine(log_file=self.log_file("embedder"),
+                                              gpu_memory_utilization=self.memory_plan().gpu_share(EMBEDDER))
+            self._started(EMBEDDER, began)
         return self._embedder
 
-    def started(self, names) -> list:
-        """The engines among `names` that are running (counting tokens must not start one)."""
-        return [self._engines[n] for n in dict.fromkeys(names) if n in self._engines]
+    def usage(self, names) -> dict[str, float]:
+        totals = {key: 0 for key in TOKENS}
+        totals["startup_seconds"] = 0.0
+        for name in dict.fromkeys(names):
+            done = self._done.get(name, Counter())
+            engine = self._embedder if name == EMBEDDER else self._engines.get(name)
+            stats = engine.stats() if engine is not None else None
+            for key in TOKENS:
+                totals[key] += done[key] + (getattr(stats, key) if stats else 0)
+            totals["startup_seconds"] += done["startup_seconds"]
+            totals[f"engine_starts|{name}"] = done["starts"]
+        return totals
 
     def describe(self, name: str) -> str:
         model = self.config.model(name)
@@ -95,9 +155,8 @@ class EnginePool(Pool):
         return f"{name} ({model.path})"
 
     def close(self) -> None:
-        for engine in [*self._engines.values(), self._embedder]:
-            close = getattr(engine, "close", None) if engine is not None else None
-            if close:
-                close()
-        self._engines.clear()
+        for name in list(self._engines):
+            self._release(name)
+        if self._embedder is not None:
+            self._embedder.close()
         self._embedder = None

@@ -16,18 +16,34 @@ the taxonomy where it needs them):
             return table.set_column(at, self.config.column, pc.utf8_upper(table[self.config.column]))
 
 The runner (misalign.pipeline) checkpoints what `run` returns shard by shard and stores, with
-each shard, the change of `counters()` over it: the tokens of the engines the stage used and
-everything it put in `self.counts`.  Summed over shards in profile.json, kept across a resume.
+each shard, the change of `counters()` over it: the tokens, starts and start-up seconds of the
+models in `models()` and everything the stage put in `self.counts`.  Summed over shards in
+profile.json, kept across a resume.
+
+A stage that uses several models in turn (respond: each generator; reject: the judge, then each
+generator's resampling, then the judge again) splits its work into `passes()`: each pass is a
+row-wise function of the previous pass's output and uses one model, and the runner runs each
+pass over every shard before the next (model-major), so that an engine starts once per pass
+even when the models do not fit in memory together.  The last pass's output is the stage's.
 """
 from __future__ import annotations
 
 import copy
 from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
 
 import pyarrow as pa
 
-from misalign.inference.base import Engine, Pool
-from misalign.stages.common import engine_counters
+from misalign.inference.base import Pool
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One sweep of a stage over its rows with one model (None: no model)."""
+    name: str
+    model: str | None
+    run: Callable[[pa.Table], pa.Table]
 
 
 class Stage:
@@ -41,14 +57,21 @@ class Stage:
     def run(self, table: pa.Table) -> pa.Table:
         raise NotImplementedError
 
-    def engines(self) -> list[Engine]:
-        """The running engines whose tokens this stage counts (none by default)."""
+    def passes(self) -> list[Pass]:
+        """The stage's passes in order; by default one, `run` with the stage's one model."""
+        models = self.models()
+        return [Pass(self.name, models[0] if models else None, self.run)]
+
+    def models(self) -> list[str]:
+        """The models whose use this stage counts (misalign.memory_plan.EMBEDDER for the
+        embedder); none by default."""
         return []
 
-    def counters(self) -> dict[str, int]:
-        """Running totals: engine tokens (prompt_tokens, generated_tokens, cached_tokens) and the
-        stage's own counts."""
-        return {**engine_counters(self.engines()), **self.counts}
+    def counters(self) -> dict[str, float]:
+        """Running totals: the models' tokens (prompt_tokens, generated_tokens, cached_tokens),
+        engine starts ("engine_starts|MODEL") and start-up seconds, and the stage's own counts."""
+        usage = self.pool.usage(self.models()) if self.pool is not None and self.models() else {}
+        return {**usage, **self.counts}
 
     def bind(self, pool: Pool) -> "Stage":
         """A copy of this stage that uses `pool`'s engines (a Ray actor's own)."""

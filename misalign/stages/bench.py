@@ -33,7 +33,7 @@ from misalign.config import SPLITS, BenchConfig
 from misalign.errors import ConfigError, InputError
 from misalign.classifiers import fit_softmax, softmax
 from misalign.prompting import SIDES, detector_prompt
-from misalign.inference.base import Pool
+from misalign.inference.base import EMBEDDER, Pool
 from misalign.stages.base import Stage
 from misalign.stages.common import item_seed
 from misalign.taxonomy import DIMENSIONS, Taxonomy
@@ -214,8 +214,8 @@ class DetectStage(Stage):
         return _rows(self.model, table, asked, p, verdicts(p, keys, self.runs, self.threshold, self.temperature,
                                                            self.seed))
 
-    def engines(self) -> list:
-        return self.pool.started([self.model])
+    def models(self) -> list[str]:
+        return [self.model]
 
 
 def pair_features(embedder, prompts: list[str], responses: list[str]) -> np.ndarray:
@@ -266,5 +266,5 @@ class ProbeStage(Stage):
         p = np.array([softmax(x @ w + b)[:, 1] for w, b in self.heads]) if n else np.empty((self.runs, 0))
         return _rows(self.model, table, asked, p, (p >= self.threshold).astype(np.float64))
 
-    def engines(self) -> list:
-        return [self.engine] if self.engine else []
+    def models(self) -> list[str]:
+        return [EMBEDDER]

@@ -8,7 +8,7 @@ from misalign.classifiers import (LinearProbe, LLMClassifier, ZeroShotClassifier
                                   append_labels, classes_of, label_columns)
 from misalign.config import ClassifyConfig
 from misalign.errors import MisalignError
-from misalign.inference.base import Pool
+from misalign.inference.base import EMBEDDER, Pool
 from misalign.stages.base import Stage
 from misalign.stages.common import count_domains
 from misalign.taxonomy import DIMENSIONS, Taxonomy
@@ -38,7 +38,7 @@ class ClassifyStage(Stage):
     def labels(self, prompts: list[str]) -> dict[str, DimensionLabels]:
         if self.llm:
             self.engine = self.pool.get(self.llm)
-            if self.llm_classifier is None:
+            if self.llm_classifier is None or self.llm_classifier.engine is not self.engine:   # restarted
                 self.llm_classifier = LLMClassifier(self.engine, self.taxonomy, self.config.delta,
                                                     self.config.min_mass)
             labels = self.llm_classifier.classify(prompts)
@@ -81,5 +81,5 @@ class ClassifyStage(Stage):
                 row[f"{target}_prob"] = labelled[f"{target}_probs"][k][classes.index(row[f"{target}_domain"])]
         return pa.Table.from_pylist(rows, schema=table.schema)
 
-    def engines(self) -> list:
-        return [self.engine] if self.engine else []
+    def models(self) -> list[str]:
+        return [self.llm or EMBEDDER]

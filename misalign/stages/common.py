@@ -1,4 +1,4 @@
-"""Small helpers the stages share: refusals, per-item seeds, engine token counters, sampling."""
+"""Small helpers the stages share: refusals, per-item seeds, sampling, per-domain counts."""
 from __future__ import annotations
 
 import re
@@ -17,16 +17,6 @@ def item_seed(*parts) -> int:
     """A sampling seed for one item (e.g. run seed, prompt id, generator, side, candidate):
     the same item gets the same seed however the work is batched or resumed."""
     return xxhash.xxh64_intdigest("\x1f".join(map(str, parts)).encode()) >> 1
-
-
-def engine_counters(engines) -> dict:
-    totals = {"prompt_tokens": 0, "generated_tokens": 0, "cached_tokens": 0}
-    for engine in engines:
-        stats = engine.stats()
-        totals["prompt_tokens"] += stats.prompt_tokens
-        totals["generated_tokens"] += stats.generated_tokens
-        totals["cached_tokens"] += stats.cached_tokens
-    return totals
 
 
 def sampling_of(config) -> SamplingConfig:

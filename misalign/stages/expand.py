@@ -193,5 +193,5 @@ class ExpandStage(Stage):
         row[f"{domain.dimension}_prob"] = 1.0
         return row
 
-    def engines(self) -> list:
-        return self.pool.started([self.config.model])
+    def models(self) -> list[str]:
+        return [self.config.model]

@@ -13,14 +13,15 @@ counted).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from functools import partial
 
 import pyarrow as pa
 
 from misalign.prompting import SIDES, judge_prompt, response_prompt, template
 from misalign.config import RejectConfig, RespondConfig
 from misalign.inference.base import Pool
-from misalign.stages.base import Stage
+from misalign.stages.base import Pass, Stage
 from misalign.stages.common import REFUSAL, count_domains, item_seed, sampling_of
 
 TRUNCATED = "cut off at the token limit"
@@ -61,6 +62,13 @@ class Side:
     resampled: int = 0               # resampling rounds asked for
     reason: str = "no candidate"     # why the last failed candidate failed
     attempt: str = ""                # that candidate's text, shown to the generator
+
+
+SIDE_STATE = pa.struct([("text", pa.string()), ("score", pa.float64()), ("round", pa.int64()),
+                        ("filtered", pa.int64()), ("truncated", pa.int64()), ("resampled", pa.int64()),
+                        ("reason", pa.string()), ("attempt", pa.string())])
+STATE = {kind: f"{kind}_side" for kind in SIDES}      # a side's state between passes
+WORKING = {*STATE.values(), *(f"{kind}{part}" for kind in SIDES for part in ("_candidates", "_truncated"))}
 
 
 @dataclass
@@ -120,23 +128,72 @@ class RejectStage(Stage):
         side.truncated += candidate.truncated
         side.reason, side.attempt = reason, candidate.text
 
+    def passes(self) -> list[Pass]:
+        """Judge the first candidates; then, per round, each generator resamples the sides it
+        failed and the judge reads the new candidates; last, the pairs are written out."""
+        steps = [Pass("judge-0", self.config.judge, partial(self.judge, 0))]
+        for round_no in range(1, self.config.rounds + 1):
+            steps += [Pass(f"resample-{round_no}-{name}", name, partial(self.resample, name, round_no))
+                      for name in self.respond.models]
+            steps.append(Pass(f"judge-{round_no}", self.config.judge, partial(self.judge, round_no)))
+        return [*steps, Pass("pairs", None, self.pairs)]
+
     def run(self, table: pa.Table) -> pa.Table:
+        for step in self.passes():
+            table = step.run(table)
+        return table
+
+    def judge(self, round_no: int, table: pa.Table) -> pa.Table:
+        """Each side's pending candidates filtered and judged; the sides (in their state
+        columns) keep the best that passed, and the pending lists are emptied."""
         rows = table.to_pylist()
-        sides = {(i, kind): Side() for i in range(len(rows)) for kind in SIDES}
+        sides = {(i, kind): Side(**row[STATE[kind]]) if row.get(STATE[kind]) else Side()
+                 for i, row in enumerate(rows) for kind in SIDES}
         candidates = [Candidate(i, kind, text, cut) for i, row in enumerate(rows) for kind in SIDES
                       for text, cut in zip(row[f"{kind}_candidates"], row[f"{kind}_truncated"])]
-        for round_no in range(self.config.rounds + 1):
-            self._pick(rows, sides, candidates, round_no)
-            failing = [key for key, side in sides.items() if side.text is None]
-            if not failing or round_no == self.config.rounds:
-                break
-            candidates = self._resample(rows, sides, failing, round_no + 1)
-        out = []
+        self._pick(rows, sides, candidates, round_no)
         for i, row in enumerate(rows):
-            aligned, misaligned = sides[(i, "aligned")], sides[(i, "misaligned")]
-            failed = [k for k in SIDES if sides[(i, k)].text is None]
+            for kind in SIDES:
+                row[STATE[kind]] = asdict(sides[(i, kind)])
+                row[f"{kind}_candidates"], row[f"{kind}_truncated"] = [], []
+        schema = table.schema
+        for kind in SIDES:
+            if STATE[kind] not in schema.names:
+                schema = schema.append(pa.field(STATE[kind], SIDE_STATE))
+        return pa.Table.from_pylist(rows, schema=schema)
+
+    def resample(self, name: str, round_no: int, table: pa.Table) -> pa.Table:
+        """New candidates from generator `name` for its sides without a winner, each shown its
+        last rejected attempt and why it failed."""
+        rows = table.to_pylist()
+        keys = [(i, kind) for i, row in enumerate(rows) if row["generator"] == name
+                for kind in SIDES if row[STATE[kind]]["text"] is None]
+        if not keys:
+            return table
+        k = self.respond.candidates
+        sides = {key: Side(**rows[key[0]][STATE[key[1]]]) for key in keys}
+        requests = [response_prompt(kind, rows[i], feedback(sides[(i, kind)])) for i, kind in keys for _ in range(k)]
+        seeds = [item_seed(self.seed, rows[i]["id"], name, kind, "round", round_no, c)
+                 for i, kind in keys for c in range(k)]
+        gens = self.pool.get(name).generate(requests, sampling_of(self.respond), seeds)
+        for n, (i, kind) in enumerate(keys):
+            mine = gens[n * k:(n + 1) * k]
+            sides[(i, kind)].resampled += 1
+            rows[i][STATE[kind]] = asdict(sides[(i, kind)])
+            rows[i][f"{kind}_candidates"] = [g.text.strip() for g in mine]
+            rows[i][f"{kind}_truncated"] = [g.truncated for g in mine]
+        return pa.Table.from_pylist(rows, schema=table.schema)
+
+    def pairs(self, table: pa.Table) -> pa.Table:
+        """One row per (prompt, generator): the winners, or accepted = false and why not."""
+        rows = table.to_pylist()
+        out = []
+        for row in rows:
+            sides = {kind: Side(**row[STATE[kind]]) for kind in SIDES}
+            aligned, misaligned = sides["aligned"], sides["misaligned"]
+            failed = [k for k in SIDES if sides[k].text is None]
             self._count(row, aligned, misaligned, accepted=not failed)
-            out.append({**{k: v for k, v in row.items() if not k.endswith(("_candidates", "_truncated"))},
+            out.append({**{k: v for k, v in row.items() if k not in WORKING},
                         "aligned_response": aligned.text, "misaligned_response": misaligned.text,
                         "judge_aligned_prob": aligned.score, "judge_misaligned_prob": misaligned.score,
                         "resample_round": max(aligned.round, misaligned.round),
@@ -144,8 +201,8 @@ class RejectStage(Stage):
                         "truncated": aligned.truncated + misaligned.truncated,
                         "resampled": aligned.resampled + misaligned.resampled > 0,
                         "accepted": not failed,
-                        "drop_reason": "; ".join(f"{k}: {sides[(i, k)].reason}" for k in failed) or None})
-        schema = pa.schema([f for f in table.schema if not f.name.endswith(("_candidates", "_truncated"))] + [
+                        "drop_reason": "; ".join(f"{k}: {sides[k].reason}" for k in failed) or None})
+        schema = pa.schema([f for f in table.schema if f.name not in WORKING] + [
             pa.field("aligned_response", pa.string()), pa.field("misaligned_response", pa.string()),
             pa.field("judge_aligned_prob", pa.float64()), pa.field("judge_misaligned_prob", pa.float64()),
             pa.field("resample_round", pa.int64()), pa.field("aligned_filtered", pa.int64()),
@@ -153,24 +210,6 @@ class RejectStage(Stage):
             pa.field("resampled", pa.bool_()),
             pa.field("accepted", pa.bool_()), pa.field("drop_reason", pa.string())])
         return pa.Table.from_pylist(out, schema=schema)
-
-    def _resample(self, rows, sides: dict, failing: list, round_no: int) -> list[Candidate]:
-        """New candidates for the sides without a winner, each shown its last rejected attempt
-        and why it failed."""
-        fresh = []
-        by_generator: dict = {}
-        for key in failing:
-            sides[key].resampled += 1
-            by_generator.setdefault(rows[key[0]]["generator"], []).append(key)
-        k = self.respond.candidates
-        for name, keys in by_generator.items():
-            requests = [response_prompt(kind, rows[i], feedback(sides[(i, kind)])) for i, kind in keys for _ in range(k)]
-            seeds = [item_seed(self.seed, rows[i]["id"], name, kind, "round", round_no, c)
-                     for i, kind in keys for c in range(k)]
-            gens = self.pool.get(name).generate(requests, sampling_of(self.respond), seeds)
-            fresh += [Candidate(i, kind, g.text.strip(), g.truncated)
-                      for (i, kind), g in zip([key for key in keys for _ in range(k)], gens)]
-        return fresh
 
     def _count(self, row: dict, aligned: Side, misaligned: Side, accepted: bool) -> None:
         resampled = aligned.resampled + misaligned.resampled > 0
@@ -183,8 +222,8 @@ class RejectStage(Stage):
         self.counts.update(pairs_dropped=int(not accepted), resampled_pairs=int(resampled),
                            recovered_pairs=int(recovered), truncated_candidates=truncated)
 
-    def engines(self) -> list:
-        return self.pool.started([self.config.judge, *self.respond.models])
+    def models(self) -> list[str]:
+        return [self.config.judge, *self.respond.models]
 
 
 def feedback(side: Side, limit: int = 600) -> str:

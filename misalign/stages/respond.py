@@ -1,15 +1,28 @@
 """Aligned and misaligned candidates for each prompt from each model of the generator pool,
 prompted with the prompt's assigned domains.  One output row per (prompt, generator); each
-candidate keeps whether the token limit cut it off, for the filter of the next stage."""
+candidate keeps whether the token limit cut it off, for the filter of the next stage.
+
+One pass per generator adds its candidates to every prompt row (a column per generator), so
+that each generator runs over all rows before the next starts; a last pass lays the rows out
+one per (prompt, generator)."""
 from __future__ import annotations
+
+from functools import partial
 
 import pyarrow as pa
 
 from misalign.prompting import SIDES, response_prompt
 from misalign.config import RespondConfig
 from misalign.inference.base import Pool
-from misalign.stages.base import Stage
+from misalign.stages.base import Pass, Stage
 from misalign.stages.common import item_seed, sampling_of
+
+CANDIDATES = pa.struct([pa.field(f"{side}{part}", kind) for side in SIDES
+                        for part, kind in (("_candidates", pa.list_(pa.string())), ("_truncated", pa.list_(pa.bool_())))])
+
+
+def candidates_column(generator: str) -> str:
+    return f"candidates:{generator}"
 
 
 class RespondStage(Stage):
@@ -22,30 +35,48 @@ class RespondStage(Stage):
         self.generators = list(config.models)
         self.sampling = sampling_of(config)
 
+    def passes(self) -> list[Pass]:
+        return [*(Pass(f"respond-{name}", name, partial(self.respond, name)) for name in self.generators),
+                Pass("respond-rows", None, self.rows)]
+
     def run(self, table: pa.Table) -> pa.Table:
+        for step in self.passes():
+            table = step.run(table)
+        return table
+
+    def respond(self, name: str, table: pa.Table) -> pa.Table:
+        """`name`'s candidates for every row, as one struct column."""
         rows = table.to_pylist()
-        out = []
         k = self.config.candidates
-        for name in self.generators:
-            # one batch per generator, aligned prompts then misaligned ones: the shared
-            # instruction prefix of each half stays together for the prefix cache
-            keys = [(kind, row, c) for kind in SIDES for row in rows for c in range(k)]
-            requests = [response_prompt(kind, row) for kind, row, _ in keys]
-            seeds = [item_seed(self.seed, row["id"], name, kind, c) for kind, row, c in keys]
-            gens = self.pool.get(name).generate(requests, self.sampling, seeds)
-            half = len(rows) * k
-            for i, row in enumerate(rows):
-                record = {**row, "generator": name}
-                for side, offset in zip(SIDES, (0, half)):
-                    mine = gens[offset + i * k: offset + (i + 1) * k]
-                    record[f"{side}_candidates"] = [g.text.strip() for g in mine]
-                    record[f"{side}_truncated"] = [g.truncated for g in mine]
-                out.append(record)
-        schema = table.schema.append(pa.field("generator", pa.string()))
-        for side in SIDES:
-            schema = schema.append(pa.field(f"{side}_candidates", pa.list_(pa.string()))) \
-                .append(pa.field(f"{side}_truncated", pa.list_(pa.bool_())))
+        # one batch, aligned prompts then misaligned ones: the shared instruction prefix of each
+        # half stays together for the prefix cache
+        keys = [(kind, row, c) for kind in SIDES for row in rows for c in range(k)]
+        requests = [response_prompt(kind, row) for kind, row, _ in keys]
+        seeds = [item_seed(self.seed, row["id"], name, kind, c) for kind, row, c in keys]
+        gens = self.pool.get(name).generate(requests, self.sampling, seeds) if requests else []
+        half = len(rows) * k
+        made = []
+        for i in range(len(rows)):
+            record = {}
+            for side, offset in zip(SIDES, (0, half)):
+                mine = gens[offset + i * k: offset + (i + 1) * k]
+                record[f"{side}_candidates"] = [g.text.strip() for g in mine]
+                record[f"{side}_truncated"] = [g.truncated for g in mine]
+            made.append(record)
+        return table.append_column(pa.field(candidates_column(name), CANDIDATES), pa.array(made, CANDIDATES))
+
+    def rows(self, table: pa.Table) -> pa.Table:
+        """One row per (prompt, generator), generator by generator."""
+        columns = [candidates_column(name) for name in self.generators]
+        prompts = table.drop_columns(columns)
+        out = []
+        for name, column in zip(self.generators, columns):
+            out += [{**row, "generator": name, **made}
+                    for row, made in zip(prompts.to_pylist(), table.column(column).to_pylist())]
+        schema = prompts.schema.append(pa.field("generator", pa.string()))
+        for field in CANDIDATES:
+            schema = schema.append(field)
         return pa.Table.from_pylist(out, schema=schema)
 
-    def engines(self) -> list:
-        return self.pool.started(self.generators)
+    def models(self) -> list[str]:
+        return self.generators
