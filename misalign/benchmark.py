@@ -56,7 +56,7 @@ def benchmark(config: Config, pool: Pool, on_progress=None, executor=None, sched
     stages = [ProbeStage(bench, pool, name, probe_training(config, name, source), seed=config.run.seed)
               if config.model(name).kind == "probe" else DetectStage(bench, pool, name, seed=config.run.seed)
               for name in bench.models]
-    runner = Runner(bench_dir, config.run.shard_rows, on_progress, executor)
+    runner = Runner(bench_dir, config.run.shard_rows, on_progress, executor, on_pass=pool.at_pass)
     with atomic_path(run_dir / "samples.parquet") as tmp, pq.ParquetWriter(tmp, SAMPLE_SCHEMA) as samples:
         for verdicts in runner.run_each(stages, items.table):      # one model's at a time
             samples.write_table(verdicts)

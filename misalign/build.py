@@ -61,7 +61,7 @@ def build(config: Config, pool: Pool, on_progress=None, executor=None, schedule:
 
     taxonomy = Taxonomy.load()
     stages = stage1_stages(config, pool, taxonomy)
-    runner = Runner(run_dir, config.run.shard_rows, on_progress, executor)
+    runner = Runner(run_dir, config.run.shard_rows, on_progress, executor, on_pass=pool.at_pass)
     final = runner.run(stages, table)
     sizes = write_dataset(final, run_dir / "dataset")
     counters = {p.stage: p.counters for p in runner.profiles}

@@ -218,7 +218,7 @@ def _engines(config, schedule):
     workers; closed at the end."""
     from misalign.distributed import executor
     from misalign.inference.pool import EnginePool
-    pool = EnginePool(config, config.run.dir, schedule.plan)
+    pool = EnginePool(config, config.run.dir, schedule)
     workers = executor(config)
     try:
         yield pool, workers
@@ -351,9 +351,12 @@ def _print_schedule(schedule, passes=True):
     `passes`) which pass starts or releases which engine."""
     from misalign.memory_plan import GIB
     plan = schedule.plan
-    cap = f"run.resident_models = {plan.resident_models}" if plan.resident_models else "as many as fit"
-    table = Table(title=f"memory plan: {plan.device.describe()}; {plan.slots} engine"
-                        f"{'s' if plan.slots != 1 else ''} resident at once ({cap})", title_justify="left")
+    if plan.resident_models:
+        residency = f"at most {plan.slots} engine{'s' if plan.slots != 1 else ''} at once (run.resident_models = " \
+                    f"{plan.resident_models})"
+    else:
+        residency = f"the {plan.slots} largest engine{'s fit' if plan.slots != 1 else ' fits'} at once, smaller ones more"
+    table = Table(title=f"memory plan: {plan.device.describe()}; {residency}", title_justify="left")
     for name in ("model", "weights", "KV / sequence", "needs", "share", "from"):
         table.add_column(name, justify="left" if name in ("model", "from") else "right")
     for m in plan.models.values():
@@ -431,7 +434,7 @@ def plan(config_path, overrides, run_dir, executor, gpus, gpu_memory, shapes):
     config = _load_config(config_path, overrides, run_dir, executor)
     if gpus and not gpu_memory:
         raise click.UsageError("--gpus needs --gpu-memory (GiB per GPU)")
-    device = Device("gpu", int(gpu_memory * GIB), gpus or 1, f"{gpu_memory:g} GiB GPU") if gpu_memory else None
+    device = Device("gpu", int(gpu_memory * GIB), gpus or 1, "GPU") if gpu_memory else None
     directories = {}
     for name, model in config.models.items():
         candidate = Path(shapes or ".") / Path(model.path).name

@@ -37,6 +37,7 @@ class ModelConfig:
     gpu_memory_utilization: float = 0.0   # 0: the engine's default for the device
     tensor_parallel_size: int = 1
     enforce_eager: bool = False    # no CUDA graphs / compilation: a faster start, slower steps
+    load_format: str = "auto"      # "dummy": random weights from config.json alone (benchmarks of shapes)
 
 
 @dataclass
@@ -342,6 +343,7 @@ def _validate_model(name: str, model: ModelConfig) -> None:
     key = f"models.{name}"
     _check(model.kind in MODEL_KINDS, f"{key}.kind", " or ".join(f'"{k}"' for k in MODEL_KINDS), model.kind)
     _check(model.dtype in DTYPES, f"{key}.dtype", " or ".join(f'"{d}"' for d in DTYPES), model.dtype)
+    _check(model.load_format in ("auto", "dummy"), f"{key}.load_format", '"auto" or "dummy"', model.load_format)
     _check(model.max_model_len >= 1, f"{key}.max_model_len", ">= 1", model.max_model_len)
     _check(0 <= model.gpu_memory_utilization <= 1, f"{key}.gpu_memory_utilization", "within [0, 1]",
            model.gpu_memory_utilization)

@@ -1,6 +1,7 @@
 """The memory plan: before any engine starts, what each local model needs, how many engines can
 be resident together on this device, and the schedule that follows from a run's passes (which
-pass starts which engine and which engines it releases to make room).
+pass starts which engine and which engines it releases to make room: the one needed again last,
+since the passes are known before the run).
 
 A model's weights come from its checkpoint's safetensors headers (a few KB read per file, no
 tensor loaded), or from its config.json shape where no weights are there (planning for a box
@@ -31,10 +32,14 @@ GPU_BUDGET = 0.9            # of each card, for all engines together: vLLM's own
 CPU_BUDGET = 0.7            # of RAM: the rest is the OS, this process and the page cache
 GPU_OVERHEAD = 2 * GIB      # per engine and card: CUDA context, activations, CUDA graphs
 CPU_OVERHEAD = 1 * GIB      # per engine: its process
-KV_SEQUENCES = 4            # the least KV cache an engine is planned with, in full-length sequences
+# The least KV cache an engine is planned with, in full-length sequences: a request here takes
+# about 1,100 tokens (prompt and 512 generated), so 8 sequences of 8,192 hold the 64 requests an
+# engine batches at once (EngineConfig.max_num_seqs).
+KV_SEQUENCES = 8
 SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                      "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2}
+MAX_HEADER = 100_000_000    # bytes: the safetensors format's own limit on its JSON header
 SMOLLM2_PARAMETERS = 134_515_008    # before `misalign-fast models prepare` has written its checkpoint
 
 
@@ -55,7 +60,7 @@ class Device:
 
     def describe(self) -> str:
         if self.kind == "gpu":
-            return f"{self.cards} x {self.name or 'GPU'} ({self.memory / GIB:.0f} GiB each)"
+            return f"{self.cards} x {self.name or 'GPU'} ({self.memory / GIB:.1f} GiB each)"
         return f"CPU, {self.memory / GIB:.0f} GiB RAM"
 
 
@@ -136,7 +141,10 @@ def safetensors_size(model_dir: Path) -> tuple[int, int] | None:
     try:
         for path in files:
             with open(path, "rb") as f:
-                header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+                length = int.from_bytes(f.read(8), "little")
+                if length > MAX_HEADER:
+                    return None
+                header = json.loads(f.read(length))
             for key, tensor in header.items():
                 if key != "__metadata__":
                     count = math.prod(tensor["shape"])
@@ -198,9 +206,9 @@ class MemoryPlan:
 
     @property
     def slots(self) -> int:
-        """Engines (bar the embedder) that can be resident together."""
-        shares = sorted(m.share for n, m in self.models.items() if n != EMBEDDER)
-        fit = len([s for s in _running_sum(shares) if s <= self.llm_budget + 1e-9])
+        """Engines (bar the embedder) that can surely be resident together: the largest ones."""
+        shares = sorted((m.share for n, m in self.models.items() if n != EMBEDDER), reverse=True)
+        fit = max(len([s for s in _running_sum(shares) if s <= self.llm_budget + 1e-9]), 1)
         return min(fit, self.resident_models) if self.resident_models else fit
 
     def gpu_share(self, name: str) -> float | None:
@@ -263,24 +271,19 @@ def plan_memory(config: Config, device: Device, names: list[str], embedder: bool
 
 
 def _gpu_shares(config: Config, plan: MemoryPlan) -> None:
-    """Equal slots: as many engines as fit beside each other with the largest one's need, each
-    given the same share, so that any of them can replace any other; a model whose config sets
-    gpu_memory_utilization keeps it.  The embedder gets what it needs."""
+    """Each engine's share of a card: what it needs, and when every model fits at once, the
+    whole budget shared in proportion (the spare memory becomes KV cache).  A model whose config
+    sets gpu_memory_utilization keeps it."""
     models = plan.models
-    if EMBEDDER in models:
-        models[EMBEDDER].share = models[EMBEDDER].need / plan.device.memory
-    llms = [n for n in models if n != EMBEDDER]
-    for name in llms:
-        if config.model(name).gpu_memory_utilization:
-            models[name].share = config.model(name).gpu_memory_utilization
-    free = [n for n in llms if not config.model(n).gpu_memory_utilization]
-    if not free:
-        return
-    largest = max(models[n].need for n in free) / plan.device.memory
-    slots = max(int(plan.llm_budget // largest) if largest else len(free), 1)
-    slots = min(slots, len(free), plan.resident_models or len(free))
-    for name in free:
-        models[name].share = max(plan.llm_budget / slots, models[name].need / plan.device.memory)
+    chosen = {n for n in models if n != EMBEDDER and config.model(n).gpu_memory_utilization}
+    for name in chosen:
+        models[name].share = config.model(name).gpu_memory_utilization
+    free = [n for n in models if n not in chosen]
+    room = plan.device.budget - sum(models[n].share for n in chosen)
+    needed = sum(models[n].share for n in free)
+    if needed and needed < room and not plan.resident_models:
+        for name in free:
+            models[name].share *= room / needed
 
 
 def _too_big(memory: ModelMemory, device: Device, budget: float) -> str:
@@ -303,11 +306,23 @@ class Step:
     releases: list = field(default_factory=list)
 
 
-def schedule(plan: MemoryPlan, passes: list[tuple[str, str, str | None]]) -> Schedule:
-    """The engines each pass (stage, pass, model) starts and releases, least recently used
-    released first.  A pass with nothing to do at run time starts nothing: these are upper bounds."""
+def next_use(model: str, models: list, position: int) -> float:
+    """Where `model` is used next after `position` in the passes' models (inf: never)."""
+    return next((i for i in range(position + 1, len(models)) if models[i] == model), math.inf)
+
+
+def to_release(resident: list[str], models: list, position: int) -> str:
+    """The resident engine to shut down first: the one needed again last (none sooner knows
+    better, as the passes are known in advance); among equals, the least recently used."""
+    return max(resident, key=lambda name: (next_use(name, models, position), -resident.index(name)))
+
+
+def schedule(plan: MemoryPlan, passes: list[tuple[str, str, str | None]]) -> "Schedule":
+    """The engines each pass (stage, pass, model) starts and releases.  A pass with nothing to
+    do at run time starts nothing: these are upper bounds."""
     steps, resident, embedder_started = [], [], False
-    for stage, pass_name, model in passes:
+    models = [model for _, _, model in passes]
+    for position, (stage, pass_name, model) in enumerate(passes):
         if model is None:
             steps.append(Step(stage, pass_name, "-", "none"))
         elif model == EMBEDDER:
@@ -322,7 +337,8 @@ def schedule(plan: MemoryPlan, passes: list[tuple[str, str, str | None]]) -> Sch
         else:
             released = []
             while resident and not plan.fits(resident, model):
-                released.append(resident.pop(0))
+                released.append(to_release(resident, models, position))
+                resident.remove(released[-1])
             resident.append(model)
             steps.append(Step(stage, pass_name, model, "start", released))
     return Schedule(plan, steps)
@@ -333,6 +349,12 @@ class Schedule:
     """A run's memory plan and the passes it schedules."""
     plan: MemoryPlan
     steps: list
+
+    def position(self, stage: str, pass_name: str) -> int | None:
+        return next((i for i, s in enumerate(self.steps) if (s.stage, s.pass_name) == (stage, pass_name)), None)
+
+    def models(self) -> list[str]:
+        return [step.model for step in self.steps]
 
     def engine_starts(self) -> dict[str, int]:
         """Engines started per model at most (a pass with nothing to do starts none)."""

@@ -128,6 +128,7 @@ class Runner:
     shard_rows: int = 256
     on_progress: Callable[[str, int, int], None] | None = None   # (stage, rows done, rows total)
     executor: object | None = None   # spreads the shards of row-wise stages (misalign.distributed), or None
+    on_pass: Callable[[str, str], None] | None = None   # (stage, pass) about to run: the pool's at_pass
     profiles: list = field(default_factory=list)
 
     def run(self, stages: list[Stage], table: pa.Table) -> pa.Table:
@@ -165,6 +166,8 @@ class Runner:
                 profile.add(s["stats"])
                 profile.shards_reused += 1
             done = {s["index"] for s in entry["shards"]}
+            if self.on_pass and len(done) < n_shards:
+                self.on_pass(stage.name, step.name)
             pending = ((index, self._input(stage_dir, manifest, pass_no, index, table, shard_rows))
                        for index in range(n_shards) if index not in done)
             spread = self.executor is not None and stage.rowwise and len(done) < n_shards

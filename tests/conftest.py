@@ -64,6 +64,9 @@ class SessionPool(Pool):
     def embedder(self) -> Engine:
         return self._embedder
 
+    def at_pass(self, stage: str, pass_name: str) -> None:
+        pass
+
     def usage(self, names) -> dict:
         running = [self._embedder if n == EMBEDDER else self.engines.get(n) for n in dict.fromkeys(names)]
         stats = [e.stats() for e in running if e is not None]

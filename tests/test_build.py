@@ -111,7 +111,7 @@ def test_one_engine_at_a_time_and_sigkill_mid_pass_give_the_all_resident_dataset
 
     result = subprocess.run(build_command(killed, *one), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "1 engine resident at once (run.resident_models = 1)" in result.stdout     # the plan, printed
+    assert "(run.resident_models = 1)" in result.stdout     # the plan, printed
     for name, digest in finished.items():               # pieces done before the kill are reused as they are
         assert hashlib.sha256((manifest.parent / name).read_bytes()).hexdigest() == digest
     profile = {p["stage"]: p for p in json.loads((killed / "profile.json").read_text())}

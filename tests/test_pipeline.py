@@ -13,7 +13,7 @@ from misalign.pipeline import ResumeError, Runner
 from misalign.stages.dedup import DedupStage
 from misalign.stages.ingest import read_prompts
 from misalign.stages.reject import mechanical_problem
-from misalign.stages.base import Stage
+from misalign.stages.base import Pass, Stage
 from misalign.stages.split import SplitStage
 
 
@@ -149,3 +149,47 @@ def test_a_checkpoint_of_an_older_format_is_refused_with_one_line(tmp_path):
                                                          "shards": [], "complete": False}))
     with pytest.raises(ResumeError, match="checkpointed by an older misalign-fast"):
         Runner(tmp_path, shard_rows=10).run([Upper()], prompts(21))
+
+
+class TwoPasses(Stage):
+    """Pass "a" upper-cases the prompt, pass "b" appends "!"; records the order of the work."""
+    name = "two"
+
+    def __init__(self, log, fail_on=None):
+        super().__init__()
+        self.log, self.fail_on = log, fail_on
+
+    def passes(self):
+        return [Pass("a", "model-a", lambda t: self._step("a", t, str.upper)),
+                Pass("b", "model-b", lambda t: self._step("b", t, lambda p: p + "!"))]
+
+    def _step(self, name, table, change):
+        first = table.column("id")[0].as_py()
+        if (name, first) == self.fail_on:
+            raise KeyboardInterrupt("interrupted")
+        self.log.append((name, first))
+        return table.set_column(1, "prompt", pa.array([change(p) for p in table.column("prompt").to_pylist()]))
+
+
+def test_passes_run_model_major_and_a_stage_killed_mid_pass_resumes_there(tmp_path):
+    table, log, began = prompts(30), [], []
+    runner = Runner(tmp_path, shard_rows=10, on_pass=lambda stage, step: began.append((stage, step)))
+    with pytest.raises(KeyboardInterrupt):
+        runner.run([TwoPasses(log, fail_on=("b", "r010"))], table)
+    assert log == [("a", "r000"), ("a", "r010"), ("a", "r020"), ("b", "r000")]    # every shard's "a" first
+    assert began == [("two", "a"), ("two", "b")]
+    log.clear()
+    resumed = Runner(tmp_path, shard_rows=10, on_pass=lambda stage, step: began.append((stage, step)))
+    out = resumed.run([TwoPasses(log)], table)
+    assert log == [("b", "r010"), ("b", "r020")]          # only what the kill lost
+    assert began[2:] == [("two", "b")]                    # a finished pass is not announced again
+    assert out.column("prompt").to_pylist() == [f"PROMPT {i}!" for i in range(30)]
+    profile = resumed.profiles[0]
+    assert (profile.items_in, profile.items_out) == (30, 30)    # the stage's rows, not the passes'
+    assert (profile.shards_reused, profile.shards_run) == (4, 2)
+    with pytest.raises(ResumeError, match=r"passes a, b\), but this run gives it 30 rows in shards of 10 "
+                                          r"\(passes a\)"):
+        class OnePass(TwoPasses):
+            def passes(self):
+                return super().passes()[:1]
+        Runner(tmp_path, shard_rows=10).run([OnePass([])], table)

@@ -106,6 +106,9 @@ class Pool(Protocol):
         every engine started for them: prompt_tokens, generated_tokens, cached_tokens,
         "engine_starts|NAME" and startup_seconds.  Never starts an engine."""
 
+    def at_pass(self, stage: str, pass_name: str) -> None:
+        """The runner begins this pass of this stage (the pool may plan which engine to release)."""
+
     def describe(self, name: str) -> str:
         """What the model is, for tables and reports."""
 

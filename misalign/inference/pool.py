@@ -2,8 +2,9 @@
 uses each model in several stages; starting vLLM once per model is what keeps a CPU run short).
 
 When a model must start and the plan (misalign.memory_plan) says it does not fit beside the
-resident engines, or `run.resident_models` are already alive, the least recently used engines
-are shut down first.  vLLM's sleep mode would keep their weights in host RAM for a faster wake;
+resident engines, or `run.resident_models` are already alive, engines are shut down first: the
+one the schedule needs again last (the runner says which pass is on, `at_pass`), or without a
+schedule (a Ray actor) the least recently used.  vLLM's sleep mode would keep their weights in host RAM for a faster wake;
 it is not used: the CPU backend lacks it, and the paper's larger pools do not fit in host RAM.
 The embedder (MiniLM, 90 MB) is started once and never released.  What every model has done
 (tokens, engine starts, start-up seconds) is kept across restarts, for the stages' counters.
@@ -19,17 +20,20 @@ from pathlib import Path
 
 from misalign.config import BUNDLED_PREFIX, Config, ModelConfig, redact_url
 from misalign.inference.base import EMBEDDER, Pool
-from misalign.memory_plan import MemoryPlan, detect_device, plan_memory
+from misalign.memory_plan import MemoryPlan, Schedule, detect_device, plan_memory, to_release
 
 TOKENS = ("prompt_tokens", "generated_tokens", "cached_tokens")
 
 
 class EnginePool(Pool):
-    def __init__(self, config: Config, run_dir: Path, plan: MemoryPlan | None = None):
-        """`plan`: the run's memory plan; None: this machine's, for every model the config names."""
+    def __init__(self, config: Config, run_dir: Path, schedule: Schedule | None = None):
+        """`schedule`: the run's memory plan and passes; None: this machine's plan, for every
+        model the config names, and no knowledge of what comes next."""
         self.config = config
         self.run_dir = Path(run_dir)
-        self.plan = plan
+        self.plan = schedule.plan if schedule else None
+        self.schedule = schedule
+        self.position = -1                  # the pass on, in the schedule's steps
         self._engines: dict = {}            # least recently used first
         self._embedder = None
         self._done: dict[str, Counter] = {}     # per model: tokens of its engines already shut down, starts, seconds
@@ -37,8 +41,8 @@ class EnginePool(Pool):
     def __getstate__(self):
         """A pool travels (to a Ray actor) as its config alone: engines never leave their process,
         and the actor plans for its own device."""
-        return {"config": self.config, "run_dir": self.run_dir, "plan": None, "_engines": {}, "_embedder": None,
-                "_done": {}}
+        return {"config": self.config, "run_dir": self.run_dir, "plan": None, "schedule": None, "position": -1,
+                "_engines": {}, "_embedder": None, "_done": {}}
 
     def memory_plan(self) -> MemoryPlan:
         if self.plan is None:
@@ -46,9 +50,9 @@ class EnginePool(Pool):
         return self.plan
 
     def is_stand_in(self, name: str) -> bool:
-        """Whether `name` is the random-weight stand-in: "tiny" with no path of its own."""
+        """Whether `name` has random weights: "tiny" with no path of its own, or load_format = "dummy"."""
         model = self.config.model(name)
-        return name == "tiny" and not model.path and model.kind == "vllm"
+        return model.kind == "vllm" and (model.load_format == "dummy" or (name == "tiny" and not model.path))
 
     def is_bundled(self, name: str) -> bool:
         """Whether `name` is the real model shipped in a package (SmolLM2-135M-Instruct)."""
@@ -93,17 +97,26 @@ class EnginePool(Pool):
             model=self.resolve_path(name, model), dtype=model.dtype, max_model_len=model.max_model_len,
             gpu_memory_utilization=model.gpu_memory_utilization or plan.gpu_share(name),
             tensor_parallel_size=model.tensor_parallel_size, seed=self.config.run.seed, chat=model.chat,
-            enforce_eager=model.enforce_eager, log_file=self.log_file(name)))
+            enforce_eager=model.enforce_eager, load_format=model.load_format, log_file=self.log_file(name)))
         self._started(name, began)
         self._engines[name] = engine
         return engine
 
+    def at_pass(self, stage: str, pass_name: str) -> None:
+        """The runner begins this pass (what comes next decides which engine to release)."""
+        if self.schedule is not None:
+            found = self.schedule.position(stage, pass_name)
+            self.position = self.position if found is None else found
+
     def _make_room(self, name: str) -> None:
-        """Shut the least recently used local engines down until `name` fits beside the rest."""
+        """Shut local engines down until `name` fits beside the rest."""
         plan = self.memory_plan()
         local = [n for n in self._engines if n in plan.models]
+        future = self.schedule.models() if self.schedule else []
         while local and not plan.fits(local, name):
-            self._release(local.pop(0))
+            released = to_release(local, future, self.position)
+            local.remove(released)
+            self._release(released)
 
     def _release(self, name: str) -> None:
         engine = self._engines.pop(name)
@@ -144,7 +157,8 @@ class EnginePool(Pool):
     def describe(self, name: str) -> str:
         model = self.config.model(name)
         if self.is_stand_in(name):
-            return "tiny (random-weight stand-in)"
+            return "tiny (random-weight stand-in)" if name == "tiny" and not model.path else \
+                f"{name} (random-weight stand-in with the shape of {model.path}: load_format = dummy)"
         if self.is_bundled(name):
             from misalign.inference.smollm2 import NOTE
             return f"{name} ({NOTE})"

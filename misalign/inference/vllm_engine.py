@@ -38,6 +38,7 @@ class EngineConfig:
     cpu_kv_cache_gib: int = 1                   # whole GiB: vLLM parses it as an integer
     kv_cache_blocks: int | None = None          # cap the KV cache at this many blocks (benchmarks)
     enforce_eager: bool = False                 # skip graph compilation: faster start, slower steps
+    load_format: str = "auto"                   # "dummy": random weights, from config.json alone
     chat: bool | None = None                    # None: use the chat template when the model has one
     order_by_prefix: bool = True                # send requests sharing a prefix together
     log_file: str | None = None                 # where vLLM's own output goes (None: the terminal)
@@ -104,7 +105,7 @@ class VLLMEngine:
             self.llm = LLM(model=config.model, runner=config.runner, dtype=config.dtype,
                            max_model_len=config.max_model_len, max_num_seqs=config.max_num_seqs,
                            gpu_memory_utilization=utilisation, tensor_parallel_size=config.tensor_parallel_size,
-                           seed=config.seed, enforce_eager=config.enforce_eager,
+                           seed=config.seed, enforce_eager=config.enforce_eager, load_format=config.load_format,
                            num_gpu_blocks_override=config.kv_cache_blocks,
                            # encoder-only pooling models keep no KV cache to share
                            enable_prefix_caching=config.runner == "generate",
