@@ -62,6 +62,12 @@ class Stage:
         models = self.models()
         return [Pass(self.name, models[0] if models else None, self.run)]
 
+    def run_passes(self, table: pa.Table) -> pa.Table:
+        """Every pass in turn on one table: `run` for a stage of several passes."""
+        for step in self.passes():
+            table = step.run(table)
+        return table
+
     def models(self) -> list[str]:
         """The models whose use this stage counts (misalign.memory_plan.EMBEDDER for the
         embedder); none by default."""

@@ -40,9 +40,7 @@ class RespondStage(Stage):
                 Pass("respond-rows", None, self.rows)]
 
     def run(self, table: pa.Table) -> pa.Table:
-        for step in self.passes():
-            table = step.run(table)
-        return table
+        return self.run_passes(table)
 
     def respond(self, name: str, table: pa.Table) -> pa.Table:
         """`name`'s candidates for every row, as one struct column."""
