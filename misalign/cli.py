@@ -341,17 +341,31 @@ def _preflight(config, stage1=True, stage2=True):
     out.print(f"check: {len(results)} model{'s' if len(results) != 1 else ''} ready "
               f"({', '.join(r.name for r in results)}); `misalign-fast check` shows the details")
     schedule = plan_run(config, stage1, stage2)
-    schedule.plan.require()
     _print_schedule(schedule)
+    _require_plan(config, schedule)
     return schedule
+
+
+def _require_plan(config, schedule):
+    """Stop on a model that cannot fit; on Ray only a note, since the workers' GPUs are not this
+    machine's (each worker plans for its own)."""
+    if config.run.executor == "ray":
+        for name, why in schedule.plan.problems:
+            out.print(Text(f"note: on this machine model {name!r} {why.split(' (')[0]}; each Ray worker plans its own"))
+    else:
+        schedule.plan.require()
 
 
 def _print_schedule(schedule, passes=True):
     """The memory plan: what each model needs, how many engines share the device, and (with
     `passes`) which pass starts or releases which engine."""
+    from misalign.inference.base import EMBEDDER
     from misalign.memory_plan import GIB
     plan = schedule.plan
-    if plan.resident_models:
+    engines = len([n for n in plan.models if n != EMBEDDER])
+    if plan.slots >= engines:
+        residency = f"all {engines} model engines fit at once" if engines > 1 else "one model engine"
+    elif plan.resident_models and plan.slots == plan.resident_models:
         residency = f"at most {plan.slots} engine{'s' if plan.slots != 1 else ''} at once (run.resident_models = " \
                     f"{plan.resident_models})"
     else:
@@ -443,7 +457,7 @@ def plan(config_path, overrides, run_dir, executor, gpus, gpu_memory, shapes):
             directories[name] = candidate
     schedule = plan_run(config, device=device, directories=directories)
     _print_schedule(schedule)
-    schedule.plan.require()
+    _require_plan(config, schedule)
 
 
 @main.command()

@@ -3,7 +3,10 @@
 
 Each actor holds its own EnginePool, so its own copy of every model it is asked to run (with
 `ray.gpus_per_worker` GPUs: 1 for a model that fits one GPU, the tensor-parallel size
-otherwise), and keeps it across stages: a model starts once per actor, not once per shard.
+otherwise), and keeps it across stages while its memory plan lets it: a model starts at most
+once per pass and actor, never once per shard.  Each actor plans for the device it sees as if
+it were alone there (several actors sharing a GPU through a fractional `gpus_per_worker` are not
+planned for); the driver's plan is printed as a note only.
 The driver keeps writing each shard and the manifest as results come back, in whatever order,
 so checkpoints and resume are exactly those of a single machine.  Global stages (expand, dedup,
 split) run on the driver.  On a multi-node cluster the run directory must be on storage every

@@ -32,10 +32,10 @@ GPU_BUDGET = 0.9            # of each card, for all engines together: vLLM's own
 CPU_BUDGET = 0.7            # of RAM: the rest is the OS, this process and the page cache
 GPU_OVERHEAD = 2 * GIB      # per engine and card: CUDA context, activations, CUDA graphs
 CPU_OVERHEAD = 1 * GIB      # per engine: its process
-# The least KV cache an engine is planned with, in full-length sequences: a request here takes
-# about 1,100 tokens (prompt and 512 generated), so 8 sequences of 8,192 hold the 64 requests an
-# engine batches at once (EngineConfig.max_num_seqs).
-KV_SEQUENCES = 8
+# The least KV cache an engine is planned with, in tokens: a request here takes about 1,000
+# (prompt and up to 512 generated), and an engine batches 64 at once (EngineConfig.max_num_seqs);
+# never less than one full-length sequence, which vLLM needs to start.
+KV_TOKENS = 65_536
 SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                      "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2}
@@ -65,12 +65,16 @@ class Device:
 
 
 def detect_device() -> Device:
-    """This machine's GPUs (through NVML, which does not start CUDA in this process), else its RAM."""
+    """This machine's GPUs (through NVML, which does not start CUDA in this process; as many as
+    CUDA_VISIBLE_DEVICES lets this process see), else its RAM."""
     try:
         import pynvml
         pynvml.nvmlInit()
         try:
             cards = pynvml.nvmlDeviceGetCount()
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            if visible is not None:
+                cards = min(cards, len([v for v in visible.split(",") if v.strip()]))
             if cards:
                 handle = pynvml.nvmlDeviceGetHandleByIndex(0)
                 name = pynvml.nvmlDeviceGetName(handle)
@@ -132,9 +136,22 @@ def kv_bytes_per_token(shape: dict, dtype_bytes: int) -> int:
     return 2 * shape["num_hidden_layers"] * (shape.get("num_key_value_heads") or heads) * head * dtype_bytes
 
 
+def checkpoint_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of the checkpoint: those its index names, else all but Mistral's
+    `consolidated.safetensors` where shards sit beside it (its downloads carry both, as vLLM knows)."""
+    try:
+        index = json.loads((model_dir / "model.safetensors.index.json").read_text())
+        return [model_dir / name for name in sorted(set(index["weight_map"].values()))]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    files = sorted(model_dir.glob("*.safetensors"))
+    shards = [f for f in files if not f.name.startswith("consolidated")]
+    return shards or files
+
+
 def safetensors_size(model_dir: Path) -> tuple[int, int] | None:
     """(parameters, bytes) from the headers of the checkpoint's safetensors files, or None."""
-    files = sorted(model_dir.glob("*.safetensors"))
+    files = checkpoint_files(model_dir)
     if not files:
         return None
     params = nbytes = 0
@@ -155,7 +172,7 @@ def safetensors_size(model_dir: Path) -> tuple[int, int] | None:
     return params, nbytes
 
 
-def model_dir(name: str, model: ModelConfig) -> Path | None:
+def model_dir(model: ModelConfig) -> Path | None:
     """Where a local model's files are now, without building or converting anything."""
     if model.path.startswith(BUNDLED_PREFIX):
         from misalign.inference.smollm2 import checkpoint_dir
@@ -164,14 +181,17 @@ def model_dir(name: str, model: ModelConfig) -> Path | None:
 
 
 def estimate(name: str, model: ModelConfig, directory: Path | None, device: Device) -> ModelMemory:
-    """A local model's memory from its files (see the module docstring)."""
+    """A local model's memory from its files (see the module docstring).  With dtype = "auto",
+    vLLM keeps a checkpoint's own 16-bit type, and on a GPU loads a float32 one in 16 bits."""
     shape = read_shape(directory) if directory else None
     checkpoint_bytes = DTYPE_BYTES.get(str((shape or {}).get("torch_dtype") or (shape or {}).get("dtype")), 2)
+    if model.dtype == "auto" and device.kind == "gpu":
+        checkpoint_bytes = min(checkpoint_bytes, 2)
     dtype_bytes = DTYPE_BYTES.get(model.dtype, checkpoint_bytes)
     sized = safetensors_size(directory) if directory else None
     if sized:
         params, nbytes = sized
-        weights = nbytes if model.dtype == "auto" else params * dtype_bytes
+        weights = nbytes if model.dtype == "auto" and device.kind == "cpu" else params * dtype_bytes
         source = "safetensors headers"
     elif shape and "intermediate_size" in shape:
         weights, source = shape_parameters(shape) * dtype_bytes, "config.json shape (no weights here)"
@@ -237,7 +257,7 @@ def plan_memory(config: Config, device: Device, names: list[str], embedder: bool
     for name in dict.fromkeys(names):
         model = config.model(name)
         if model.kind == "vllm":
-            models[name] = estimate(name, model, directories.get(name) or model_dir(name, model), device)
+            models[name] = estimate(name, model, directories.get(name) or model_dir(model), device)
     if embedder:
         from misalign.inference.embedding_model import minilm_path
         try:
@@ -248,7 +268,7 @@ def plan_memory(config: Config, device: Device, names: list[str], embedder: bool
     plan = MemoryPlan(device, models, config.run.resident_models)
     gpu = device.kind == "gpu"
     for memory in models.values():
-        kv = memory.kv_per_token * memory.max_model_len * KV_SEQUENCES
+        kv = memory.kv_per_token * max(memory.max_model_len, KV_TOKENS)
         if gpu:
             memory.need = (memory.weights + kv) // memory.tensor_parallel + GPU_OVERHEAD
         else:
@@ -271,25 +291,26 @@ def plan_memory(config: Config, device: Device, names: list[str], embedder: bool
 
 
 def _gpu_shares(config: Config, plan: MemoryPlan) -> None:
-    """Each engine's share of a card: what it needs, and when every model fits at once, the
-    whole budget shared in proportion (the spare memory becomes KV cache).  A model whose config
-    sets gpu_memory_utilization keeps it."""
+    """Each engine's share of a card: what it needs, scaled up when the engines that can be
+    resident together (all of them, or the run.resident_models largest) leave memory spare, which
+    then becomes KV cache.  A model whose config sets gpu_memory_utilization keeps it; the
+    embedder keeps its need."""
     models = plan.models
     chosen = {n for n in models if n != EMBEDDER and config.model(n).gpu_memory_utilization}
     for name in chosen:
         models[name].share = config.model(name).gpu_memory_utilization
-    free = [n for n in models if n not in chosen]
-    room = plan.device.budget - sum(models[n].share for n in chosen)
-    needed = sum(models[n].share for n in free)
-    if needed and needed < room and not plan.resident_models:
+    free = [n for n in models if n not in chosen and n != EMBEDDER]
+    together = sorted((models[n].share for n in free), reverse=True)[:plan.resident_models or len(free)]
+    room = plan.llm_budget - sum(models[n].share for n in chosen)
+    if together and sum(together) < room:
         for name in free:
-            models[name].share *= room / needed
+            models[name].share *= room / sum(together)
 
 
 def _too_big(memory: ModelMemory, device: Device, budget: float) -> str:
     per_card = "per card " if memory.tensor_parallel > 1 else ""
-    return (f"needs {memory.need / GIB:.1f} GiB {per_card}({memory.describe()}, room for {KV_SEQUENCES} sequences, "
-            f"engine overhead) but {budget * device.memory / GIB:.1f} GiB of {device.describe()} is usable; "
+    return (f"needs {memory.need / GIB:.1f} GiB {per_card}({memory.describe()}, KV cache for "
+            f"{max(memory.max_model_len, KV_TOKENS):,} tokens, engine overhead) but {budget * device.memory / GIB:.1f} GiB of {device.describe()} is usable; "
             "set its tensor_parallel_size (several GPUs), a smaller max_model_len, or run on Ray "
             "(run.executor = \"ray\")")
 

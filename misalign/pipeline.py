@@ -15,6 +15,7 @@ the same table (`run_each`).  The stage contract is misalign.stages.base.Stage.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,7 @@ class StageProfile:
     cached_tokens: int = 0
     shards_reused: int = 0         # (pass, shard) pieces taken from the checkpoint
     shards_run: int = 0
-    startup_seconds: float = 0.0   # starting engines; `seconds` is the work alone
+    startup_seconds: float = 0.0   # starting engines (and stopping others to make room); `seconds` is the work
     engine_starts: dict = field(default_factory=dict)   # model -> engines started for it
     counters: dict = field(default_factory=dict)   # the stage's own counts (e.g. unknown_value), summed over shards
 
@@ -113,7 +114,7 @@ class Manifest:
             manifest = cls(**raw)
             if not all({"index", "file", "rows", "stats"} <= set(s) for p in manifest.passes for s in p["shards"]):
                 raise ValueError("a shard entry lacks index, file, rows or stats")
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ResumeError(f"{path}: not a readable checkpoint manifest ({exc}); use a new run directory") from None
         return manifest
 
@@ -149,16 +150,16 @@ class Runner:
         manifest_path = stage_dir / "manifest.json"
         shard_rows = self.shard_rows if stage.rowwise else max(table.num_rows, 1)
         passes = stage.passes()
-        names = [p.name for p in passes]
         manifest = Manifest.read(manifest_path) or Manifest(stage.name, table.num_rows, shard_rows, [
             {"name": p.name, "model": p.model, "shards": []} for p in passes])
-        if (manifest.input_rows, manifest.shard_rows, [p["name"] for p in manifest.passes]) != \
-                (table.num_rows, shard_rows, names):
+        had = [f"{p['name']} ({p['model'] or '-'})" for p in manifest.passes]
+        wants = [f"{p.name} ({p.model or '-'})" for p in passes]
+        if (manifest.input_rows, manifest.shard_rows, had) != (table.num_rows, shard_rows, wants):
             raise ResumeError(f"{stage_dir}: this run directory holds a {manifest.stage} stage over "
                               f"{manifest.input_rows} rows in shards of {manifest.shard_rows} (passes "
-                              f"{', '.join(p['name'] for p in manifest.passes)}), but this run gives it "
-                              f"{table.num_rows} rows in shards of {shard_rows} (passes {', '.join(names)}); use "
-                              "a new run directory, or the same config and input")
+                              f"{', '.join(had)}), but this run gives it {table.num_rows} rows in shards of "
+                              f"{shard_rows} (passes {', '.join(wants)}); use a new run directory, or the same "
+                              "config and input")
         profile = StageProfile(stage.name)
         n_shards = max(-(-table.num_rows // shard_rows), 1)
         for pass_no, (step, entry) in enumerate(zip(passes, manifest.passes)):
@@ -192,6 +193,8 @@ class Runner:
                     self.on_progress(label, min(finished * shard_rows, table.num_rows), table.num_rows)
         manifest.complete = True
         manifest.write(manifest_path)
+        for pass_no, entry in enumerate(manifest.passes[:-1]):    # only the last pass is read again
+            shutil.rmtree(stage_dir / f"{pass_no:02d}-{entry['name']}", ignore_errors=True)
         self.profiles.append(profile)
         shards = sorted(manifest.passes[-1]["shards"], key=lambda s: s["index"])
         return pa.concat_tables([self._read(stage_dir, s) for s in shards], promote_options="default")

@@ -141,7 +141,7 @@ def test_paper_gpu_keeps_roles_apart_and_fits_an_80gb_card_from_the_shapes():
     assert result.exit_code == 0, result.output
     assert "1 x GPU (79.6 GiB each)" in result.output and "releases" in result.output
     h200 = plan_cli(ROOT / "configs" / "paper-gpu.toml", "--gpu-memory", 140.4)
-    assert "engine starts at most: mistral 2, llama 1, qwen 1, gemma 1, phi 1, ministral 1, llama32 1" in h200.output
+    assert "engine starts at most: mistral 2, llama 1, qwen 1, gemma 2, phi 2, ministral 1, llama32 1" in h200.output
 
 
 def test_paper_exact_needs_eight_gpus_for_mixtral():
@@ -151,3 +151,30 @@ def test_paper_exact_needs_eight_gpus_for_mixtral():
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == (
         "error: plan: model 'mixtral': tensor_parallel_size = 8, but this box has 4 GPUs")
+
+
+def test_mistrals_consolidated_file_is_not_counted_beside_its_shards(tmp_path):
+    from safetensors.numpy import save_file
+    import numpy as np
+    for name in ("model-00001-of-00001.safetensors", "consolidated.safetensors"):
+        save_file({"w": np.zeros(100, np.float16)}, str(tmp_path / name))
+    assert safetensors_size(tmp_path) == (100, 200)
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"w": "consolidated.safetensors"}}))
+    assert safetensors_size(tmp_path) == (100, 200)        # the index names the files
+
+
+def test_the_embedder_keeps_its_need_and_a_cap_spreads_the_card_over_the_engines_it_allows(tmp_path):
+    config = config_with(tmp_path, FOUR, resident_models=2)
+    plan = plan_memory(config, Device("gpu", int(H200)), list(FOUR), embedder=True)
+    embedder = plan.models["MiniLM embedder"]
+    assert embedder.share == pytest.approx(embedder.need / H200)
+    largest = sorted((m.share for n, m in plan.models.items() if n in FOUR), reverse=True)[:2]
+    assert sum(largest) == pytest.approx(plan.llm_budget)   # the two allowed at once fill the card
+
+
+def test_on_ray_the_drivers_plan_is_a_note_not_a_stop():
+    result = plan_cli(ROOT / "configs" / "paper-exact.toml", "--gpus", 4, "--gpu-memory", 140.4, "--executor", "ray")
+    assert result.exit_code == 0, result.output
+    assert ("note: on this machine model 'mixtral' tensor_parallel_size = 8, but this box has 4 GPUs; each Ray "
+            "worker plans its own") in result.output

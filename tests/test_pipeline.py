@@ -187,9 +187,19 @@ def test_passes_run_model_major_and_a_stage_killed_mid_pass_resumes_there(tmp_pa
     profile = resumed.profiles[0]
     assert (profile.items_in, profile.items_out) == (30, 30)    # the stage's rows, not the passes'
     assert (profile.shards_reused, profile.shards_run) == (4, 2)
-    with pytest.raises(ResumeError, match=r"passes a, b\), but this run gives it 30 rows in shards of 10 "
-                                          r"\(passes a\)"):
-        class OnePass(TwoPasses):
-            def passes(self):
-                return super().passes()[:1]
+    stage_dir = tmp_path / "stages" / "00_two"
+    assert not (stage_dir / "00-a").exists() and (stage_dir / "01-b").is_dir()   # only the last is read again
+
+    class OnePass(TwoPasses):
+        def passes(self):
+            return super().passes()[:1]
+
+    class OtherModel(TwoPasses):                         # the same passes with another model
+        def passes(self):
+            a, b = super().passes()
+            return [a, Pass(b.name, "model-c", b.run)]
+    with pytest.raises(ResumeError, match=r"\(passes a \(model-a\), b \(model-b\)\), but this run gives it 30 rows "
+                                          r"in shards of 10 \(passes a \(model-a\)\)"):
         Runner(tmp_path, shard_rows=10).run([OnePass([])], table)
+    with pytest.raises(ResumeError, match=r"b \(model-c\)"):
+        Runner(tmp_path, shard_rows=10).run([OtherModel([])], table)

@@ -90,9 +90,9 @@ class EnginePool(Pool):
                                                             api_key_env=model.api_key_env or None, chat=model.chat))
             return self._engines[name]
         from misalign.inference import EngineConfig, VLLMEngine
+        began = time.perf_counter()            # start-up seconds count shutting engines down to make room
         self._make_room(name)
         plan = self.memory_plan()
-        began = time.perf_counter()
         engine = VLLMEngine(EngineConfig(
             model=self.resolve_path(name, model), dtype=model.dtype, max_model_len=model.max_model_len,
             gpu_memory_utilization=model.gpu_memory_utilization or plan.gpu_share(name),
@@ -111,6 +111,8 @@ class EnginePool(Pool):
     def _make_room(self, name: str) -> None:
         """Shut local engines down until `name` fits beside the rest."""
         plan = self.memory_plan()
+        if name not in plan.models:            # a model the plan was not told of: nothing to weigh
+            return
         local = [n for n in self._engines if n in plan.models]
         future = self.schedule.models() if self.schedule else []
         while local and not plan.fits(local, name):

@@ -60,6 +60,9 @@ class Stage:
     def passes(self) -> list[Pass]:
         """The stage's passes in order; by default one, `run` with the stage's one model."""
         models = self.models()
+        if len(models) > 1:
+            raise NotImplementedError(f"stage {self.name!r} uses {len(models)} models: it must split its work "
+                                      "into passes() of one model each")
         return [Pass(self.name, models[0] if models else None, self.run)]
 
     def run_passes(self, table: pa.Table) -> pa.Table:
@@ -69,7 +72,7 @@ class Stage:
         return table
 
     def models(self) -> list[str]:
-        """The models whose use this stage counts (misalign.memory_plan.EMBEDDER for the
+        """The models whose use this stage counts (misalign.inference.base.EMBEDDER for the
         embedder); none by default."""
         return []
 
