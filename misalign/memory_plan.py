@@ -309,10 +309,12 @@ def _gpu_shares(config: Config, plan: MemoryPlan) -> None:
 
 def _too_big(memory: ModelMemory, device: Device, budget: float) -> str:
     per_card = "per card " if memory.tensor_parallel > 1 else ""
+    advice = ("set its tensor_parallel_size (several GPUs), a smaller max_model_len, or run on Ray "
+              "(run.executor = \"ray\")" if device.kind == "gpu" else
+              "serve it elsewhere (kind = \"openai\") or run on Ray (run.executor = \"ray\")")
     return (f"needs {memory.need / GIB:.1f} GiB {per_card}({memory.describe()}, KV cache for "
-            f"{max(memory.max_model_len, KV_TOKENS):,} tokens, engine overhead) but {budget * device.memory / GIB:.1f} GiB of {device.describe()} is usable; "
-            "set its tensor_parallel_size (several GPUs), a smaller max_model_len, or run on Ray "
-            "(run.executor = \"ray\")")
+            f"{max(memory.max_model_len, KV_TOKENS):,} tokens, engine overhead) but "
+            f"{budget * device.memory / GIB:.1f} GiB of {device.describe()} is usable; {advice}")
 
 
 # ----------------------------------------------------------------------------------- schedule

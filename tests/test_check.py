@@ -1,4 +1,6 @@
 """`misalign-fast check`: the preflight that reads configs and tokenizers, never weights."""
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -103,3 +105,22 @@ def test_run_checks_before_any_engine_starts(tmp_path, models):
     result = CliRunner().invoke(main, ["run", str(config), "--run-dir", str(tmp_path / "run")])
     assert result.exit_code == 2 and "answer tokens" in result.output
     assert not (tmp_path / "run" / "logs").exists()           # no engine was started
+
+
+def test_a_model_too_large_for_this_machine_is_one_line_before_any_engine(tmp_path, models):
+    """A real tokenizer beside Mixtral-8x22B's shape (no weights): the check reads the shape and
+    stops, as run and build do before starting anything."""
+    import json
+    import shutil
+    big = tmp_path / "big"
+    shutil.copytree(models["mistral-v3"], big)
+    (big / "model.safetensors").unlink()
+    shape = Path(__file__).resolve().parents[1] / "benchmarks/gpu/shapes/Mixtral-8x22B-Instruct-v0.1/config.json"
+    (big / "config.json").write_text(json.dumps({**json.loads(shape.read_text()), "vocab_size": 32768}))
+    result = check(write_config(tmp_path, {"big": big, "smollm2": models["smollm2"]}, "big", "smollm2"))
+    assert result.exit_code == 2
+    assert "TiB" not in result.output and "│ big " in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: check: model 'big': needs ") and "weights" in last and last.endswith(
+        ("serve it elsewhere (kind = \"openai\") or run on Ray (run.executor = \"ray\")",
+         "or run on Ray (run.executor = \"ray\")"))
