@@ -364,7 +364,10 @@ def _print_schedule(schedule, passes=True):
     plan = schedule.plan
     engines = len([n for n in plan.models if n != EMBEDDER])
     if plan.slots >= engines:
-        residency = f"all {engines} model engines fit at once" if engines > 1 else "one model engine"
+        residency = f"all {engines} model engines fit at once" if engines > 1 else "its one model stays resident"
+    elif plan.slots == 1:
+        residency = "one model engine at a time" + (f" (run.resident_models = {plan.resident_models})"
+                                                     if plan.resident_models else "")
     elif plan.resident_models and plan.slots == plan.resident_models:
         residency = f"at most {plan.slots} engine{'s' if plan.slots != 1 else ''} at once (run.resident_models = " \
                     f"{plan.resident_models})"
