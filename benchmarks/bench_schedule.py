@@ -10,11 +10,10 @@ import argparse
 from pathlib import Path
 
 from misalign.config import load
-from misalign.memory_plan import GIB, Device, schedule
+from misalign.memory_plan import GIB, SHAPES, Device, schedule
 from misalign.preflight import plan_run, run_passes
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAPES = ROOT / "benchmarks" / "gpu" / "shapes"
 BOXES = {"paper-gpu.toml": [("1 x H100 80GB", 1, 79.6), ("1 x H200", 1, 140.4)],
          "paper-exact.toml": [("8 x H100 80GB", 8, 79.6), ("8 x H200", 8, 140.4)]}
 

@@ -40,7 +40,8 @@ SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4
                      "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2}
 MAX_HEADER = 100_000_000    # bytes: the safetensors format's own limit on its JSON header
-SMOLLM2_PARAMETERS = 134_515_008    # before `misalign-fast models prepare` has written its checkpoint
+SMOLLM2_PARAMETERS = 134_515_008
+SHAPES = Path(__file__).parent / "data" / "shapes"    # config.json of the paper's models and their substitutes    # before `misalign-fast models prepare` has written its checkpoint
 
 
 class PlanError(ConfigError):

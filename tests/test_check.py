@@ -1,11 +1,10 @@
 """`misalign-fast check`: the preflight that reads configs and tokenizers, never weights."""
-from pathlib import Path
-
 import pytest
 from click.testing import CliRunner
 
 from misalign.cli import main
 from misalign.inference.tiny import REAL_TOKENIZERS, make_tiny_model
+from misalign.memory_plan import SHAPES
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +114,7 @@ def test_a_model_too_large_for_this_machine_is_one_line_before_any_engine(tmp_pa
     big = tmp_path / "big"
     shutil.copytree(models["mistral-v3"], big)
     (big / "model.safetensors").unlink()
-    shape = Path(__file__).resolve().parents[1] / "benchmarks/gpu/shapes/Mixtral-8x22B-Instruct-v0.1/config.json"
+    shape = SHAPES / "Mixtral-8x22B-Instruct-v0.1" / "config.json"
     (big / "config.json").write_text(json.dumps({**json.loads(shape.read_text()), "vocab_size": 32768}))
     result = check(write_config(tmp_path, {"big": big, "smollm2": models["smollm2"]}, "big", "smollm2"))
     assert result.exit_code == 2

@@ -9,12 +9,11 @@ from click.testing import CliRunner
 
 from misalign.cli import main
 from misalign.config import load
-from misalign.memory_plan import (GIB, Device, PlanError, plan_memory, safetensors_size, schedule,
+from misalign.memory_plan import (GIB, SHAPES, Device, PlanError, plan_memory, safetensors_size, schedule,
                                   shape_parameters)
 from misalign.preflight import plan_run
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAPES = ROOT / "benchmarks" / "gpu" / "shapes"
 H100, H200 = 79.6 * GIB, 140.4 * GIB
 
 
@@ -127,7 +126,7 @@ def test_on_cpu_an_engine_needs_its_weights_kv_space_and_process(tmp_path, monke
 
 
 def plan_cli(*args):
-    return CliRunner().invoke(main, ["plan", *map(str, args), "--shapes", SHAPES])
+    return CliRunner().invoke(main, ["plan", *map(str, args)])      # shapes: the bundled ones
 
 
 def test_paper_gpu_keeps_roles_apart_and_fits_an_80gb_card_from_the_shapes():

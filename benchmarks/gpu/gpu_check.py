@@ -28,34 +28,23 @@ import time
 import tomllib
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-CONFIG = HERE.parents[1] / "configs" / "paper-gpu.toml"
+from misalign.memory_plan import SHAPES
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "paper-gpu.toml"
 # small enough for 10 minutes with ~15 engine starts, large enough to batch: 40 prompts, the
 # paper's 3 candidates and 2 resampling rounds, answers cut at 128 tokens
 SETTINGS = ['input.path=""', "run.limit=40", "expand.floor=2", "expand.budget=2", "respond.max_tokens=128", "run.shard_rows=64"]
 
 
 def model_dirs(out: Path) -> dict[str, Path]:
-    """One folder per model of the config: its shape's config.json (vocabulary cut to the
-    tokenizer), Mistral's tokenizer and chat template, and end tokens that stop random text at
-    random lengths (one token in 16, as in the tiny stand-in)."""
-    from misalign.inference.tiny import mistral_v3_tokenizer
+    """One folder per model of the config: its shape with Mistral's tokenizer (see
+    misalign.inference.tiny.shape_checkpoint)."""
+    from misalign.inference.tiny import mistral_v3_tokenizer, shape_checkpoint
     tokenizer = mistral_v3_tokenizer()
     config = tomllib.loads(CONFIG.read_text())
-    dirs = {}
-    for name, model in config["models"].items():
-        shape = json.loads((HERE / "shapes" / Path(model["path"]).name / "config.json").read_text())
-        target = out / "models" / name
-        target.mkdir(parents=True, exist_ok=True)
-        tokenizer.save_pretrained(target)
-        shape.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
-        (target / "config.json").write_text(json.dumps(shape, indent=1))
-        stops = [i for i in range(7, len(tokenizer), 16) if i not in tokenizer.all_special_ids]
-        (target / "generation_config.json").write_text(json.dumps(
-            {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": [tokenizer.eos_token_id, *stops]}))
-        dirs[name] = target
-    return dirs
+    return {name: shape_checkpoint(json.loads((SHAPES / Path(model["path"]).name / "config.json").read_text()),
+                                   out / "models" / name, tokenizer)
+            for name, model in config["models"].items()}
 
 
 def overrides(dirs: dict[str, Path], graphs: bool) -> list[str]:

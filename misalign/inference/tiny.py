@@ -61,6 +61,27 @@ def make_tiny_model(out_dir, corpus: list[str] | None = None, seed: int = 0, voc
     return out
 
 
+def shape_checkpoint(shape: dict, out_dir, tokenizer, layers: int | None = None) -> Path:
+    """A folder vLLM runs with load_format = "dummy" (random weights): a real model's config.json
+    `shape` (optionally cut to `layers` layers) and `tokenizer`.  The vocabulary is cut to the
+    tokenizer's, so that random weights never pick an id it cannot write, and one token in 16
+    ends a text, so that random texts stop at random lengths as a real model's do."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(out)
+    shape = {**shape, "vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+             "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.eos_token_id}
+    if layers:
+        shape["num_hidden_layers"] = layers
+        shape.pop("max_window_layers", None)
+    (out / "config.json").write_text(json.dumps(shape, indent=1))
+    stops = [i for i in range(7, len(tokenizer), 16) if i not in tokenizer.all_special_ids]
+    (out / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": [tokenizer.eos_token_id, *stops]}))
+    (out / "STAND_IN.txt").write_text(STAND_IN_NOTE + "\n")
+    return out
+
+
 def train_tokenizer(corpus: list[str], vocab_size: int, max_position: int):
     """A byte-level BPE with the stand-in's chat template (any text still tokenizes)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
