@@ -432,9 +432,10 @@ def check(config_path, overrides, run_dir, executor):
                                                          "this machine's device.")
 @click.option("--gpu-memory", type=click.FloatRange(min=1), metavar="GIB",
               help="Memory of each of those GPUs in GiB: 79.6 for an H100 80GB, 140.4 for an H200.")
-@click.option("--shapes", type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--shapes", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Model shapes for models whose files are not on this machine: DIR/NAME/config.json, NAME "
-                   "being the last part of the model's path (benchmarks/gpu/shapes has the paper's models).")
+                   "being the last part of the model's path (default: misalign/data/shapes, the paper's models "
+                   "and their substitutes).")
 def plan(config_path, overrides, run_dir, executor, gpus, gpu_memory, shapes):
     """The memory plan of a run, in a second, without loading any model.
 
@@ -444,9 +445,9 @@ def plan(config_path, overrides, run_dir, executor, gpus, gpu_memory, shapes):
     same plan before their first engine starts.  Exit status 2 when a model cannot fit on its
     own.  For another box, or models stored elsewhere:
 
-      misalign-fast plan configs/paper-gpu.toml --gpu-memory 79.6 --shapes benchmarks/gpu/shapes
+      misalign-fast plan configs/paper-gpu.toml --gpu-memory 79.6
     """
-    from misalign.memory_plan import GIB, Device
+    from misalign.memory_plan import GIB, SHAPES, Device
     from misalign.preflight import plan_run
     config = _load_config(config_path, overrides, run_dir, executor)
     if gpus and not gpu_memory:
@@ -454,8 +455,8 @@ def plan(config_path, overrides, run_dir, executor, gpus, gpu_memory, shapes):
     device = Device("gpu", int(gpu_memory * GIB), gpus or 1, "GPU") if gpu_memory else None
     directories = {}
     for name, model in config.models.items():
-        candidate = Path(shapes or ".") / Path(model.path).name
-        if shapes and model.kind == "vllm" and model.path and not (Path(model.path) / "config.json").exists() \
+        candidate = Path(shapes or SHAPES) / Path(model.path).name
+        if model.kind == "vllm" and model.path and not (Path(model.path) / "config.json").exists() \
                 and (candidate / "config.json").exists():
             directories[name] = candidate
     schedule = plan_run(config, device=device, directories=directories)
@@ -527,6 +528,98 @@ def _print_domain_stats(rows):
                           str(s["truncated"]), str(s["resampled"]), str(s["recovered_by_resampling"]),
                           str(s["final_pairs"]))
     out.print(stats)
+
+
+@main.group()
+def perf():
+    """Perf regression testing: run a seeded workload suite into a JSON file, compare two files
+    (or two run directories) and exit 1 on a regression.
+
+      misalign-fast perf run --suite quick -o base.json
+      misalign-fast perf compare base.json new.json --threshold 0.10
+    """
+
+
+@perf.command("run")
+@click.option("--suite", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
+              help="quick: a few minutes on 2 cores (12 prompts, no expansion); full: 75 prompts with expansion.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Time Stage I with this run config's models instead of the built-in one (Mistral-7B's "
+                   "shape on random weights).")
+@click.option("--repeat", type=click.IntRange(1, 50), default=3, show_default=True, help="Samples per benchmark.")
+@click.option("--only", type=click.Choice(["core", "pipeline"]), help="Run one part of the suite.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The result file (JSON).")
+def perf_run(suite, config_path, repeat, only, output):
+    """Run the perf suite: the C core (fingerprint MB/s on ASCII and non-ASCII prompts, exact
+    self-joins of 1M fingerprints at tau 3 and 10, the streaming filter) and Stage I per stage
+    (items/s, tokens/s without engine start-up, prefix-cache hits, start-up apart, and the
+    respond stage's speed as a share of raw vLLM's on the same requests).  Every benchmark keeps
+    its samples, median, min and max."""
+    import tempfile
+
+    from misalign import config as config_mod
+    from misalign import perf as perf_mod
+    from misalign.stages.ingest import read_prompts
+    from importlib import resources
+    limit = 12 if suite == "quick" else 75
+    texts = read_prompts(str(resources.files("misalign").joinpath("data/sample_prompts.jsonl")), "prompt")[0] \
+        .column("prompt").to_pylist()
+    benchmarks = []
+    with tempfile.TemporaryDirectory(prefix="misalign-perf-") as work:
+        config = config_mod.load(config_path, settings={"run.limit": limit}) if config_path else \
+            perf_mod.pipeline_config(Path(work), limit, expand=suite == "full")
+        if only != "pipeline":
+            benchmarks += perf_mod.core_suite(repeat, texts)
+        if only != "core":
+            benchmarks += perf_mod.pipeline_suite(repeat, config, Path(work))
+    env = perf_mod.environment(config_mod.to_toml(config), sorted(config.roles()))
+    perf_mod.write(output, suite, env, benchmarks)
+    table = Table(title=f"perf {suite}: {repeat} sample{'s' if repeat != 1 else ''} each", title_justify="left")
+    for name in ("benchmark", "median", "min", "max", "unit"):
+        table.add_column(name, justify="left" if name in ("benchmark", "unit") else "right")
+    for b in benchmarks:
+        table.add_row(b.name, *(perf_mod.format_number(x) for x in (b.median, b.min, b.max)), b.unit)
+    out.print(table)
+    out.print(f"written to {output}")
+
+
+@perf.command("compare")
+@click.argument("base", type=click.Path(exists=True, path_type=Path))
+@click.argument("new", type=click.Path(exists=True, path_type=Path))
+@click.option("--threshold", type=click.FloatRange(0, 10), default=0.10, show_default=True,
+              help="A change beyond this share of the base median is a regression or an improvement.")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdicts as JSON.")
+@click.option("--markdown", is_flag=True, help="Print a Markdown table (for a pull-request comment).")
+@click.option("--force", is_flag=True, help="Compare results measured on different CPUs or GPUs.")
+def perf_compare(base, new, threshold, as_json, markdown, force):
+    """Compare two `perf run` results (or two run directories' profiles): every benchmark, both
+    medians, their ratio and a status: regression, improvement, unchanged, or noisy (the samples
+    spread wider than the threshold and overlap: no verdict).  Exit status 1 when anything
+    regressed, 2 when the results cannot be compared."""
+    import json as json_mod
+    from dataclasses import asdict
+
+    from misalign import perf as perf_mod
+    verdicts = perf_mod.compare(*perf_mod.read(base), *perf_mod.read(new), threshold=threshold, force=force)
+    if as_json:
+        click.echo(json_mod.dumps([asdict(v) for v in verdicts], indent=1))
+    elif markdown:
+        click.echo(perf_mod.markdown(verdicts))
+    else:
+        table = Table(title=f"perf compare (threshold {threshold:.0%})", title_justify="left")
+        for name in ("benchmark", "base", "new", "ratio", "status"):
+            table.add_column(name, justify="left" if name in ("benchmark", "status") else "right")
+        colours = {"regression": "red", "improvement": "green", "noisy": "yellow"}
+        for v in verdicts:
+            table.add_row(Text(v.name), perf_mod.format_value(v.base, v.unit), perf_mod.format_value(v.new, v.unit),
+                          "-" if v.ratio is None else f"{v.ratio:.3f}", Text(v.status, style=colours.get(v.status, "")))
+        out.print(table)
+    regressed = [v.name for v in verdicts if v.status == "regression"]
+    if regressed:
+        if not (as_json or markdown):
+            out.print(Text(f"regression beyond {threshold:.0%}: {', '.join(regressed)}"))
+        sys.exit(1)
 
 
 @main.group()

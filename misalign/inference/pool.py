@@ -133,6 +133,13 @@ class EnginePool(Pool):
         done["starts"] += 1
         done["startup_seconds"] += time.perf_counter() - began
 
+    def reset_prefix_caches(self) -> None:
+        """Empty the running engines' prefix caches (a benchmark's samples start alike)."""
+        for engine in [*self._engines.values(), self._embedder]:
+            reset = getattr(getattr(engine, "llm", None), "reset_prefix_cache", None)
+            if reset:
+                reset()
+
     def embedder(self):
         """The sentence-embedding engine (bundled MiniLM), shared by classification and probes."""
         if self._embedder is None:

@@ -1,0 +1,359 @@
+"""Perf regression testing: a seeded workload suite written as one JSON file, and a comparison of two
+such files (or two run directories' profiles) with a verdict a CI job can act on.
+
+    {"environment": {...}, "suite": "quick",
+     "benchmarks": [{"name", "unit", "higher_is_better", "samples", "median", "min", "max"}, ...]}
+
+A timing is a sample, not a fact: every benchmark is repeated and keeps its samples; `compare`
+calls a change a regression or an improvement only beyond the threshold, and says "noisy" when the
+samples of either side spread wider than the threshold and overlap, instead of guessing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from misalign.config import Config
+from misalign.errors import MisalignError
+
+FORMAT = 1
+
+
+class PerfError(MisalignError):
+    """Two results that cannot be compared, or a file that is not a result."""
+
+
+@dataclass
+class Benchmark:
+    name: str
+    unit: str
+    higher_is_better: bool
+    samples: list = field(default_factory=list)
+    median: float = 0.0
+    min: float = 0.0
+    max: float = 0.0
+
+    @classmethod
+    def of(cls, name: str, unit: str, samples: list[float], higher_is_better: bool = True) -> "Benchmark":
+        return cls(name, unit, higher_is_better, [float(s) for s in samples], statistics.median(samples),
+                   min(samples), max(samples))
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median: how far apart the samples are."""
+        return (self.max - self.min) / abs(self.median) if self.median else 0.0
+
+
+# ---------------------------------------------------------------------------------- environment
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def environment(config_text: str = "", models: list[str] | None = None) -> dict:
+    """What a comparison must know about where a result was measured."""
+    from misalign.memory_plan import detect_device
+    from misalign.provenance import versions
+    device = detect_device()
+    gpu = {"gpu": device.name, "gpu_memory_gib": round(device.memory / 2 ** 30, 1), "gpus": device.cards} \
+        if device.kind == "gpu" else {"gpu": None}
+    return {"cpu": _cpu_model(), "cores": os.cpu_count(), **gpu, "python": platform.python_version(),
+            "versions": versions(), "revision": _git_revision(),
+            "config_sha256": hashlib.sha256(config_text.encode()).hexdigest() if config_text else "",
+            "models": models or []}
+
+
+# --------------------------------------------------------------------------------------- running
+
+def repeat(times: int, fn: Callable[[], float]) -> list[float]:
+    return [fn() for _ in range(times)]
+
+
+def write(path: Path, suite: str, env: dict, benchmarks: list[Benchmark]) -> None:
+    from misalign.tables import atomic_path
+    record = {"format": FORMAT, "suite": suite, "environment": env, "benchmarks": [asdict(b) for b in benchmarks]}
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
+
+
+def read(path: Path) -> tuple[dict, list[Benchmark]]:
+    """A result file's environment and benchmarks, or a run directory's profiles as benchmarks."""
+    path = Path(path)
+    if path.is_dir():
+        return run_dir_benchmarks(path)
+    try:
+        record = json.loads(path.read_text())
+        return record["environment"], [Benchmark(**b) for b in record["benchmarks"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PerfError(f"{path}: not a result of `misalign-fast perf run` ({type(exc).__name__}: {exc})") from None
+
+
+def run_dir_benchmarks(run_dir: Path) -> tuple[dict, list[Benchmark]]:
+    """A run directory's profile.json (and bench/meta.json) as one-sample benchmarks per stage:
+    items/s and tokens/s (work only) and engine start-up seconds."""
+    profiles = []
+    for source in (run_dir / "profile.json", run_dir / "bench" / "meta.json"):
+        if source.exists():
+            try:
+                data = json.loads(source.read_text())
+            except ValueError:
+                raise PerfError(f"{source}: not JSON") from None
+            profiles += data if isinstance(data, list) else data.get("profile", [])
+    if not profiles:
+        raise PerfError(f"{run_dir}: no profile.json or bench/meta.json to compare")
+    out = []
+    for p in profiles:
+        out.append(Benchmark.of(f"{p['stage']}: items/s", "items/s", [p["items_per_s"]]))
+        if p.get("prompt_tokens") or p.get("generated_tokens"):
+            out.append(Benchmark.of(f"{p['stage']}: tokens/s", "tokens/s", [p["tokens_per_s"]]))
+        if p.get("engine_starts"):
+            out.append(Benchmark.of(f"{p['stage']}: engine start-up", "s", [p["startup_seconds"]], False))
+    run = run_dir / "run.json"
+    env = json.loads(run.read_text()).get("versions", {}) if run.exists() else {}
+    return {"run_dir": str(run_dir), "versions": env}, out
+
+
+# ------------------------------------------------------------------------------------- comparing
+
+@dataclass
+class Verdict:
+    name: str
+    unit: str
+    base: float | None
+    new: float | None
+    ratio: float | None          # new / base median
+    status: str                  # regression, improvement, unchanged, noisy, new, missing
+
+
+def judge(base: Benchmark, new: Benchmark, threshold: float) -> Verdict:
+    ratio = new.median / base.median if base.median else float("inf")
+    better = ratio - 1 if new.higher_is_better else 1 - ratio        # > 0: an improvement
+    apart = new.min > base.max or new.max < base.min                  # the samples do not overlap
+    if max(base.spread, new.spread) > threshold and not apart:
+        status = "noisy"
+    elif better < -threshold:
+        status = "regression"
+    elif better > threshold:
+        status = "improvement"
+    else:
+        status = "unchanged"
+    return Verdict(new.name, new.unit, base.median, new.median, ratio, status)
+
+
+def compare(base_env: dict, base: list[Benchmark], new_env: dict, new: list[Benchmark], threshold: float = 0.10,
+            force: bool = False) -> list[Verdict]:
+    """One verdict per benchmark of either side; a PerfError for results measured on different
+    processors or GPUs (their times say nothing about the code) unless `force`."""
+    for key in ("cpu", "gpu"):
+        if not force and key in base_env and key in new_env and base_env[key] != new_env[key]:
+            raise PerfError(f"the results were measured on different {key.upper()}s ({base_env[key]!r} and "
+                            f"{new_env[key]!r}); compare results from one machine, or pass --force")
+    olds, news = {b.name: b for b in base}, {b.name: b for b in new}
+    verdicts = [judge(olds[name], b, threshold) if name in olds else Verdict(name, b.unit, None, b.median, None, "new")
+                for name, b in news.items()]
+    verdicts += [Verdict(name, b.unit, b.median, None, None, "missing") for name, b in olds.items() if name not in news]
+    return verdicts
+
+
+def markdown(verdicts: list[Verdict]) -> str:
+    lines = ["| benchmark | base | new | ratio | status |", "|---|---|---|---|---|"]
+    for v in verdicts:
+        lines.append(f"| {v.name} | {format_value(v.base, v.unit)} | {format_value(v.new, v.unit)} | "
+                     f"{'-' if v.ratio is None else f'{v.ratio:.3f}'} | {v.status} |")
+    return "\n".join(lines)
+
+
+def format_number(value: float) -> str:
+    """Three significant digits, thousands grouped: 0.0955, 2.48, 543, 23,200."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
+def format_value(value: float | None, unit: str) -> str:
+    return "-" if value is None else f"{format_number(value)} {unit}"
+
+
+# ---------------------------------------------------------------------------------------- suites
+
+def core_suite(times: int, texts: list[str]) -> list[Benchmark]:
+    """The C core: fingerprint MB/s on ASCII and non-ASCII prompts, exact self-joins of 1M random
+    fingerprints at tau 3 and 10, and the streaming filter's insert-and-query rate."""
+    import numpy as np
+
+    from misalign import _simhash
+    from misalign.dedup import HammingIndex, NearDuplicateFilter, plan_blocks
+    ascii_texts = [t for t in texts if t.isascii()]
+    other = [t for t in texts if not t.isascii()] or ["naïve café " * 8]
+
+    def mb_per_s(sample: list[str], target_mb: float = 8.0):
+        body = sample * max(1, int(target_mb * 1e6 // max(sum(len(t.encode()) for t in sample), 1)))
+        size = sum(len(t.encode()) for t in body) / 1e6
+
+        def once():
+            began = time.perf_counter()
+            _simhash.fingerprint(body)
+            return size / (time.perf_counter() - began)
+        return once
+
+    rng = np.random.default_rng(0)
+    fps = rng.integers(0, 2 ** 63, 1_000_000, dtype=np.int64).view(np.uint64)
+
+    def join(tau: int):
+        def once():
+            began = time.perf_counter()
+            index = HammingIndex(tau, plan_blocks(tau, len(fps)))
+            index.add(fps)
+            index.pairs()
+            return time.perf_counter() - began
+        return once
+
+    stream = [f"{texts[i % len(texts)]} ({i // len(texts)})" for i in range(20_000)]
+
+    def streaming():
+        began = time.perf_counter()
+        seen = NearDuplicateFilter(tau=10)
+        for start in range(0, len(stream), 1_000):
+            seen.add_if_new(stream[start:start + 1_000])
+        return len(stream) / (time.perf_counter() - began)
+
+    return [Benchmark.of("fingerprint, ASCII", "MB/s", repeat(times, mb_per_s(ascii_texts))),
+            Benchmark.of("fingerprint, non-ASCII", "MB/s", repeat(times, mb_per_s(other))),
+            Benchmark.of("self-join 1M, tau 3", "s", repeat(times, join(3)), higher_is_better=False),
+            Benchmark.of("self-join 1M, tau 10", "s", repeat(times, join(10)), higher_is_better=False),
+            Benchmark.of("streaming filter, insert and query", "prompts/s", repeat(times, streaming))]
+
+
+PIPELINE_SHAPE = "Mistral-7B-Instruct-v0.3"     # its tokenizer ships in mistral_common (a vLLM dependency)
+PIPELINE_SETTINGS = """
+[run]
+seed = 0
+shard_rows = 8
+limit = {limit}
+[expand]
+model = "shape"
+floor = {floor}
+budget = 1
+max_tokens = 32
+temperature = 0.0
+[respond]
+models = ["shape"]
+candidates = 1
+temperature = 0.0
+max_tokens = 48
+[reject]
+judge = "shape"
+rounds = 1
+min_chars = 5
+[bench]
+models = ["shape"]
+[models.shape]
+path = "{path}"
+load_format = "dummy"
+enforce_eager = {eager}
+dtype = "{dtype}"
+max_model_len = 2048
+"""
+
+
+def pipeline_config(work_dir: Path, limit: int, expand: bool) -> Config:
+    """Stage I on the first `limit` bundled prompts, greedy, with the MiniLM classifier and
+    Mistral-7B's shape on random weights in every generative role: its whole shape on a GPU, one
+    layer of it in float32 on a CPU (where its full 7B would take minutes per stage).  With
+    `expand`, every domain without a prompt gets one attempt (111 requests: slow on a CPU)."""
+    from misalign import config as config_mod
+    from misalign.inference.tiny import mistral_v3_tokenizer, shape_checkpoint
+    from misalign.memory_plan import SHAPES, detect_device
+    gpu = detect_device().kind == "gpu"
+    shape = json.loads((SHAPES / PIPELINE_SHAPE / "config.json").read_text())
+    model = shape_checkpoint(shape, work_dir / "model", mistral_v3_tokenizer(), layers=None if gpu else 1)
+    path = work_dir / "perf.toml"
+    path.write_text(PIPELINE_SETTINGS.format(limit=limit, floor=int(expand), path=model, eager="false" if gpu else "true",
+                                             dtype="auto" if gpu else "float32"))
+    return config_mod.load(path)
+
+
+def pipeline_suite(times: int, config: Config, work_dir: Path) -> list[Benchmark]:
+    """Stage I `times` times on one engine pool, each in a fresh run directory: per stage items/s,
+    tokens/s (work only: start-ups apart) and prefix-cache hit rate; the engines' start-up (the
+    first build starts them); and the respond stage's tokens/s as a share of raw vLLM's on the
+    same requests in the same batches (the pipeline's own cost)."""
+    import dataclasses
+
+    from misalign.build import build
+    from misalign.inference.pool import EnginePool
+    samples: dict[tuple, list] = {}
+    startup = 0.0
+    pool = EnginePool(config, work_dir)
+    try:
+        for k in range(times):
+            pool.reset_prefix_caches()          # every sample starts cold, as the first did
+            run = dataclasses.replace(config, run=dataclasses.replace(config.run, dir=str(work_dir / f"run-{k}")))
+            for p in build(run, pool)["profile"]:
+                startup += p["startup_seconds"]
+                tokenless = not (p["prompt_tokens"] or p["generated_tokens"]) and p["stage"] not in ("dedup", "split")
+                if not p["items_out"] or not p["seconds"] or tokenless:    # no work: rows passed through
+                    continue
+                samples.setdefault((p["stage"], "items/s"), []).append(p["items_per_s"])
+                if p["prompt_tokens"]:
+                    samples.setdefault((p["stage"], "tokens/s"), []).append(p["tokens_per_s"])
+                    samples.setdefault((p["stage"], "prefix-cache hit rate"), []).append(
+                        100 * p["prefix_cache_hit_rate"])
+        efficiency = respond_efficiency(config, pool, work_dir / f"run-{times - 1}", times)
+    finally:
+        pool.close()
+    out = [Benchmark.of(f"pipeline {stage}: {what}", "%" if what.startswith("prefix") else what, values)
+           for (stage, what), values in samples.items()]
+    out.append(Benchmark.of("pipeline: engine start-up", "s", [startup], higher_is_better=False))
+    out.append(Benchmark.of("respond efficiency vs raw vLLM", "ratio", efficiency))
+    return out
+
+
+def respond_efficiency(config: Config, pool, run_dir: Path, times: int) -> list[float]:
+    """The respond stage's tokens/s in `run_dir` over raw `LLM.generate`'s on the same requests,
+    shard by shard as the stage batched them (greedy: the same tokens come out)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from vllm import SamplingParams
+
+    from misalign.prompting import SIDES, response_prompt
+    profile = {p["stage"]: p for p in json.loads((run_dir / "profile.json").read_text())}["respond"]
+    dedup = next((run_dir / "stages").glob("*_dedup"))      # respond's input
+    shards = json.loads((dedup / "manifest.json").read_text())["passes"][-1]["shards"]
+    rows = pa.concat_tables([pq.read_table(dedup / s["file"])
+                             for s in sorted(shards, key=lambda s: s["index"])]).to_pylist()
+    engine = pool.get(config.respond.models[0])
+    params = SamplingParams(max_tokens=config.respond.max_tokens, temperature=0.0)
+    shard = config.run.shard_rows
+    ratios = []
+    for _ in range(times):
+        pool.reset_prefix_caches()              # as cold as the stage's own run
+        began, tokens = time.perf_counter(), 0
+        for start in range(0, len(rows), shard):
+            part = rows[start:start + shard]
+            texts = [engine.render(response_prompt(kind, row)) for kind in SIDES for row in part]
+            for output in engine.llm.generate(texts, params, use_tqdm=False):
+                tokens += len(output.prompt_token_ids) + len(output.outputs[0].token_ids)
+        raw = tokens / (time.perf_counter() - began)
+        ratios.append(profile["tokens_per_s"] / raw)
+    return ratios
