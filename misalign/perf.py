@@ -296,8 +296,8 @@ def pipeline_config(work_dir: Path, limit: int, expand: bool) -> Config:
 def pipeline_suite(times: int, config: Config, work_dir: Path) -> list[Benchmark]:
     """Stage I `times` times on one engine pool, each in a fresh run directory: per stage items/s,
     tokens/s (work only: start-ups apart) and prefix-cache hit rate; the engines' start-up (the
-    first build starts them); and the respond stage's tokens/s as a share of raw vLLM's on the
-    same requests in the same batches (the pipeline's own cost)."""
+    first build starts them); and the tokens/s of respond's generation and of the judge as a share
+    of raw vLLM's on the same requests in the same batches (the pipeline's own cost)."""
     import dataclasses
 
     from misalign.build import build
@@ -319,41 +319,77 @@ def pipeline_suite(times: int, config: Config, work_dir: Path) -> list[Benchmark
                     samples.setdefault((p["stage"], "tokens/s"), []).append(p["tokens_per_s"])
                     samples.setdefault((p["stage"], "prefix-cache hit rate"), []).append(
                         100 * p["prefix_cache_hit_rate"])
-        efficiency = respond_efficiency(config, pool, work_dir / f"run-{times - 1}", times)
+        efficiency = stage_efficiency(config, pool, work_dir / f"run-{times - 1}", times)
     finally:
         pool.close()
     out = [Benchmark.of(f"pipeline {stage}: {what}", "%" if what.startswith("prefix") else what, values)
            for (stage, what), values in samples.items()]
     out.append(Benchmark.of("pipeline: engine start-up", "s", [startup], higher_is_better=False))
-    out.append(Benchmark.of("respond efficiency vs raw vLLM", "ratio", efficiency))
+    out += [Benchmark.of(f"{name} efficiency vs raw vLLM", "ratio", values) for name, values in efficiency.items()]
     return out
 
 
-def respond_efficiency(config: Config, pool, run_dir: Path, times: int) -> list[float]:
-    """The respond stage's tokens/s in `run_dir` over raw `LLM.generate`'s on the same requests,
-    shard by shard as the stage batched them (greedy: the same tokens come out)."""
+def stage_efficiency(config: Config, pool, run_dir: Path, times: int) -> dict[str, list[float]]:
+    """Respond's generation pass and reject's judge pass, each timed on the run's prompts shard by
+    shard, against raw vLLM (`LLM.generate`, with the same answer log-probabilities for the judge)
+    on the very same requests and batches; tokens/s of the stage over raw's, prefix caches emptied
+    before each.  The judge reads, as candidates, other prompts of the run: plain text that passes
+    the mechanical filter (a random-weight model's own answers rarely do)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
     from vllm import SamplingParams
 
-    from misalign.prompting import SIDES, response_prompt
-    profile = {p["stage"]: p for p in json.loads((run_dir / "profile.json").read_text())}["respond"]
-    dedup = next((run_dir / "stages").glob("*_dedup"))      # respond's input
-    shards = json.loads((dedup / "manifest.json").read_text())["passes"][-1]["shards"]
-    rows = pa.concat_tables([pq.read_table(dedup / s["file"])
+    from misalign.prompting import SIDES, judge_prompt, response_prompt
+    from misalign.stages.reject import RejectStage
+    from misalign.stages.respond import RespondStage
+    rows = _rows(run_dir / "stages", "dedup")
+    generator_name = config.respond.models[0]
+    generator, judge = pool.get(generator_name), pool.get(config.reject.judge)
+    respond = RespondStage(config.respond, pool, seed=config.run.seed)
+    reject = RejectStage(config.reject, pool, config.respond, seed=config.run.seed)
+    n, shard = len(rows), config.run.shard_rows
+    candidates = [{**row, "generator": generator_name, "aligned_candidates": [rows[(i + 1) % n]["prompt"]],
+                   "aligned_truncated": [False], "misaligned_candidates": [rows[(i + 2) % n]["prompt"]],
+                   "misaligned_truncated": [False]} for i, row in enumerate(rows)]
+    cases = {
+        "respond": (generator, lambda t: respond.respond(generator_name, t), rows,
+                    lambda part: [response_prompt(kind, row) for kind in SIDES for row in part],
+                    SamplingParams(max_tokens=config.respond.max_tokens, temperature=0.0)),
+        "judge": (judge, lambda t: reject.judge(0, t), candidates,
+                  lambda part: [judge_prompt(part[c.row], c.text) for c in reject.pending(part)
+                                if not reject.problem(part, c)],
+                  SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=judge.first_tokens(["Yes", "No"])))}
+    ratios = {}
+    for name, (engine, stage_pass, items, requests, params) in cases.items():
+        parts = [items[i:i + shard] for i in range(0, n, shard)]
+        ratios[name] = []
+        stage_pass(pa.Table.from_pylist(parts[0]))          # warm up: the first call of a kind is slower
+        for _ in range(times):
+            pool.reset_prefix_caches()
+            before = engine.stats()
+            tokens_before = before.prompt_tokens + before.generated_tokens
+            began = time.perf_counter()
+            for part in parts:
+                stage_pass(pa.Table.from_pylist(part))
+            stage_seconds = time.perf_counter() - began
+            after = engine.stats()
+            tokens = after.prompt_tokens + after.generated_tokens - tokens_before
+            pool.reset_prefix_caches()
+            began = time.perf_counter()
+            for part in parts:
+                texts = [engine.render(r) for r in requests(part)]
+                if texts:
+                    engine.llm.generate(texts, params, use_tqdm=False)
+            raw_seconds = time.perf_counter() - began
+            if tokens:
+                ratios[name].append(raw_seconds / stage_seconds)    # same tokens: speed over raw's
+    return {name: values for name, values in ratios.items() if values}
+
+
+def _rows(stages: Path, stage: str) -> list[dict]:
+    """What a stage of a finished run wrote, in order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    folder = next(stages.glob(f"*_{stage}"))
+    shards = json.loads((folder / "manifest.json").read_text())["passes"][-1]["shards"]
+    return pa.concat_tables([pq.read_table(folder / s["file"])
                              for s in sorted(shards, key=lambda s: s["index"])]).to_pylist()
-    engine = pool.get(config.respond.models[0])
-    params = SamplingParams(max_tokens=config.respond.max_tokens, temperature=0.0)
-    shard = config.run.shard_rows
-    ratios = []
-    for _ in range(times):
-        pool.reset_prefix_caches()              # as cold as the stage's own run
-        began, tokens = time.perf_counter(), 0
-        for start in range(0, len(rows), shard):
-            part = rows[start:start + shard]
-            texts = [engine.render(response_prompt(kind, row)) for kind in SIDES for row in part]
-            for output in engine.llm.generate(texts, params, use_tqdm=False):
-                tokens += len(output.prompt_token_ids) + len(output.outputs[0].token_ids)
-        raw = tokens / (time.perf_counter() - began)
-        ratios.append(profile["tokens_per_s"] / raw)
-    return ratios

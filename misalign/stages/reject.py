@@ -102,12 +102,22 @@ class RejectStage(Stage):
         prompts = [judge_prompt(r, t) for r, t in zip(rows, texts)]
         return [float(p[0]) for p in self.pool.get(self.config.judge).label_probs(prompts, ["Yes", "No"])]
 
+    def problem(self, rows: list[dict], c: Candidate) -> str | None:
+        """What the mechanical filter finds wrong with a candidate (None: it goes to the judge)."""
+        return mechanical_problem(c.kind, rows[c.row]["prompt"], c.text, self.config.min_chars,
+                                  self.config.max_chars, c.truncated)
+
+    @staticmethod
+    def pending(rows: list[dict]) -> list[Candidate]:
+        """The candidates waiting for the judge, row by row, aligned side first."""
+        return [Candidate(i, kind, text, cut) for i, row in enumerate(rows) for kind in SIDES
+                for text, cut in zip(row[f"{kind}_candidates"], row[f"{kind}_truncated"])]
+
     def _pick(self, rows: list[dict], sides: dict, candidates: list[Candidate], round_no: int) -> None:
         """Filter, judge, and keep each side's best passing candidate of this round."""
         judged = []
         for c in candidates:
-            problem = mechanical_problem(c.kind, rows[c.row]["prompt"], c.text, self.config.min_chars,
-                                         self.config.max_chars, c.truncated)
+            problem = self.problem(rows, c)
             if problem:
                 self._fail(sides[(c.row, c.kind)], c, f"it was {problem}")
             else:
@@ -152,9 +162,7 @@ class RejectStage(Stage):
         rows = table.to_pylist()
         sides = {(i, kind): Side(**row[STATE[kind]]) if row.get(STATE[kind]) else Side()
                  for i, row in enumerate(rows) for kind in SIDES}
-        candidates = [Candidate(i, kind, text, cut) for i, row in enumerate(rows) for kind in SIDES
-                      for text, cut in zip(row[f"{kind}_candidates"], row[f"{kind}_truncated"])]
-        self._pick(rows, sides, candidates, round_no)
+        self._pick(rows, sides, self.pending(rows), round_no)
         for i, row in enumerate(rows):
             for kind in SIDES:
                 row[STATE[kind]] = asdict(sides[(i, kind)])
