@@ -132,7 +132,9 @@ def test_the_quick_pipeline_suite_runs_mistrals_shape_on_this_cpu(tmp_path):
     assert record["environment"]["models"] == ["shape"]
 
 
-@pytest.mark.parametrize("shape, tokenizer", [("Llama-3.1-8B-Instruct", "llama3"), ("Qwen2.5-7B-Instruct", "qwen2")])
+# Mistral's shape runs in the quick pipeline suite above; Qwen2.5's (qwen2 tokenizer) is left out to keep
+# CI under 30 minutes (another 1.5 min engine); Gemma 2's tokenizer ships in no package.
+@pytest.mark.parametrize("shape, tokenizer", [("Llama-3.1-8B-Instruct", "llama3")])
 def test_the_papers_shapes_run_reduced_to_one_layer_on_this_cpu(tmp_path, shape, tokenizer):
     """The shapes a GPU box runs whole (benchmarks/gpu, perf on a GPU), here with one layer, random
     weights and their family's real tokenizer: vLLM loads them, generates and answers Yes/No."""
