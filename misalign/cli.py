@@ -336,11 +336,13 @@ def run(config_path, overrides, run_dir, executor):
 def _preflight(config, stage1=True, stage2=True):
     """The check that runs before any engine starts: one line when all is well, then the memory
     plan; the plan's schedule."""
-    from misalign.preflight import plan_run, require
-    results = require(config, stage1, stage2)
+    from misalign.preflight import check_models, plan_run, require
+    if stage1:
+        check_models(config)                # the files the plan reads (a classifier's probe) exist
+    schedule = plan_run(config, stage1, stage2)     # made once: the check's memory column and the run use it
+    results = require(config, stage1, stage2, schedule)
     out.print(f"check: {len(results)} model{'s' if len(results) != 1 else ''} ready "
               f"({', '.join(r.name for r in results)}); `misalign-fast check` shows the details")
-    schedule = plan_run(config, stage1, stage2)
     _print_schedule(schedule)
     _require_plan(config, schedule)
     return schedule
@@ -553,18 +555,16 @@ def perf():
 def perf_run(suite, config_path, repeat, only, output):
     """Run the perf suite: the C core (fingerprint MB/s on ASCII and non-ASCII prompts, exact
     self-joins of 1M fingerprints at tau 3 and 10, the streaming filter) and Stage I per stage
-    (items/s, tokens/s without engine start-up, prefix-cache hits, start-up apart, and the
-    respond stage's speed as a share of raw vLLM's on the same requests).  Every benchmark keeps
-    its samples, median, min and max."""
+    (items/s, tokens/s without engine start-up, prefix-cache hits, start-up apart, and the speed
+    of respond's generation and of the judge as a share of raw vLLM's on the same requests).
+    Every benchmark keeps its samples, median, min and max."""
     import tempfile
 
     from misalign import config as config_mod
     from misalign import perf as perf_mod
-    from misalign.stages.ingest import read_prompts
-    from importlib import resources
+    from misalign.inference.tiny import bundled_prompts
     limit = 12 if suite == "quick" else 75
-    texts = read_prompts(str(resources.files("misalign").joinpath("data/sample_prompts.jsonl")), "prompt")[0] \
-        .column("prompt").to_pylist()
+    texts = bundled_prompts()
     benchmarks = []
     with tempfile.TemporaryDirectory(prefix="misalign-perf-") as work:
         config = config_mod.load(config_path, settings={"run.limit": limit}) if config_path else \

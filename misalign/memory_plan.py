@@ -21,6 +21,7 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
+from itertools import accumulate
 from pathlib import Path
 
 from misalign.config import BUNDLED_PREFIX, Config, ModelConfig
@@ -40,8 +41,8 @@ SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4
                      "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2}
 MAX_HEADER = 100_000_000    # bytes: the safetensors format's own limit on its JSON header
-SMOLLM2_PARAMETERS = 134_515_008
-SHAPES = Path(__file__).parent / "data" / "shapes"    # config.json of the paper's models and their substitutes    # before `misalign-fast models prepare` has written its checkpoint
+SMOLLM2_PARAMETERS = 134_515_008    # before `misalign-fast models prepare` has written its checkpoint
+SHAPES = Path(__file__).parent / "data" / "shapes"    # config.json of the paper's models and their substitutes
 
 
 class PlanError(ConfigError):
@@ -229,7 +230,7 @@ class MemoryPlan:
     def slots(self) -> int:
         """Engines (bar the embedder) that can surely be resident together: the largest ones."""
         shares = sorted((m.share for n, m in self.models.items() if n != EMBEDDER), reverse=True)
-        fit = max(len([s for s in _running_sum(shares) if s <= self.llm_budget + 1e-9]), 1)
+        fit = max(len([s for s in accumulate(shares) if s <= self.llm_budget + 1e-9]), 1)
         return min(fit, self.resident_models) if self.resident_models else fit
 
     def gpu_share(self, name: str) -> float | None:
@@ -240,13 +241,6 @@ class MemoryPlan:
         if self.problems:
             name, why = self.problems[0]
             raise PlanError(f"plan: model {name!r}: {why}")
-
-
-def _running_sum(values):
-    total = 0.0
-    for v in values:
-        total += v
-        yield total
 
 
 def plan_memory(config: Config, device: Device, names: list[str], embedder: bool = False,

@@ -102,11 +102,12 @@ def plan_run(config: Config, stage1: bool = True, stage2: bool = True, device: D
     return schedule(plan, passes)
 
 
-def check(config: Config, stage1: bool = True, stage2: bool = True) -> list[ModelCheck]:
-    """One ModelCheck per model the run uses: in Stage I's roles, as a model under test, or both."""
+def check(config: Config, stage1: bool = True, stage2: bool = True, planned: Schedule | None = None) -> list[ModelCheck]:
+    """One ModelCheck per model the run uses: in Stage I's roles, as a model under test, or both
+    (`planned`: the run's memory plan, when the caller has made it already)."""
     taxonomy = Taxonomy.load()
     prompts = _longest_prompts(config) if stage1 else []
-    memory = plan_run(config, stage1, stage2).plan
+    memory = (planned or plan_run(config, stage1, stage2)).plan
     results = []
     for name, roles in config.roles().items():
         roles = [r for r in roles if (stage2 if r in STAGE2_ROLES else stage1)]
@@ -138,7 +139,8 @@ def _check_memory(name: str, plan: MemoryPlan, result: ModelCheck) -> None:
     result.problems += [why for model, why in plan.problems if model == name]
 
 
-def require(config: Config, stage1: bool = True, stage2: bool = True) -> list[ModelCheck]:
+def require(config: Config, stage1: bool = True, stage2: bool = True, planned: Schedule | None = None
+            ) -> list[ModelCheck]:
     """`check`, stopping with the first problem as one line."""
     if stage1:
         check_models(config)
@@ -148,7 +150,7 @@ def require(config: Config, stage1: bool = True, stage2: bool = True) -> list[Mo
             from misalign.stages.bench import load_items
             load_items(bench.dataset, bench.split).require_some(bench.split, rejected_items_path(config))
         check_bench(config)
-    results = check(config, stage1, stage2)
+    results = check(config, stage1, stage2, planned)
     for result in results:
         if result.problems:
             raise ConfigError(f"check: model {result.name!r}: {result.problems[0]}")
