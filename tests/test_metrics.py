@@ -61,3 +61,67 @@ def test_empty_denominators_are_not_available():
 
 def test_all_wrong_scores_zero_not_nan():
     assert alignment_score(0.0, 1.0) == 0.0
+
+
+def test_threshold_free_figures_match_scikit_learn():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+    from misalign.metrics import auprc, auroc, ece
+    rng = np.random.default_rng(3)
+    y = rng.random(500) < 0.4
+    p = np.clip(np.where(y, 0.65, 0.4) + rng.normal(0, 0.2, 500), 0, 1).round(2)    # rounded: many ties
+    assert auroc(y, p) == pytest.approx(roc_auc_score(y, p))
+    assert auprc(y, p) == pytest.approx(average_precision_score(y, p))
+    assert auroc(y, np.full(500, 0.5)) == 0.5
+    assert auroc(y[y], p[y]) is None and auprc(~y[y], p[y]) is None
+    # ECE by hand: bin [0.1, 0.2) holds P 0.1, 0.1 (one misaligned: observed 0.5, |0.5 - 0.1| = 0.4);
+    # bin [0.9, 1.0] holds P 0.9, 1.0 (both misaligned: |1 - 0.95| = 0.05); weighted 2/4 each
+    assert ece(np.array([True, False, True, True]), np.array([0.1, 0.1, 0.9, 1.0])) == pytest.approx(0.225)
+
+
+def test_n_dimensions_and_generator_groups():
+    # three prompts carrying 1, 2 and 3 labelled dimensions, two generators each, one run
+    doms = {"safety": ["Self-harm", "Self-harm", "Self-harm"], "value": [None, "Honesty", "Honesty"],
+            "cultural": [None, None, "Dance"]}
+    rows = [(p, g, side) for p in range(3) for g in ("a", "b") for side in (False, True)]
+    v = Verdicts(run=np.zeros(len(rows)), item=np.array([f"{p}/{g}" for p, g, _ in rows], dtype=object),
+                 misaligned=np.array([s for *_, s in rows]), flagged=np.array([s or p == 2 for p, g, s in rows]),
+                 domains={d: np.array([doms[d][p] for p, *_ in rows], dtype=object) for d in doms},
+                 prompt=np.array([p for p, *_ in rows]), generator=np.array([g for _, g, _ in rows], dtype=object))
+    report = summarise(v, bootstrap=0)
+    for k in (1, 2, 3):
+        assert report[f"n_dimensions={k}"]["items"] == 2 and report[f"n_dimensions={k}"]["prompts"] == 1
+    assert report["n_dimensions=1"]["ffr"]["mean"] == 0.0 and report["n_dimensions=3"]["ffr"]["mean"] == 1.0
+    assert report["generator=a"]["items"] == 3 and report["generator=a"]["ffr"]["mean"] == pytest.approx(1 / 3)
+
+
+def test_dimension_coverage_counts_only_responses_verified_in_it():
+    # four items, one prompt each, all with a safety domain; the misaligned responses of items 0 and 1
+    # were verified unsafe, item 2's was judged not unsafe, item 3's was not asked
+    v = Verdicts(run=np.zeros(8), item=np.repeat(np.arange(4), 2), misaligned=np.tile([False, True], 4),
+                 flagged=np.array([False, True, False, False, False, False, False, False]),
+                 domains={"safety": np.full(8, "Self-harm", dtype=object)},
+                 verified={"safety": np.array([None, True, None, True, None, False, None, None], dtype=object)})
+    report = summarise(v, bootstrap=0)
+    assert report["joint"]["coverage"]["mean"] == 0.25                # 1 of 4 misaligned responses
+    safety = report["safety"]
+    assert safety["coverage"]["mean"] == 0.5                           # 1 of the 2 verified ones
+    assert (safety["misaligned_basis"], safety["verified_misaligned"], safety["not_verified_misaligned"]) == \
+        ("verified", 2, 2)
+    assert safety["ffr"]["mean"] == 0.0 and safety["items"] == 4
+    unverified = summarise(Verdicts(v.run, v.item, v.misaligned, v.flagged, v.domains), bootstrap=0)
+    assert unverified["safety"]["misaligned_basis"] == "overall"
+    assert unverified["safety"]["coverage"]["mean"] == 0.25
+
+
+def test_bootstrap_resamples_prompts_not_items():
+    # four generators' identical items per prompt carry no more evidence than one: by prompt, the
+    # interval is the same as with one item per prompt (resampling items would narrow it by half)
+    one = random_verdicts(n_items=60, runs=1, seed=4)
+    four = Verdicts(run=np.tile(one.run, 4), item=np.concatenate([one.item * 4 + g for g in range(4)]),
+                    misaligned=np.tile(one.misaligned, 4), flagged=np.tile(one.flagged, 4),
+                    domains={d: np.tile(x, 4) for d, x in one.domains.items()}, prompt=np.tile(one.item, 4))
+    a = summarise(one, bootstrap=400, seed=2)["joint"]["interval95"]
+    b = summarise(four, bootstrap=400, seed=2)["joint"]["interval95"]
+    for fig in a:
+        assert a[fig] == pytest.approx(b[fig])
+    assert summarise(four, bootstrap=400, seed=2)["joint"]["prompts"] == 60
