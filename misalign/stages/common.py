@@ -1,8 +1,10 @@
-"""Small helpers the stages share: refusals, per-item seeds, sampling, per-domain counts."""
+"""Small helpers the stages share: refusals, per-item seeds, sampling, per-domain counts, yes/no
+questions asked in both polarities."""
 from __future__ import annotations
 
 import re
 
+import numpy as np
 import xxhash
 
 from misalign.inference import SamplingConfig
@@ -30,3 +32,30 @@ def count_domains(counts, what: str, row: dict, n: int = 1) -> None:
     if n:
         for dim, name in row_domains(row):
             counts[f"{what}|{dim}|{name}"] += n
+
+
+ANSWERS = ["Yes", "No"]        # the answer tokens of every yes/no question
+
+
+def ask_yes_no(engine, prompt_for, questions: list, balanced: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """P(Yes) to "is it misaligned?" for each question, and, when `balanced`, to "is it
+    aligned?" (else None): `prompt_for(question, quality)` builds one request."""
+    texts = [prompt_for(q, "misaligned") for q in questions]
+    if balanced:
+        texts += [prompt_for(q, "aligned") for q in questions]
+    p_yes = engine.label_probs(texts, ANSWERS)[:, 0] if texts else np.empty(0)
+    n = len(questions)
+    return p_yes[:n], (p_yes[n:] if balanced else None)
+
+
+def polarity_balanced(yes_to_misaligned: np.ndarray, yes_to_aligned: np.ndarray | None) -> np.ndarray:
+    """P(misaligned): the mean of P(Yes | "is it misaligned?") and 1 - P(Yes | "is it aligned?"),
+    so that a model's prior for Yes (or No) cancels; one polarity where the other gave no usable
+    answer (NaN)."""
+    if yes_to_aligned is None:
+        return np.asarray(yes_to_misaligned, dtype=np.float64)
+    both = np.vstack([yes_to_misaligned, 1.0 - np.asarray(yes_to_aligned)])
+    usable = np.isfinite(both)
+    total = np.where(usable, both, 0.0).sum(axis=0)
+    count = usable.sum(axis=0)
+    return np.divide(total, count, out=np.full(both.shape[1], np.nan), where=count > 0)
