@@ -7,6 +7,8 @@
       rejected_inputs.jsonl                     input rows set aside, with the reason
       config.resolved.toml, run.json            what produced it: config, versions, models, seeds
       README.md                                 the dataset card
+      dataset.html, plots/funnel.png            the per-domain funnel, rejection reasons, profile
+      leakage.csv                               prompts with a near-duplicate in another split
       stages/NN_name/                           checkpoints (shards + manifest), for resume
 """
 from __future__ import annotations
@@ -23,7 +25,9 @@ import pyarrow.parquet as pq
 
 from misalign import config as config_mod
 from misalign.config import SPLITS, Config
+from misalign.dataset_report import write_dataset_report
 from misalign.inference.base import Pool
+from misalign.leakage import CRITERION
 from misalign.tables import atomic_path
 from misalign.pipeline import Runner
 from misalign.stages.base import Stage
@@ -40,10 +44,13 @@ from misalign.taxonomy import DIMENSIONS, UNKNOWN, Taxonomy
 
 DATASET_COLUMNS = ["id", "prompt", "origin", "safety_domain", "safety_prob", "value_domain", "value_prob",
                    "cultural_domain", "cultural_prob", "aligned_response", "misaligned_response", "generator",
-                   "judge_aligned_prob", "judge_misaligned_prob", "resample_round", "cluster", "split"]
+                   "judge_aligned_prob", "judge_misaligned_prob", *(f"misaligned_in_{d}{part}" for d in DIMENSIONS
+                                                                     for part in ("", "_prob")),
+                   "resample_round", "cluster", "split", "leak_id", "leak_jaccard"]
 STATS_COLUMNS = ["dimension", "domain", "classified", "unknown", "expanded", "expansion_near_duplicates",
                  "expansion_unusable", "removed_by_dedup", "sent_to_generation", "aligned_filtered",
-                 "misaligned_filtered", "truncated", "resampled", "recovered_by_resampling", "final_pairs"]
+                 "misaligned_filtered", "truncated", "resampled", "recovered_by_resampling", "final_pairs",
+                 "verified_misaligned", "cross_split_leaks"]
 
 
 def build(config: Config, pool: Pool, on_progress=None, executor=None, schedule: dict | None = None) -> dict:
@@ -76,8 +83,11 @@ def build(config: Config, pool: Pool, on_progress=None, executor=None, schedule:
     summary = {"run_dir": str(run_dir), "input": source, "input_rows": table.num_rows + len(rejected),
                "rejected_inputs": len(rejected), "pairs": final.num_rows, "splits": sizes,
                "dropped_pairs": reject.get("pairs_dropped", 0),
-               "cross_split_near_duplicate_rate": split.get("cross_split_rows", 0) / split["pairs"]
+               "cross_split_near_duplicate_rate": split.get("cross_split_leaks", 0) / split["pairs"]
                if split.get("pairs") else 0.0,
+               "leakage": write_leaks(final, run_dir / "leakage.csv"),
+               "rejection_reasons": {key.removeprefix("rejected "): n for key, n in sorted(
+                   counters["reject"].items(), key=lambda kv: -kv[1]) if key.startswith("rejected ")},
                "expansion": expansion_outcomes(counters["expand"]),
                **{key: reject.get(key, 0) for key in ("resampled_pairs", "recovered_pairs", "truncated_candidates")},
                "models": {"classifier": stages[0].method,
@@ -86,6 +96,7 @@ def build(config: Config, pool: Pool, on_progress=None, executor=None, schedule:
                "versions": versions(), "profile": profile, "stats": stats}
     _write_text(run_dir / "run.json", json.dumps({k: v for k, v in summary.items() if k != "stats"}, indent=1))
     _write_text(run_dir / "README.md", dataset_card(summary))
+    write_dataset_report(run_dir)
     return summary
 
 
@@ -98,7 +109,7 @@ def stage1_stages(config: Config, pool: Pool, taxonomy: Taxonomy) -> list[Stage]
             DedupStage(config.dedup, seed=seed),
             RespondStage(config.respond, pool, seed=seed),
             RejectStage(config.reject, pool, respond=config.respond, seed=seed),
-            SplitStage(config.split, dedup=config.dedup, seed=seed)]
+            SplitStage(config.split, seed=seed)]
 
 
 def stage1_passes(config: Config) -> list[tuple[str, str, str | None]]:
@@ -118,6 +129,23 @@ def write_dataset(final: pa.Table, dataset_dir: Path) -> dict[str, int]:
         with atomic_path(dataset_dir / f"{split}.parquet") as tmp:
             pq.write_table(part, tmp)
     return sizes
+
+
+def write_leaks(final: pa.Table, path: Path) -> dict:
+    """leakage.csv: each row whose prompt has a near-duplicate in another split, beside it; the
+    rate, the rows and the distinct prompt pairs, for run.json and the dataset card."""
+    rows = final.select(["id", "split", "prompt", "leak_id", "leak_jaccard"]).to_pylist()
+    by_id = {r["id"]: r for r in rows}
+    leaks = [r for r in rows if r["leak_id"] is not None]
+    pairs = {tuple(sorted((r["id"], r["leak_id"]))) for r in leaks}
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "split", "prompt", "neighbour_id", "neighbour_split", "neighbour_prompt", "jaccard"])
+        for a, b in sorted(pairs):
+            writer.writerow([a, by_id[a]["split"], by_id[a]["prompt"], b, by_id[b]["split"], by_id[b]["prompt"],
+                             by_id[a]["leak_jaccard"] if by_id[a]["leak_id"] == b else by_id[b]["leak_jaccard"]])
+    return {"rate": len(leaks) / len(rows) if rows else 0.0, "rows": len(leaks), "pairs": len(pairs),
+            "criterion": CRITERION, "file": path.name}
 
 
 def expansion_outcomes(expand: dict) -> dict[str, int]:
@@ -165,11 +193,13 @@ def dataset_card(summary: dict) -> str:
         warning += ("\n**A weak model.** Expansions, responses and judge verdicts come from SmolLM2-135M-Instruct "
                     "(dequantized from 4 bits): real text, but far below the paper's models.\n")
     warning += "".join(f"\n**Roles.** {note}.\n" for note in summary["role_warnings"])
+    leaks = summary["leakage"]
     return f"""# SaVaCu-style dataset (misalign-fast Stage I)
 {warning}
 - input: {summary['input']} ({summary['input_rows']:,} rows, {summary['rejected_inputs']:,} set aside in rejected_inputs.jsonl)
 - pairs: {summary['pairs']:,} ({splits}); {summary['dropped_pairs']:,} dropped after resampling
-- near-duplicates across splits: {summary['cross_split_near_duplicate_rate']:.2%} of rows
+- near-duplicates across splits: {leaks['rate']:.2%} of rows ({leaks['rows']:,} rows, {leaks['pairs']:,} prompt
+  pairs listed in `{leaks['file']}`), by {leaks['criterion']}
 - seed: {summary['seed']}
 
 ## Models
@@ -177,9 +207,14 @@ def dataset_card(summary: dict) -> str:
 
 ## Files
 - `dataset/*.parquet`: id, prompt, origin, per-dimension domain and probability, aligned and misaligned
-  response, generator, judge probabilities, resample round, cluster, split
+  response, generator, judge probabilities, whether the judge found the misaligned response misaligned in
+  each dimension of the prompt (`misaligned_in_<dimension>`, its probability), resample round, cluster,
+  split, the nearest prompt of another split (`leak_id`, `leak_jaccard`; null where none is near)
 - `stats.csv`: per domain, classified / expanded / removed by dedup / sent to generation / candidates
-  filtered / recovered by resampling / final pairs
+  filtered / recovered by resampling / final pairs / misaligned responses verified in the domain's
+  dimension / rows with a near-duplicate in another split
+- `leakage.csv`: the cross-split near-duplicate pairs, with both prompts and their Jaccard
+- `dataset.html`: the per-domain funnel, rejection reasons and per-stage profile, with a figure
 - `profile.json`: per stage items, seconds, tokens, prefix-cache hit rate
 - `config.resolved.toml`, `run.json`: the exact configuration, package versions and models
 """

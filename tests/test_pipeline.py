@@ -98,14 +98,35 @@ def test_dedup_then_split_keeps_clusters_whole():
     table = pa.table({"id": [str(i) for i in range(200)], "prompt": texts + [], "accepted": [True] * 200})
     kept = DedupStage(DedupConfig(tau=10, ngram=2)).run(table)
     doubled = pa.concat_tables([kept, kept])            # two generators per prompt share the cluster
-    split = SplitStage(SplitConfig(0.8, 0.1, 0.1), dedup=DedupConfig(tau=10, ngram=2), seed=3)
+    split = SplitStage(SplitConfig(0.8, 0.1, 0.1), seed=3)
     out = split.run(doubled)
     by_cluster = {}
     for cluster, name in zip(out.column("cluster").to_pylist(), out.column("split").to_pylist()):
         by_cluster.setdefault(cluster, set()).add(name)
     assert all(len(names) == 1 for names in by_cluster.values())
     shares = {name: np.mean(np.array(out.column("split").to_pylist()) == name) for name in ("train", "validation", "test")}
-    assert abs(shares["train"] - 0.8) < 0.05 and split.cross_split_rate == 0.0
+    assert abs(shares["train"] - 0.8) < 0.05
+    # the templated prompts differ in two numbers: SimHash on word bigrams keeps them apart (so they
+    # cross splits), the independent character-shingle measure finds them, each beside a prompt of
+    # another split at Jaccard >= 0.5
+    splits, leaks = out.column("split").to_pylist(), out.column("leak_id").to_pylist()
+    split_of = dict(zip(out.column("id").to_pylist(), splits))
+    found = [(s, split_of[leak], j) for s, leak, j in zip(splits, leaks, out.column("leak_jaccard").to_pylist())
+             if leak is not None]
+    assert split.leak_rate == len(found) / out.num_rows > 0.5
+    assert all(a != b and j >= 0.5 for a, b, j in found)
+
+
+def test_leakage_pairs_are_exact_jaccard_above_the_threshold():
+    from misalign.leakage import cross_split_leaks, jaccard, shingles
+    prompts = ["My neighbour's dog barks all night. What can I do about it?",
+               "My neighbours dog barks all night. What can I do about it??",       # two edits
+               "How do I bake sourdough bread at home without a starter?",
+               "How do I bake sourdough bread at home without a starter?"]          # same text, same split
+    leaks = cross_split_leaks(prompts, ["train", "test", "train", "train"])
+    assert leaks.neighbour == [1, 0, None, None]
+    assert leaks.similarity[0] == pytest.approx(jaccard(shingles(prompts[0]), shingles(prompts[1])), abs=1e-4)
+    assert cross_split_leaks(prompts, ["train"] * 4).neighbour == [None] * 4
 
 
 def test_unloadable_model_fails_before_work(tmp_path):
@@ -133,12 +154,12 @@ def test_a_resumed_run_reports_the_cross_split_figure_it_measured(tmp_path):
 
     def split_counters():
         runner = Runner(tmp_path, shard_rows=16)
-        runner.run([SplitStage(SplitConfig(0.5, 0.25, 0.25), dedup=DedupConfig(tau=10, ngram=2), seed=1)], table)
+        runner.run([SplitStage(SplitConfig(0.5, 0.25, 0.25), seed=1)], table)
         return runner.profiles[0]
 
     first, resumed = split_counters(), split_counters()
     assert first.shards_run == 1 and resumed.shards_reused == 1 and resumed.shards_run == 0
-    assert first.counters["pairs"] == 120 and 0 < first.counters["cross_split_rows"] < 120
+    assert first.counters["pairs"] == 120 and 0 < first.counters["cross_split_leaks"] < 120
     assert resumed.counters == first.counters
 
 

@@ -1,32 +1,34 @@
 """80/10/10 by near-duplicate cluster: clusters are shuffled with the run's seed and filled into
-train, then validation, then test, so that no cluster crosses splits."""
+train, then validation, then test, so that no cluster crosses splits.  What still leaks across
+splits is then measured by an independent criterion (misalign.leakage)."""
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from misalign.config import SPLITS, DedupConfig, SplitConfig
-from misalign.dedup import HammingIndex, fingerprint, plan_blocks
+from misalign.config import SPLITS, SplitConfig
+from misalign.leakage import cross_split_leaks
 from misalign.stages.base import Stage
-
+from misalign.stages.common import count_domains
 
 
 class SplitStage(Stage):
-    """Built from [split]; the cross-split check uses [dedup]'s tau and ngram.  Counts the
-    pairs it splits ("pairs") and the rows with a near-duplicate in another split
-    ("cross_split_rows"), so the rate is measured on every run, resumed or not."""
+    """Built from [split].  Adds `split`, and per row the most similar prompt of another split
+    (`leak_id`, `leak_jaccard`; null where none is near).  Counts the pairs it splits ("pairs")
+    and the rows with a near-duplicate in another split ("cross_split_leaks", also per domain),
+    so the rate is measured on every run, resumed or not."""
     name = "split"
     rowwise = False
 
-    def __init__(self, config: SplitConfig, dedup: DedupConfig, seed: int = 0):
+    def __init__(self, config: SplitConfig, seed: int = 0):
         super().__init__()
         self.fractions = [config.train, config.validation, config.test]
-        self.seed, self.tau, self.ngram = seed, dedup.tau, dedup.ngram
+        self.seed = seed
 
     @property
-    def cross_split_rate(self) -> float:
-        return self.counts["cross_split_rows"] / self.counts["pairs"] if self.counts["pairs"] else 0.0
+    def leak_rate(self) -> float:
+        return self.counts["cross_split_leaks"] / self.counts["pairs"] if self.counts["pairs"] else 0.0
 
     def run(self, table: pa.Table) -> pa.Table:
         table = table.filter(pc.field("accepted"))
@@ -40,17 +42,15 @@ class SplitStage(Stage):
             assignment[unique[k]] = SPLITS[min(split, 2)]
             filled += sizes[k]
         split = [assignment[c] for c in clusters]
+        leaks = cross_split_leaks(table.column("prompt").to_pylist(), split, seed=self.seed)
+        ids = table.column("id").to_pylist()
         self.counts["pairs"] += table.num_rows
-        self.counts["cross_split_rows"] += self._cross_split_rows(table.column("prompt").to_pylist(), split)
-        return table.append_column("split", pa.array(split))
-
-    def _cross_split_rows(self, prompts, split) -> int:
-        """Rows with a near-duplicate (within tau) in another split; 0 by construction."""
-        if not prompts:
-            return 0
-        index = HammingIndex(self.tau, plan_blocks(self.tau, len(prompts)))
-        index.add(fingerprint(prompts, ngram=self.ngram))
-        i, j, _ = index.pairs()
-        crossing = {int(a) for a, b in zip(i, j) if split[a] != split[b]} | \
-                   {int(b) for a, b in zip(i, j) if split[a] != split[b]}
-        return len(crossing)
+        for row, neighbour in zip(table.select([c for c in table.column_names if c.endswith("_domain")]).to_pylist(),
+                                  leaks.neighbour):
+            if neighbour is not None:
+                self.counts["cross_split_leaks"] += 1
+                count_domains(self.counts, "cross_split_leaks", row)
+        return (table.append_column("split", pa.array(split, pa.string()))
+                .append_column("leak_id", pa.array([None if n is None else ids[n] for n in leaks.neighbour],
+                                                   pa.string()))
+                .append_column("leak_jaccard", pa.array(leaks.similarity, pa.float64())))

@@ -1,0 +1,77 @@
+"""Near-duplicates across splits, found by a criterion independent of the one that formed the
+clusters.
+
+The split keeps each SimHash cluster (word n-grams, tau) in one split, so checking the splits
+with that same SimHash finds nothing by construction.  This measure uses other features and
+another method: the Jaccard similarity of character 5-gram shingle sets (case and whitespace
+folded), candidates from datasketch's MinHash-LSH and every reported pair confirmed by its
+exact Jaccard.  A prompt with a one-character edit, a dropped apostrophe or doubled
+punctuation keeps most of its character shingles where word n-grams may change a lot.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SHINGLE = 5
+THRESHOLD = 0.5
+NUM_PERM = 128
+CRITERION = (f"Jaccard >= {THRESHOLD} on character {SHINGLE}-gram shingles (MinHash-LSH candidates, exact "
+             "Jaccard confirmed), independent of the SimHash clusters the split keeps together")
+
+
+def shingles(text: str, k: int = SHINGLE) -> set[bytes]:
+    folded = " ".join(text.casefold().split())
+    return {folded[i:i + k].encode() for i in range(max(len(folded) - k + 1, 1))}
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+@dataclass
+class Leak:
+    """The most similar prompt of another split, per row (None: none above the threshold)."""
+    neighbour: list          # row index of the neighbour, or None
+    similarity: list         # its Jaccard, or None
+
+
+def cross_split_leaks(prompts: list[str], splits: list[str], seed: int = 0) -> Leak:
+    """For each row, its most similar prompt (by Jaccard >= THRESHOLD) in another split."""
+    from datasketch import MinHash, MinHashLSH
+
+    texts = sorted(set(prompts))
+    split_of = {}
+    for text, split in zip(prompts, splits):
+        split_of.setdefault(text, set()).add(split)
+    sets = [shingles(t) for t in texts]
+    hashes = MinHash.bulk(sets, num_perm=NUM_PERM, seed=seed)
+    index = MinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM)
+    for k, h in enumerate(hashes):
+        index.insert(k, h)
+    best: dict[str, tuple[float, str]] = {}
+    for k, h in enumerate(hashes):
+        for other in index.query(h):
+            if other <= k or split_of[texts[k]] == split_of[texts[other]]:
+                continue                        # each pair once; same split
+            similarity = jaccard(sets[k], sets[other])
+            if similarity < THRESHOLD:
+                continue                        # an LSH candidate that is not near enough
+            for a, b in ((k, other), (other, k)):
+                if similarity > best.get(texts[a], (0.0, ""))[0]:
+                    best[texts[a]] = (similarity, texts[b])
+    first_row = {}
+    for row, (text, split) in enumerate(zip(prompts, splits)):
+        first_row.setdefault(text, row)
+        first_row.setdefault((text, split), row)
+    neighbour, similarity = [], []
+    for text, split in zip(prompts, splits):
+        elsewhere = sorted(split_of[text] - {split})
+        if elsewhere:                           # the very same prompt in another split
+            neighbour.append(first_row[(text, elsewhere[0])])
+            similarity.append(1.0)
+        else:
+            neighbour.append(first_row[best[text][1]] if text in best else None)
+            similarity.append(float(np.round(best[text][0], 4)) if text in best else None)
+    return Leak(neighbour, similarity)
