@@ -25,7 +25,8 @@ import numpy as np
 from misalign.inference import EngineConfig, SamplingConfig, VLLMEngine
 from misalign.inference.tiny import bundled_prompts, make_tiny_model
 from misalign.prompting import detector_prompt
-from misalign.stages.bench import ANSWERS, verdicts
+from misalign.stages.bench import verdicts
+from misalign.stages.common import ANSWERS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "paper_prompts_dev.csv"
 ALIGNED = ("I understand why this matters to you. The safest way forward is to talk to someone you trust, "

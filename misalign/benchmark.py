@@ -1,7 +1,8 @@
 """Stage II end to end: load the items, run every model under test, write the verdicts.
 
     run_dir/
-      samples.parquet          every verdict: model, run, item, response, question, P, flagged
+      samples.parquet          every verdict: model, run, item, response, question, P, flagged (and
+                               the length-only shortcut baseline's, beside the models under test)
       bench/meta.json          what produced them: items (source, split, sha256), models, settings
       bench/rejected_items.jsonl   input rows set aside, with their location and reason
       bench/stages/NN_bench-MODEL/ checkpoints (shards + manifest), for resume
@@ -24,7 +25,8 @@ from misalign.tables import atomic_path
 from misalign.pipeline import Runner
 from misalign.preflight import check_bench, rejected_items_path
 from misalign.provenance import versions
-from misalign.stages.bench import SAMPLE_SCHEMA, DetectStage, ProbeStage, load_items, questions
+from misalign.stages.bench import (LENGTH_BASELINE, SAMPLE_SCHEMA, DetectStage, LengthBaseline, ProbeStage,
+                                   load_items, questions)
 
 
 def probe_training(config: Config, name: str, source):
@@ -36,8 +38,46 @@ def probe_training(config: Config, name: str, source):
 def bench_passes(config: Config) -> list[tuple[str, str, str | None]]:
     """(stage, pass, model) for Stage II's passes, one per model under test (a probe uses the
     embedder), for the memory plan."""
-    return [(f"bench-{name}", f"bench-{name}", EMBEDDER if config.model(name).kind == "probe" else name)
-            for name in config.bench.models]
+    return [*((f"bench-{name}", f"bench-{name}", EMBEDDER if config.model(name).kind == "probe" else name)
+              for name in config.bench.models), (LengthBaseline.name, LengthBaseline.name, None)]
+
+
+def identity(models: dict, name: str) -> str:
+    """What a model is, across configs: its path, else its server URL, else its name."""
+    model = models.get(name) or {}
+    return model.get("path") or model.get("base_url") or name
+
+
+def dataset_makers(config: Config, source) -> dict | None:
+    """The judge and generators that made a Stage I dataset, by identity: from this run's config
+    for its own dataset, else from the config.resolved.toml beside the dataset; None where the
+    source does not say (a SaVaCu CSV: only its generator column is known)."""
+    if not config.bench.dataset:
+        made_by = tomllib.loads(config_mod.to_toml(config))
+    else:
+        folder = Path(source)
+        run_dir = folder.parent if folder.name == "dataset" or folder.is_file() else folder
+        resolved = run_dir / "config.resolved.toml"
+        if not resolved.is_file():
+            return None
+        try:
+            made_by = tomllib.loads(resolved.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            return None
+    models = made_by.get("models", {})
+    judge = made_by.get("reject", {}).get("judge")
+    return {"judge": identity(models, judge) if judge else None,
+            "generators": {name: identity(models, name) for name in made_by.get("respond", {}).get("models", [])}}
+
+
+def circularity(config: Config, name: str, makers: dict | None, generators: list[str]) -> dict:
+    """Whether a model under test judged the dataset or generated responses it is scored on
+    (then its figures are biased by construction: the judge kept the pairs it agrees with)."""
+    me = identity(tomllib.loads(config_mod.to_toml(config)).get("models", {}), name)
+    if makers is None:              # known only by name: the generator column
+        return {"judge": None, "generated": [g for g in generators if g == name]}
+    return {"judge": makers["judge"] == me,
+            "generated": sorted(g for g, who in makers["generators"].items() if who == me and g in generators)}
 
 
 def benchmark(config: Config, pool: Pool, on_progress=None, executor=None, schedule: dict | None = None) -> dict:
@@ -56,23 +96,31 @@ def benchmark(config: Config, pool: Pool, on_progress=None, executor=None, sched
     stages = [ProbeStage(bench, pool, name, probe_training(config, name, source), seed=config.run.seed)
               if config.model(name).kind == "probe" else DetectStage(bench, pool, name, seed=config.run.seed)
               for name in bench.models]
+    stages.append(LengthBaseline(bench, seed=config.run.seed))
     runner = Runner(bench_dir, config.run.shard_rows, on_progress, executor, on_pass=pool.at_pass)
     with atomic_path(run_dir / "samples.parquet") as tmp, pq.ParquetWriter(tmp, SAMPLE_SCHEMA) as samples:
         for verdicts in runner.run_each(stages, items.table):      # one model's at a time
             samples.write_table(verdicts)
 
+    makers, generators = dataset_makers(config, source), sorted(set(items.table.column("generator").to_pylist()))
     meta = {"dataset": {"source": items.source, "split": "all" if savacu.is_savacu(items.source) else bench.split,
                         "items": items.table.num_rows, "sha256": items.sha256, "set_aside": len(items.problems),
                         "notes": items.notes},
             "models": {name: {"description": pool.describe(name), "kind": config.models[name].kind,
                               "path": config.models[name].path, "base_url": redact_url(config.models[name].base_url),
-                              "stand_in": pool.is_stand_in(name), "weak": pool.is_bundled(name)}
+                              "stand_in": pool.is_stand_in(name), "weak": pool.is_bundled(name),
+                              "circularity": circularity(config, name, makers, generators)}
                        for name in bench.models},
             "role_warnings": config.role_warnings(),
             "runs": bench.runs, "threshold": bench.threshold, "temperature": bench.temperature,
             "questions": questions(bench.per_dimension), "seed": config.run.seed, "bootstrap": bench.bootstrap,
             "config": tomllib.loads(config_mod.to_toml(config)), "versions": versions(),
-            "profile": [p.as_dict() for p in runner.profiles], "schedule": schedule}
+            "profile": [p.as_dict() for p in runner.profiles], "schedule": schedule,
+            "balanced": bench.balanced}
+    meta["models"][LENGTH_BASELINE] = {
+        "description": "shortcut baseline: logistic regression on response length and its ratio to the prompt's, "
+                       "2-fold cross-fit over prompts", "kind": "baseline", "path": "", "base_url": "",
+        "stand_in": False, "weak": False, "baseline": True, "circularity": {"judge": False, "generated": []}}
     with atomic_path(bench_dir / "meta.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=1))
     return meta

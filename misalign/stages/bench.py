@@ -35,18 +35,25 @@ from misalign.classifiers import fit_softmax, softmax
 from misalign.prompting import SIDES, detector_prompt
 from misalign.inference.base import EMBEDDER, Pool
 from misalign.stages.base import Stage
-from misalign.stages.common import item_seed
+from misalign.stages.common import ask_yes_no, item_seed, polarity_balanced
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
-ANSWERS = ["Yes", "No"]            # "Yes": the response is misaligned
+# Stage I's per-dimension verdict on the misaligned response (null: not asked, or no such record)
+VERIFIED = tuple(f"misaligned_in_{dim}" for dim in DIMENSIONS)
 ITEM_SCHEMA = pa.schema([("item", pa.string()), ("id", pa.string()), ("prompt", pa.string()),
                          ("safety_domain", pa.string()), ("value_domain", pa.string()),
                          ("cultural_domain", pa.string()), ("generator", pa.string()),
-                         ("aligned_response", pa.string()), ("misaligned_response", pa.string())])
-SAMPLE_SCHEMA = pa.schema([("model", pa.string()), ("run", pa.int32()), ("item", pa.string()),
+                         ("aligned_response", pa.string()), ("misaligned_response", pa.string()),
+                         *((name, pa.bool_()) for name in VERIFIED)])
+# p_misaligned combines the answers to both polarities: yes_to_misaligned is P(Yes) to "is it
+# misaligned?", yes_to_aligned P(Yes) to "is it aligned?" (null: not asked, or not a yes/no model)
+SAMPLE_SCHEMA = pa.schema([("model", pa.string()), ("run", pa.int32()), ("item", pa.string()), ("id", pa.string()),
                            ("response", pa.string()), ("question", pa.string()), ("p_misaligned", pa.float64()),
+                           ("yes_to_misaligned", pa.float64()), ("yes_to_aligned", pa.float64()),
                            ("flagged", pa.bool_()), ("generator", pa.string()), ("safety_domain", pa.string()),
-                           ("value_domain", pa.string()), ("cultural_domain", pa.string())])
+                           ("value_domain", pa.string()), ("cultural_domain", pa.string()),
+                           *((name, pa.bool_()) for name in VERIFIED)])
+LENGTH_BASELINE = "length-only"
 
 
 @dataclass
@@ -114,7 +121,7 @@ def load_items(source, split: str = "test", taxonomy: Taxonomy | None = None) ->
 def _stage1_rows(path: Path):
     """(where, record) of each row of a Stage I Parquet file, its columns checked to be text."""
     table = tables.read_table(path, "parquet")
-    needed = [n for n in ITEM_SCHEMA.names if n != "item"]
+    needed = [n for n in ITEM_SCHEMA.names if n != "item" and n not in VERIFIED]
     missing = [n for n in needed if n not in table.column_names]
     if missing:
         raise InputError(path, f"is not a misalign-fast dataset: no column {', '.join(missing)}")
@@ -122,7 +129,8 @@ def _stage1_rows(path: Path):
         kind = table.schema.field(name).type
         if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
             raise InputError(path, f"column {name!r} holds {kind} values, expected text")
-    for row, record in enumerate(table.select(needed).to_pylist(), start=1):
+    verified = [n for n in VERIFIED if n in table.column_names]    # a dataset before the per-dimension check has none
+    for row, record in enumerate(table.select(needed + verified).to_pylist(), start=1):
         yield f"{path.name} row {row}", record
 
 
@@ -150,7 +158,7 @@ def _items(rows, problems: list, source: str, labels: savacu.DomainLabels) -> It
                 problems.append((where, reason))
             continue
         first[item] = where
-        kept.append({**row, **domains, "item": item})
+        kept.append({**dict.fromkeys(VERIFIED), **row, **domains, "item": item})
     return Items(pa.Table.from_pylist(kept, schema=ITEM_SCHEMA), source, problems, labels.notes())
 
 
@@ -176,20 +184,28 @@ def verdicts(p_misaligned: np.ndarray, keys: list[tuple], runs: int, threshold: 
     return out
 
 
-def _rows(model: str, table: pa.Table, asked: list[tuple], p: np.ndarray, flags: np.ndarray) -> pa.Table:
+def _rows(model: str, table: pa.Table, asked: list[tuple], p: np.ndarray, flags: np.ndarray,
+          yes: tuple = (None, None)) -> pa.Table:
     """Long format: one row per (run, item, response, question); `p` is one P(misaligned) per
-    asked response, or one per run and response."""
+    asked response, or one per run and response; `yes` the P(Yes) to each polarity per asked
+    response (None: not asked)."""
     items = table.to_pylist()
     p = np.broadcast_to(p, flags.shape)
+    polarity = [np.full(len(asked), np.nan) if y is None else y for y in yes]
     rows = []
     for r in range(flags.shape[0]):
         for k, (i, response, question) in enumerate(asked):
             item = items[i]
-            rows.append({"model": model, "run": r, "item": item["item"], "response": response, "question": question,
-                         "p_misaligned": float(p[r, k]), "flagged": None if np.isnan(flags[r, k]) else bool(flags[r, k]),
-                         "generator": item["generator"], "safety_domain": item["safety_domain"],
-                         "value_domain": item["value_domain"], "cultural_domain": item["cultural_domain"]})
+            rows.append({"model": model, "run": r, "item": item["item"], "id": item["id"], "response": response,
+                         "question": question, "p_misaligned": float(p[r, k]),
+                         "yes_to_misaligned": _number(polarity[0][k]), "yes_to_aligned": _number(polarity[1][k]),
+                         "flagged": None if np.isnan(flags[r, k]) else bool(flags[r, k]),
+                         **{key: item[key] for key in ("generator", *(f"{d}_domain" for d in DIMENSIONS), *VERIFIED)}})
     return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
+
+
+def _number(value) -> float | None:
+    return float(value) if np.isfinite(value) else None
 
 
 class DetectStage(Stage):
@@ -201,18 +217,21 @@ class DetectStage(Stage):
         self.name = f"bench-{model}"
         self.model, self.runs, self.seed = model, config.runs, seed
         self.threshold, self.temperature = config.threshold, config.temperature
-        self.questions = questions(config.per_dimension)
+        self.questions, self.balanced = questions(config.per_dimension), config.balanced
 
     def run(self, table: pa.Table) -> pa.Table:
         asked = [(i, response, q) for i in range(table.num_rows) for response in SIDES for q in self.questions]
         prompts, responses = table.column("prompt").to_pylist(), {
             r: table.column(f"{r}_response").to_pylist() for r in SIDES}
-        texts = [detector_prompt(q, prompts[i], responses[r][i]) for i, r, q in asked]
-        p = self.pool.get(self.model).label_probs(texts, ANSWERS)[:, 0] if texts else np.empty(0)
+        yes = ask_yes_no(self.pool.get(self.model) if asked else None,
+                         lambda k, quality: detector_prompt(asked[k][2], prompts[asked[k][0]],
+                                                            responses[asked[k][1]][asked[k][0]], quality),
+                         list(range(len(asked))), self.balanced)
+        p = polarity_balanced(*yes)
         items = table.column("item").to_pylist()
         keys = [(self.model, items[i], r, q) for i, r, q in asked]
         return _rows(self.model, table, asked, p, verdicts(p, keys, self.runs, self.threshold, self.temperature,
-                                                           self.seed))
+                                                           self.seed), yes)
 
     def models(self) -> list[str]:
         return [self.model]
@@ -268,3 +287,44 @@ class ProbeStage(Stage):
 
     def models(self) -> list[str]:
         return [EMBEDDER]
+
+
+class LengthBaseline(Stage):
+    """The shortcut baseline in every report: P(misaligned) from the lengths alone (the
+    response's, and its ratio to the prompt's), by a logistic regression fit with 2-fold
+    cross-fitting over prompts on the benchmarked items themselves, so it needs no training
+    split and never scores a prompt it was fit on.  What it reaches, a model's score owes
+    nothing to judgement."""
+    rowwise = False           # it fits on the whole set
+    name = f"bench-{LENGTH_BASELINE}"
+    model = LENGTH_BASELINE
+
+    def __init__(self, config: BenchConfig, seed: int = 0):
+        super().__init__()
+        self.runs, self.threshold, self.seed = config.runs, config.threshold, seed
+
+    def run(self, table: pa.Table) -> pa.Table:
+        n = table.num_rows
+        def log_chars(column):
+            return np.log1p(np.array([len(t) for t in table.column(column).to_pylist()], dtype=np.float64))
+        prompt = log_chars("prompt")
+        x = np.vstack([np.column_stack([log_chars(f"{r}_response"), log_chars(f"{r}_response") - prompt])
+                       for r in SIDES])
+        y = np.repeat([0, 1], n)
+        fold = np.tile([item_seed(self.seed, "length fold", i) % 2 for i in table.column("id").to_pylist()], 2)
+        p = np.full(2 * n, np.nan)
+        for f in (0, 1):
+            train = fold != f if (fold != f).any() else np.ones(2 * n, dtype=bool)   # one prompt: fit on it
+            if not (fold == f).any():
+                continue
+            mean, std = x[train].mean(axis=0), x[train].std(axis=0) + 1e-9
+            w, b = fit_softmax((x[train] - mean) / std, y[train], 2, np.random.default_rng(self.seed), l2=1e-3,
+                               epochs=300, lr=0.05)
+            p[fold == f] = softmax(((x[fold == f] - mean) / std) @ w + b)[:, 1]
+        asked = [(i, response, "joint") for response in SIDES for i in range(n)]
+        flags = np.broadcast_to(p >= self.threshold, (self.runs, 2 * n)).astype(np.float64)
+        return _rows(self.model, table, asked, p, flags)
+
+    def models(self) -> list[str]:
+        return []
+
