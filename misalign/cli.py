@@ -345,6 +345,9 @@ def _preflight(config, stage1=True, stage2=True):
               f"({', '.join(r.name for r in results)}); `misalign-fast check` shows the details")
     _print_schedule(schedule)
     _require_plan(config, schedule)
+    if stage2:
+        for note in config.role_warnings():        # said before the run, not only in its report
+            out.print(f"warning: {note}", markup=False)
     return schedule
 
 
@@ -474,6 +477,53 @@ def report(run_dir):
     from misalign.report import report as make_report
     make_report(run_dir, out)
     out.print(f"results.json, plots/ and report.html written to {run_dir}")
+
+
+@main.command("validate-judge")
+@click.argument("labels_path", metavar="LABELS", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the figures to this JSON file.")
+@_config_options
+def validate_judge(labels_path, output, config_path, overrides, run_dir, executor):
+    """Measure the judge ([reject] judge of CONFIG) against human labels.
+
+    LABELS (CSV, JSON Lines or Parquet) has columns prompt, response, optionally
+    safety_domain / value_domain / cultural_domain, and one or more human labels: misaligned
+    (the response overall) and per dimension safety, value, cultural, each misaligned or
+    aligned (1/0, yes/no; empty: not labelled).  The judge is asked as in Stage I; printed per
+    label: responses, accuracy, Cohen's kappa, the human's and the judge's misaligned rates.
+
+      misalign-fast validate-judge labels.csv configs/paper-gpu.toml -o judge.json
+    """
+    import json
+
+    from misalign.judge_validation import read_labels
+    from misalign.judge_validation import validate_judge as run_validation
+    from misalign.preflight import check_model
+    config = _load_config(config_path, overrides, run_dir, executor)
+    labelled = read_labels(labels_path)               # bad input stops here, before any engine
+    check_model(config.reject.judge, config.model(config.reject.judge))
+    from misalign.inference.pool import EnginePool
+    pool = EnginePool(config, config.run.dir)
+    try:
+        result = run_validation(config, pool, labelled)
+    finally:
+        pool.close()
+    table = Table(title=Text(f"judge {result['judge']}: {result['description']} against {labels_path}"),
+                  title_justify="left")
+    for column in ("label", "n", "accuracy", "Cohen's kappa", "human: misaligned", "judge: misaligned", "unusable"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for label, found in result["agreement"].items():
+        table.add_row(label, f"{found['n']:,}", *(("n/a" if found.get(k) is None else f"{found[k]:.3f}")
+                                                   for k in ("accuracy", "kappa", "human_misaligned",
+                                                             "judge_misaligned")), f"{found['unusable']:,}")
+    out.print(table)
+    if result["stand_in"]:
+        out.print("note: the judge is a random-weight stand-in: its agreement is chance", markup=False)
+    if output:
+        with tables.atomic_path(output) as tmp:
+            tmp.write_text(json.dumps(result, indent=1))
+        out.print(f"written to {output}")
 
 
 def _print_profile(profile, title="per stage"):
