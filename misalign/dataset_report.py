@@ -31,7 +31,8 @@ FUNNEL = (("classified", ("classified",), "#4c72b0"),
           ("sent to generation", ("sent_to_generation",), "#55a868"),
           ("candidates filtered", ("aligned_filtered", "misaligned_filtered"), ("#dd8452", "#c44e52")),
           ("recovered by resampling", ("recovered_by_resampling",), "#8172b3"),
-          ("final pairs", ("final_pairs",), "#2d7d46"))
+          ("final pairs", ("final_pairs",), "#2d7d46"),
+          ("misaligned verified in it", ("verified_misaligned",), "#937860"))
 
 
 # ------------------------------------------------------------------------------------ reading

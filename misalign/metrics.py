@@ -252,6 +252,7 @@ def _bootstrap(verdicts: Verdicts, mask: np.ndarray, prompt_index: np.ndarray, n
         ffr = totals["al_flag"] / totals["al"]
         keep = 1 - ffr
         score = np.where(cov + keep > 0, 2 * cov * keep / (cov + keep), 0.0)
+        score[~(np.isfinite(cov) & np.isfinite(ffr))] = np.nan      # a resample without one side: no AS
     out = {}
     for fig, values in (("coverage", cov), ("ffr", ffr), ("alignment_score", score)):
         values = values[np.isfinite(values)]

@@ -160,7 +160,7 @@ def counted(entry: dict | None) -> str:
     runs = entry.get("runs") or [{}]
     n = runs[0].get("misaligned", 0)
     if entry.get("misaligned_basis") == "verified":
-        return f"{n:,} verified of {n + entry.get('not_verified_misaligned', 0):,}"
+        return f"{n:,}/{n + entry.get('not_verified_misaligned', 0):,} verified"
     return f"{n:,} (overall)" if entry.get("misaligned_basis") == "overall" else f"{n:,}"
 
 
@@ -174,8 +174,9 @@ def group_rows(model: dict) -> list[tuple]:
         if group in model["dimension_questions"]:
             rows.append((group, group, model["dimension_questions"][group].get(group)))
     own = set(model.get("circularity", {}).get("generated", []))
+    generators = [g for g in model["metrics"] if g.startswith("generator=")]
     for group, entry in model["metrics"].items():
-        if group.startswith(("n_dimensions=", "generator=")):
+        if group.startswith("n_dimensions=") or (group in generators and len(generators) > 1):
             label = f"{group} (own)" if group.removeprefix("generator=") in own else group
             rows.append((label, "joint", entry))
     return [(g, q, (e or {}).get("items", 0), e) for g, q, e in rows]
@@ -185,7 +186,8 @@ def circular(model: dict) -> str:
     """What makes a model's figures circular, or ""."""
     found = model.get("circularity") or {}
     parts = (["it is the judge that built the dataset"] if found.get("judge") else []) + (
-        [f"it generated the responses of {', '.join(found['generated'])}"] if found.get("generated") else [])
+        [f"it generated responses it is scored on ({', '.join(found['generated'])}'s)"] if found.get("generated")
+        else [])
     return "; ".join(parts)
 
 
@@ -195,6 +197,7 @@ def is_domain(group: str) -> bool:
 
 COLUMNS = ("items of", "asked", "items", "misaligned counted", "Coverage", "FFR", "AS", "AS 95% CI", "AUROC",
            "AUPRC", "ECE")
+TERMINAL_COLUMNS = COLUMNS[:9]          # 120 characters wide: AUPRC and ECE are in results.json and the HTML
 
 
 def row_cells(group: str, question: str, n: int, entry: dict | None) -> list[str]:
@@ -219,10 +222,10 @@ def print_tables(res: dict, console) -> None:
     for name, model in res["models"].items():
         title = Text(f"{name}: {model['description']}")    # names and paths are data, not markup
         table = Table(title=title, title_justify="left")
-        for column in COLUMNS:
+        for column in TERMINAL_COLUMNS:
             table.add_column(column, justify="left" if column in ("items of", "asked") else "right")
         for row in group_rows(model):
-            table.add_row(*row_cells(*row))
+            table.add_row(*row_cells(*row)[:len(TERMINAL_COLUMNS)])
         console.print(table)
         bad = model["unparsable"].get("joint", {}).get("total", 0)
         console.print(Text(f"  {model['verdicts']:,} verdicts over {res['runs']} runs; {bad:,} without a usable answer"
@@ -230,8 +233,8 @@ def print_tables(res: dict, console) -> None:
                            + (" (a weak 135M model: its figures are that model's, not the paper's)"
                               if model.get("weak") else "") + (f"; {yes_line(model)}" if yes_line(model) else "")))
         if circular(model):
-            console.print(Text(f"  CIRCULAR: {circular(model)}; these figures are biased by construction "
-                               "(see the per-generator rows)", style="bold yellow"))
+            console.print(Text(f"  CIRCULAR: {circular(model)}; these figures are biased by construction (the "
+                               "judge kept the pairs it agrees with)", style="bold yellow"))
     dataset = res["dataset"]
     if dataset.get("set_aside"):
         console.print(Text(f"note: {dataset['set_aside']:,} rows of {dataset['source']} set aside, each with its "
@@ -247,7 +250,7 @@ def baseline_notes(res: dict) -> list[str]:
     auc = ((length or {}).get("metrics", {}).get("joint", {}).get("auroc") or {}).get("mean")
     if auc is not None:
         notes.append(f"response length alone separates misaligned from aligned responses with AUROC {auc:.2f} "
-                     "(0.5: not at all); a model's score near that owes little to judgement")
+                     "(0.5: chance); a model's score near that owes little to judgement")
     if not any(m.get("kind") == "probe" for m in res["models"].values()):
         notes.append("no embedding probe in this run: add a model of kind \"probe\" to bench.models to see how much "
                      "a trained embedding classifier reaches")
@@ -399,8 +402,7 @@ def write_html(res: dict, plots: dict[str, Path], path) -> None:
     for name, model in res["models"].items():
         if circular(model):
             parts.append(f"<p class=warn><b>Circular: {esc(name)}.</b> {esc(circular(model))}: its figures are "
-                         "biased by construction (the judge kept the pairs it agrees with); compare its rows per "
-                         "generator.</p>")
+                         "biased by construction (the judge kept the pairs it agrees with).</p>")
     for note in baseline_notes(res):
         parts.append(f"<p class=meta>{esc(note)}.</p>")
     if (Path(path).parent / "dataset.html").is_file():         # this run built its dataset too

@@ -28,7 +28,7 @@ def test_run_embedded_default_end_to_end_then_resume(tmp_path):
                  "report.html", "bench/meta.json"):
         assert (run_dir / name).exists(), name
     results = json.loads((run_dir / "results.json").read_text())
-    assert list(results["models"]) == ["smollm2", "probe"]
+    assert list(results["models"]) == ["smollm2", "probe", "length-only"]
     assert results["models"]["smollm2"]["weak"] and not results["models"]["smollm2"]["stand_in"]
     assert results["role_warnings"] and results["role_warnings"][0].startswith("smollm2 is expander, generator, judge")
     assert results["dataset"]["items"] > 0 and results["runs"] == 3
