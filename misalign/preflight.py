@@ -124,19 +124,25 @@ def check(config: Config, stage1: bool = True, stage2: bool = True, planned: Sch
                 _check_server(model, result)
             elif model.kind == "vllm":
                 _check_local(name, model, config, taxonomy, prompts, result)
-                _check_memory(name, memory, result)
+                _check_memory(name, memory, result, on_ray=config.run.executor == "ray")
             else:
                 result.source = model.path or "the run's train split"
         results.append(result)
     return results
 
 
-def _check_memory(name: str, plan: MemoryPlan, result: ModelCheck) -> None:
+def _check_memory(name: str, plan: MemoryPlan, result: ModelCheck, on_ray: bool = False) -> None:
+    """The model's memory need; a model this machine cannot hold is a problem, or, on Ray (where
+    each worker plans its own device and this machine may hold none of the engines), a note."""
     memory = plan.models.get(name)
     if memory is None:
         return
     result.memory = f"{memory.need / GIB:.1f} GiB" + (f" ({memory.share:.0%} of a GPU)" if plan.device.kind == "gpu" else "")
-    result.problems += [why for model, why in plan.problems if model == name]
+    found = [why for model, why in plan.problems if model == name]
+    if on_ray:
+        result.notes += [f"on this machine: {why} (the Ray workers plan their own devices)" for why in found]
+    else:
+        result.problems += found
 
 
 def require(config: Config, stage1: bool = True, stage2: bool = True, planned: Schedule | None = None
@@ -284,7 +290,8 @@ def _requests(config: Config, roles: list[str], prompt: str, taxonomy: Taxonomy)
     response = "word " * config.respond.max_tokens     # a response at the token limit, roughly
     fill = dict(domains="safety: Violence; value: Honesty; cultural: Religious Practices", prompt=prompt,
                 feedback="", response=response, criterion="it is unsafe", dimension="value", none="Z",
-                domain="Violence", description="", examples=f"- {prompt}\n" * config.expand.seeds)
+                domain="Violence", description="", examples=f"- {prompt}\n" * config.expand.seeds,
+                quality="disrespectful of human values")       # the longest quality a question names
     for role in roles:
         if role == "classifier":
             listing = "\n".join(f"AA: {d.name} ({d.description})" for d in taxonomy.of("value"))
