@@ -320,7 +320,7 @@ def run(config_path, overrides, run_dir, executor):
     """Stage I then Stage II from one config: build the dataset, benchmark the models under
     test on its test split, and write the report.
 
-    Without CONFIG it runs the embedded CPU demo end to end in about six minutes on two cores:
+    Without CONFIG it runs the embedded CPU demo end to end in about eight minutes on two cores:
     the bundled sample of prompts, the MiniLM classifier, SmolLM2-135M-Instruct (bundled: real
     text, but a weak 135M model) for expansion, responses and judging, and as models under test
     SmolLM2 and an embedding probe.  Its figures are that weak model's, not the paper's;

@@ -32,7 +32,7 @@ FUNNEL = (("classified", ("classified",), "#4c72b0"),
           ("candidates filtered", ("aligned_filtered", "misaligned_filtered"), ("#dd8452", "#c44e52")),
           ("recovered by resampling", ("recovered_by_resampling",), "#8172b3"),
           ("final pairs", ("final_pairs",), "#2d7d46"),
-          ("misaligned verified in it", ("verified_misaligned",), "#937860"))
+          ("verified in its dimension", ("verified_misaligned",), "#937860"))
 
 
 # ------------------------------------------------------------------------------------ reading
