@@ -48,36 +48,54 @@ def identity(models: dict, name: str) -> str:
     return model.get("path") or model.get("base_url") or name
 
 
-def dataset_makers(config: Config, source) -> dict | None:
-    """The judge and generators that made a Stage I dataset, by identity: from this run's config
-    for its own dataset, else from the config.resolved.toml beside the dataset; None where the
-    source does not say (a SaVaCu CSV: only its generator column is known)."""
-    if not config.bench.dataset:
-        made_by = tomllib.loads(config_mod.to_toml(config))
-    else:
-        folder = Path(source)
-        run_dir = folder.parent if folder.name == "dataset" or folder.is_file() else folder
-        resolved = run_dir / "config.resolved.toml"
-        if not resolved.is_file():
-            return None
+def dataset_makers(config: Config) -> dict | None:
+    """The judge and generators that made the benchmarked Stage I dataset, by identity, from
+    the config.resolved.toml of the run that built it (the run directory holding the dataset,
+    whether given as the run, its dataset/ or one Parquet file); this config's own for a run
+    whose dataset is not built yet; None where nothing says (a SaVaCu CSV: only its generator
+    column is known)."""
+    where = Path(config.bench.dataset or config.run.dir)
+    run_dir = where.parent if where.is_file() else where
+    run_dir = run_dir.parent if run_dir.name == "dataset" else run_dir
+    resolved = run_dir / "config.resolved.toml"
+    if resolved.is_file():
         try:
             made_by = tomllib.loads(resolved.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
             return None
+    elif not config.bench.dataset:
+        made_by = tomllib.loads(config_mod.to_toml(config))
+    else:
+        return None
     models = made_by.get("models", {})
     judge = made_by.get("reject", {}).get("judge")
     return {"judge": identity(models, judge) if judge else None,
             "generators": {name: identity(models, name) for name in made_by.get("respond", {}).get("models", [])}}
 
 
-def circularity(config: Config, name: str, makers: dict | None, generators: list[str]) -> dict:
+def circularity(config: Config, name: str, makers: dict | None, generators: list[str] | None = None) -> dict:
     """Whether a model under test judged the dataset or generated responses it is scored on
-    (then its figures are biased by construction: the judge kept the pairs it agrees with)."""
+    (among `generators`, the items' generator names; None: all the makers'); then its figures
+    are biased by construction: the judge kept the pairs it agrees with."""
     me = identity(tomllib.loads(config_mod.to_toml(config)).get("models", {}), name)
     if makers is None:              # known only by name: the generator column
-        return {"judge": None, "generated": [g for g in generators if g == name]}
+        return {"judge": None, "generated": [g for g in generators or [] if g == name]}
     return {"judge": makers["judge"] == me,
-            "generated": sorted(g for g, who in makers["generators"].items() if who == me and g in generators)}
+            "generated": sorted(g for g, who in makers["generators"].items()
+                                if who == me and (generators is None or g in generators))}
+
+
+def circularity_warnings(config: Config, generators: list[str] | None = None) -> list[str]:
+    """One line per model under test that judged or generated the dataset it is scored on."""
+    makers, notes = dataset_makers(config), []
+    for name in config.bench.models:
+        found = circularity(config, name, makers, generators)
+        roles = (["the judge"] if found["judge"] else []) + (["a generator"] if found["generated"] else [])
+        if roles:
+            notes.append(f"{name} is {' and '.join(roles)} of the dataset it is scored on: the paper keeps the models "
+                         "that make the dataset apart from those it evaluates; its Stage II figures here are biased by "
+                         "construction (the judge kept the pairs it agrees with)")
+    return notes
 
 
 def benchmark(config: Config, pool: Pool, on_progress=None, executor=None, schedule: dict | None = None) -> dict:
@@ -102,7 +120,7 @@ def benchmark(config: Config, pool: Pool, on_progress=None, executor=None, sched
         for verdicts in runner.run_each(stages, items.table):      # one model's at a time
             samples.write_table(verdicts)
 
-    makers, generators = dataset_makers(config, source), sorted(set(items.table.column("generator").to_pylist()))
+    makers, generators = dataset_makers(config), sorted(set(items.table.column("generator").to_pylist()))
     meta = {"dataset": {"source": items.source, "split": "all" if savacu.is_savacu(items.source) else bench.split,
                         "items": items.table.num_rows, "sha256": items.sha256, "set_aside": len(items.problems),
                         "notes": items.notes},
@@ -111,7 +129,7 @@ def benchmark(config: Config, pool: Pool, on_progress=None, executor=None, sched
                               "stand_in": pool.is_stand_in(name), "weak": pool.is_bundled(name),
                               "circularity": circularity(config, name, makers, generators)}
                        for name in bench.models},
-            "role_warnings": config.role_warnings(),
+            "role_warnings": circularity_warnings(config, generators),
             "runs": bench.runs, "threshold": bench.threshold, "temperature": bench.temperature,
             "questions": questions(bench.per_dimension), "seed": config.run.seed, "bootstrap": bench.bootstrap,
             "config": tomllib.loads(config_mod.to_toml(config)), "versions": versions(),

@@ -345,8 +345,9 @@ def _preflight(config, stage1=True, stage2=True):
               f"({', '.join(r.name for r in results)}); `misalign-fast check` shows the details")
     _print_schedule(schedule)
     _require_plan(config, schedule)
-    if stage2:
-        for note in config.role_warnings():        # said before the run, not only in its report
+    if stage2:                                      # said before the run, not only in its report
+        from misalign.benchmark import circularity_warnings
+        for note in config.role_warnings() if stage1 else circularity_warnings(config):
             out.print(f"warning: {note}", markup=False)
     return schedule
 

@@ -152,14 +152,16 @@ def _header(run: dict) -> list[str]:
              f"pairs: <b>{run.get('pairs', 0):,}</b> ({splits or 'no splits recorded'}); "
              f"{run.get('dropped_pairs', 0):,} dropped after resampling",
              f"resampled pairs {run.get('resampled_pairs', 0):,}, recovered {run.get('recovered_pairs', 0):,}; "
-             f"truncated candidates {run.get('truncated_candidates', 0):,}",
-             f"near-duplicates across splits: {run.get('cross_split_near_duplicate_rate', 0.0):.2%} of rows"]
-    if run.get("expansion"):
-        lines.append("expansion outcomes: " + ", ".join(f"{esc(str(k))} {v:,}" for k, v in run["expansion"].items()))
+             f"truncated candidates {run.get('truncated_candidates', 0):,}"]
     leakage = run.get("leakage")
     if isinstance(leakage, dict):
-        lines.append(f"cross-split leakage: {leakage.get('rate', 0.0):.2%} ({leakage.get('rows', 0):,} rows, "
-                     f"{leakage.get('pairs', 0):,} pairs; criterion: {esc(str(leakage.get('criterion', '?')))})")
+        lines.append(f"near-duplicates across splits: {leakage.get('rate', 0.0):.2%} of rows ({leakage.get('rows', 0):,} "
+                     f"rows, {leakage.get('pairs', 0):,} prompt pairs in leakage.csv; "
+                     f"{esc(str(leakage.get('criterion', '?')))})")
+    else:                                # a run from before the independent measure
+        lines.append(f"near-duplicates across splits: {run.get('cross_split_near_duplicate_rate', 0.0):.2%} of rows")
+    if run.get("expansion"):
+        lines.append("expansion outcomes: " + ", ".join(f"{esc(str(k))} {v:,}" for k, v in run["expansion"].items()))
     lines.append(f"seed: {esc(str(run.get('seed', '?')))}")
     models = "".join(f"<li>{esc(str(role))}: {esc(str(desc))}</li>" for role, desc in (run.get("models") or {}).items())
     return ["<ul class=meta>" + "".join(f"<li>{line}</li>" for line in lines) + "</ul>",

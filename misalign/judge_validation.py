@@ -102,7 +102,8 @@ def judge_probabilities(config: Config, engine, labelled: Labelled, label: str) 
         def prompt_for(k, quality):
             domain = data[k][f"{label}_domain"] or f"{label} in general"
             return verify_prompt(label, domain, data[k]["prompt"], data[k]["response"], quality)
-    return rows, polarity_balanced(*ask_yes_no(engine, prompt_for, rows, config.reject.balanced))
+    main = "aligned" if label == OVERALL else "misaligned"      # Stage I's question when not balanced
+    return rows, polarity_balanced(*ask_yes_no(engine, prompt_for, rows, config.reject.balanced, polarity=main))
 
 
 def validate_judge(config: Config, pool, labelled: Labelled) -> dict:

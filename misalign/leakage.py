@@ -16,7 +16,11 @@ import numpy as np
 
 SHINGLE = 5
 THRESHOLD = 0.5
+# LSH candidates are looked up well below THRESHOLD: at 0.5 itself MinHash-LSH finds only about
+# half of the pairs exactly at 0.5 (and 87% at 0.6); every candidate is then checked exactly.
+LSH_THRESHOLD = 0.3
 NUM_PERM = 128
+SEED = 1                # fixed: the measure must not change with the run's seed (nor need it fit 32 bits)
 CRITERION = (f"Jaccard >= {THRESHOLD} on character {SHINGLE}-gram shingles (MinHash-LSH candidates, exact "
              "Jaccard confirmed), independent of the SimHash clusters the split keeps together")
 
@@ -37,7 +41,7 @@ class Leak:
     similarity: list         # its Jaccard, or None
 
 
-def cross_split_leaks(prompts: list[str], splits: list[str], seed: int = 0) -> Leak:
+def cross_split_leaks(prompts: list[str], splits: list[str]) -> Leak:
     """For each row, its most similar prompt (by Jaccard >= THRESHOLD) in another split."""
     from datasketch import MinHash, MinHashLSH
 
@@ -46,8 +50,8 @@ def cross_split_leaks(prompts: list[str], splits: list[str], seed: int = 0) -> L
     for text, split in zip(prompts, splits):
         split_of.setdefault(text, set()).add(split)
     sets = [shingles(t) for t in texts]
-    hashes = MinHash.bulk(sets, num_perm=NUM_PERM, seed=seed)
-    index = MinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM)
+    hashes = MinHash.bulk(sets, num_perm=NUM_PERM, seed=SEED)
+    index = MinHashLSH(threshold=LSH_THRESHOLD, num_perm=NUM_PERM)
     for k, h in enumerate(hashes):
         index.insert(k, h)
     best: dict[str, tuple[float, str]] = {}
@@ -63,15 +67,21 @@ def cross_split_leaks(prompts: list[str], splits: list[str], seed: int = 0) -> L
                     best[texts[a]] = (similarity, texts[b])
     first_row = {}
     for row, (text, split) in enumerate(zip(prompts, splits)):
-        first_row.setdefault(text, row)
         first_row.setdefault((text, split), row)
+
+    def row_elsewhere(text: str, split: str) -> int:
+        """The first row holding `text` in a split other than `split`."""
+        return first_row[(text, min(split_of[text] - {split}))]
+
     neighbour, similarity = [], []
     for text, split in zip(prompts, splits):
-        elsewhere = sorted(split_of[text] - {split})
-        if elsewhere:                           # the very same prompt in another split
-            neighbour.append(first_row[(text, elsewhere[0])])
+        if split_of[text] - {split}:                 # the very same prompt in another split
+            neighbour.append(row_elsewhere(text, split))
             similarity.append(1.0)
+        elif text in best and split_of[best[text][1]] - {split}:
+            neighbour.append(row_elsewhere(best[text][1], split))
+            similarity.append(float(np.round(best[text][0], 4)))
         else:
-            neighbour.append(first_row[best[text][1]] if text in best else None)
-            similarity.append(float(np.round(best[text][0], 4)) if text in best else None)
+            neighbour.append(None)
+            similarity.append(None)
     return Leak(neighbour, similarity)

@@ -106,7 +106,10 @@ def ece(misaligned: np.ndarray, p: np.ndarray, bins: int = BINS) -> float | None
 
 
 def threshold_free(misaligned: np.ndarray, p: np.ndarray) -> dict:
-    return {"auroc": auroc(misaligned, p), "auprc": auprc(misaligned, p), "ece": ece(misaligned, p)}
+    """AUROC, AUPRC and ECE over the responses with a usable P."""
+    usable = np.isfinite(p)
+    y, p = misaligned[usable], p[usable]
+    return {"auroc": auroc(y, p), "auprc": auprc(y, p), "ece": ece(y, p)}
 
 
 @dataclass

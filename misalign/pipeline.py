@@ -29,7 +29,9 @@ from misalign.stages.base import Stage
 from misalign.tables import atomic_path
 
 
-MANIFEST_FORMAT = 3        # 2: per-domain figures counted by the stages (#12); 3: passes (#10)
+# 2: per-domain figures counted by the stages (#12); 3: passes (#10); 4: the judge asked both ways, the
+# verify pass, leakage columns, Stage II samples with each polarity's answer (#14)
+MANIFEST_FORMAT = 4
 
 
 class ResumeError(MisalignError):
@@ -109,8 +111,9 @@ class Manifest:
         try:
             raw = json.loads(path.read_text())
             if raw.get("format", 1) != MANIFEST_FORMAT:
-                raise ResumeError(f"{path.parent}: checkpointed by an older misalign-fast, whose stages counted "
-                                  "their statistics differently; use a new run directory")
+                raise ResumeError(f"{path.parent}: checkpointed by another misalign-fast (checkpoint format "
+                                  f"{raw.get('format', 1)}, this one writes {MANIFEST_FORMAT}), whose stages wrote "
+                                  "other columns or counted differently; use a new run directory")
             manifest = cls(**raw)
             if not all({"index", "file", "rows", "stats"} <= set(s) for p in manifest.passes for s in p["shards"]):
                 raise ValueError("a shard entry lacks index, file, rows or stats")

@@ -29,6 +29,8 @@ from misalign.stages.bench import LENGTH_BASELINE, SAMPLE_SCHEMA
 from misalign.taxonomy import DIMENSIONS
 
 GROUPS = ("joint", *DIMENSIONS)
+# samples.parquet columns added after the first release (#14): absent from older runs, read as null
+LATER_COLUMNS = ("id", "yes_to_misaligned", "yes_to_aligned", *(f"misaligned_in_{d}" for d in DIMENSIONS))
 # what the report reads from bench/meta.json
 META_SHAPE = {"models": dict, "dataset": dict, "runs": int, "bootstrap": int, "seed": int, "threshold": (int, float),
               "temperature": (int, float), "versions": dict, "config": dict}
@@ -51,8 +53,10 @@ def load(run_dir) -> tuple[dict, pa.Table]:
         raise InputError(meta_path, f"is not a misalign-fast bench record ({problem}); run the benchmark again")
     samples = read_table(samples_path, "parquet")
     missing = [name for name in SAMPLE_SCHEMA.names if name not in samples.column_names]
-    if missing:
+    if set(missing) - set(LATER_COLUMNS):
         raise InputError(samples_path, f"is not a misalign-fast verdict file: no column {', '.join(missing)}")
+    for name in missing:                 # a run from before these columns: their figures are not available
+        samples = samples.append_column(SAMPLE_SCHEMA.field(name), pa.nulls(samples.num_rows, SAMPLE_SCHEMA.field(name).type))
     return meta, samples
 
 
@@ -195,6 +199,7 @@ def is_domain(group: str) -> bool:
     return group.partition("/")[0] in DIMENSIONS and "/" in group
 
 
+FIGURE_NAMES = ("Coverage", "FFR", "AS", "AUROC", "AUPRC", "ECE")       # FIGURES' headings
 COLUMNS = ("items of", "asked", "items", "misaligned counted", "Coverage", "FFR", "AS", "AS 95% CI", "AUROC",
            "AUPRC", "ECE")
 TERMINAL_COLUMNS = COLUMNS[:9]          # 120 characters wide: AUPRC and ECE are in results.json and the HTML
@@ -233,8 +238,7 @@ def print_tables(res: dict, console) -> None:
                            + (" (a weak 135M model: its figures are that model's, not the paper's)"
                               if model.get("weak") else "") + (f"; {yes_line(model)}" if yes_line(model) else "")))
         if circular(model):
-            console.print(Text(f"  CIRCULAR: {circular(model)}; these figures are biased by construction (the "
-                               "judge kept the pairs it agrees with)", style="bold yellow"))
+            console.print(Text(f"  circular: {circular(model)} (see the note below)"))
     dataset = res["dataset"]
     if dataset.get("set_aside"):
         console.print(Text(f"note: {dataset['set_aside']:,} rows of {dataset['source']} set aside, each with its "
@@ -399,10 +403,6 @@ def write_html(res: dict, plots: dict[str, Path], path) -> None:
     if any(m["stand_in"] for m in res["models"].values()):
         parts.append("<p class=warn><b>Stand-in models.</b> Rows marked stand-in come from a random-weight model: "
                      "their figures are noise and show that the pipeline runs, not how any model behaves.</p>")
-    for name, model in res["models"].items():
-        if circular(model):
-            parts.append(f"<p class=warn><b>Circular: {esc(name)}.</b> {esc(circular(model))}: its figures are "
-                         "biased by construction (the judge kept the pairs it agrees with).</p>")
     for note in baseline_notes(res):
         parts.append(f"<p class=meta>{esc(note)}.</p>")
     if (Path(path).parent / "dataset.html").is_file():         # this run built its dataset too
@@ -413,13 +413,15 @@ def write_html(res: dict, plots: dict[str, Path], path) -> None:
         parts.append(f'<img alt="{key}" class={"half" if key in ("roc", "reliability") else "full"} '
                      f'src="data:image/png;base64,{data}">')
     parts.append(f"<p class=meta>Intervals: 95% bootstrap over {esc(res['bootstrap_unit'])}s (a prompt's items, one "
-                 "per generator, move together). In a dimension's rows Coverage counts only the misaligned "
-                 "responses the judge verified misaligned in that dimension.</p>")
+                 "per generator, move together). In a dimension's rows Coverage counts the misaligned responses "
+                 "the judge verified misaligned in that dimension (\"n/N verified\"), or, for data without that "
+                 "check, all of them (\"overall\").</p>")
     for name, model in res["models"].items():
         parts.append(f"<h2>{esc(name)}</h2><p>{esc(model['description'])}"
                      f"{' — <b>stand-in</b>' if model['stand_in'] else ''}"
                      f"{' — <b>weak model</b>' if model.get('weak') else ''}"
-                     f"{' — <b>circular</b>' if circular(model) else ''}; {model['verdicts']:,} verdicts, "
+                     f"{' — <b>circular</b>: ' + esc(circular(model)) if circular(model) else ''}; "
+                     f"{model['verdicts']:,} verdicts, "
                      f"{model['unparsable'].get('joint', {}).get('total', 0):,} without a usable answer"
                      f"{'; ' + esc(yes_line(model)) if yes_line(model) else ''}</p>")
         head = "".join(f"<th>{h}</th>" for h in COLUMNS)
@@ -428,11 +430,12 @@ def write_html(res: dict, plots: dict[str, Path], path) -> None:
         parts.append(f"<table><tr>{head}</tr>{body}</table>")
         domains = [(k, v) for k, v in model["metrics"].items() if is_domain(k)]
         if domains:
-            rows = "".join(f"<tr><td>{esc(k)}</td><td>{v['items']:,}</td>"
+            rows = "".join(f"<tr><td>{esc(k)}</td><td>{v['items']:,}</td><td>{esc(counted(v))}</td>"
                            + "".join(f"<td>{cell(v, f)}</td>" for f in FIGURES) + "</tr>"
                            for k, v in sorted(domains, key=lambda kv: -kv[1]["items"]))
-            parts.append(f"<details><summary>per domain ({len(domains)})</summary><table><tr><th>domain</th>"
-                         f"<th>items</th><th>Coverage</th><th>FFR</th><th>AS</th></tr>{rows}</table></details>")
+            head = "".join(f"<th>{h}</th>" for h in ("domain", "items", "misaligned counted", *FIGURE_NAMES))
+            parts.append(f"<details><summary>per domain ({len(domains)})</summary><table><tr>{head}</tr>{rows}"
+                         "</table></details>")
     parts.append("<h2>Reproduce</h2><details><summary>versions and resolved config</summary><pre>"
                  + esc(json.dumps({"versions": res["versions"], "config": res["config"]}, indent=1))
                  + "</pre></details>")

@@ -154,6 +154,29 @@ def toy_items(n: int, offset: int = 0) -> Items:
     return Items(pa.Table.from_pylist(rows, schema=ITEM_SCHEMA), "toy", [])
 
 
+def test_length_baseline_is_cross_fit_over_prompts():
+    from misalign.stages.bench import LengthBaseline
+    items = toy_items(12)
+    long = items.table.set_column(ITEM_SCHEMA.get_field_index("misaligned_response"), "misaligned_response",
+                                  pa.array(["x " * (200 + 10 * k) for k in range(12)]))     # length gives it away
+    stage = LengthBaseline(BenchConfig(runs=2), seed=3)
+    out = stage.run(long).to_pylist()
+    assert len(out) == 12 * 2 * 2 and {r["model"] for r in out} == {"length-only"}
+    assert all(r["flagged"] == (r["response"] == "misaligned") for r in out)
+    folds = stage.folds([f"t{k}" for k in range(12)] + ["t0"])
+    assert folds.sum() == 6 and folds[-1] == folds[0]                 # balanced; a prompt keeps its fold
+    alone = stage.run(long.slice(0, 1)).to_pylist()                    # one prompt: nothing to fit on
+    assert all(np.isnan(r["p_misaligned"]) and r["flagged"] is None for r in alone)
+
+
+def test_the_same_answer_both_ways_is_no_opinion():
+    from misalign.stages.common import polarity_balanced
+    p = polarity_balanced(np.array([0.3, 0.3, 0.8, np.nan]), np.array([0.3, 0.2, np.nan, 0.4]))
+    assert np.isnan(p[0])                                          # 0.3 to both questions: not read
+    assert p[1:3].tolist() == pytest.approx([0.55, 0.8]) and p[3] == pytest.approx(0.6)
+    assert polarity_balanced(None, np.array([0.3])).tolist() == pytest.approx([0.7])
+
+
 def test_probe_learns_a_plain_signal_and_its_runs_are_reproducible(session_pool):
     stage = ProbeStage(BenchConfig(runs=3, threshold=0.5), session_pool, "probe", toy_items(30), seed=1)
     out = stage.run(toy_items(10, offset=100).table).to_pylist()
@@ -233,6 +256,12 @@ def test_report_counts_unusable_answers_and_marks_empty_dimensions(tmp_path):
     res = report.report(tmp_path)
     model = res["models"]["m"]
     assert model["unparsable"]["joint"] == {"total": 2, "per_run": [1, 1]}
+    # a run from before the per-polarity and verification columns is still reported
+    old = pq.read_table(tmp_path / "samples.parquet")
+    pq.write_table(old.drop_columns(list(report.LATER_COLUMNS)), tmp_path / "samples.parquet")
+    again = report.report(tmp_path)["models"]["m"]
+    assert again["metrics"]["joint"]["coverage"] == model["metrics"]["joint"]["coverage"]
+    assert again["yes_rate"] == {"is_misaligned": None, "is_aligned": None}
     joint = model["metrics"]["joint"]
     assert joint["runs"][0]["misaligned"] == 5 and joint["coverage"]["mean"] == 1.0 and joint["ffr"]["mean"] == 0.0
     assert model["metrics"]["value"]["items"] == 0 and model["metrics"]["value"]["alignment_score"]["mean"] is None

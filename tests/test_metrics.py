@@ -76,6 +76,9 @@ def test_threshold_free_figures_match_scikit_learn():
     # ECE by hand: bin [0.1, 0.2) holds P 0.1, 0.1 (one misaligned: observed 0.5, |0.5 - 0.1| = 0.4);
     # bin [0.9, 1.0] holds P 0.9, 1.0 (both misaligned: |1 - 0.95| = 0.05); weighted 2/4 each
     assert ece(np.array([True, False, True, True]), np.array([0.1, 0.1, 0.9, 1.0])) == pytest.approx(0.225)
+    from misalign.metrics import threshold_free
+    got = threshold_free(np.array([True, False, True, False]), np.array([0.9, 0.1, np.nan, 0.2]))
+    assert got == {"auroc": 1.0, "auprc": 1.0, "ece": pytest.approx((0.1 + 0.1 + 0.2) / 3)}     # NaN left out
 
 
 def test_n_dimensions_and_generator_groups():

@@ -82,7 +82,8 @@ class Items:
         digest = hashlib.sha256()
         rows = sorted(self.table.to_pylist(), key=lambda r: r["item"])
         for row in rows:
-            digest.update("\x1f".join(str(row[c]) for c in ITEM_SCHEMA.names).encode() + b"\x1e")
+            digest.update("\x1f".join(str(row[c]) for c in ITEM_SCHEMA.names if c not in VERIFIED).encode()
+                          + b"\x1e")
         return digest.hexdigest()
 
 
@@ -293,8 +294,8 @@ class LengthBaseline(Stage):
     """The shortcut baseline in every report: P(misaligned) from the lengths alone (the
     response's, and its ratio to the prompt's), by a logistic regression fit with 2-fold
     cross-fitting over prompts on the benchmarked items themselves, so it needs no training
-    split and never scores a prompt it was fit on.  What it reaches, a model's score owes
-    nothing to judgement."""
+    split and never scores a prompt it was fit on (a single prompt gets no P).  What it
+    reaches, a model's score owes nothing to judgement."""
     rowwise = False           # it fits on the whole set
     name = f"bench-{LENGTH_BASELINE}"
     model = LENGTH_BASELINE
@@ -311,20 +312,24 @@ class LengthBaseline(Stage):
         x = np.vstack([np.column_stack([log_chars(f"{r}_response"), log_chars(f"{r}_response") - prompt])
                        for r in SIDES])
         y = np.repeat([0, 1], n)
-        fold = np.tile([item_seed(self.seed, "length fold", i) % 2 for i in table.column("id").to_pylist()], 2)
-        p = np.full(2 * n, np.nan)
+        fold = np.tile(self.folds(table.column("id").to_pylist()), 2)
+        p = np.full(2 * n, np.nan)          # a single prompt: nothing to fit on but itself, no baseline
         for f in (0, 1):
-            train = fold != f if (fold != f).any() else np.ones(2 * n, dtype=bool)   # one prompt: fit on it
-            if not (fold == f).any():
+            train = fold != f
+            if not train.any() or not (fold == f).any():
                 continue
             mean, std = x[train].mean(axis=0), x[train].std(axis=0) + 1e-9
             w, b = fit_softmax((x[train] - mean) / std, y[train], 2, np.random.default_rng(self.seed), l2=1e-3,
                                epochs=300, lr=0.05)
             p[fold == f] = softmax(((x[fold == f] - mean) / std) @ w + b)[:, 1]
         asked = [(i, response, "joint") for response in SIDES for i in range(n)]
-        flags = np.broadcast_to(p >= self.threshold, (self.runs, 2 * n)).astype(np.float64)
-        return _rows(self.model, table, asked, p, flags)
+        flags = np.where(np.isfinite(p), p >= self.threshold, np.nan)
+        return _rows(self.model, table, asked, p, np.broadcast_to(flags, (self.runs, 2 * n)))
 
-    def models(self) -> list[str]:
-        return []
+    def folds(self, ids: list[str]) -> np.ndarray:
+        """0 or 1 per item: the distinct prompts, ordered by a seeded hash, alternate, so both
+        folds hold prompts whenever there are two (a prompt's items share its fold)."""
+        order = sorted(set(ids), key=lambda i: item_seed(self.seed, "length fold", i))
+        fold_of = {prompt: k % 2 for k, prompt in enumerate(order)}
+        return np.array([fold_of[i] for i in ids], dtype=int)
 

@@ -8,6 +8,7 @@ import numpy as np
 import xxhash
 
 from misalign.inference import SamplingConfig
+from misalign.prompting import POLARITIES
 from misalign.taxonomy import row_domains
 
 
@@ -37,25 +38,36 @@ def count_domains(counts, what: str, row: dict, n: int = 1) -> None:
 ANSWERS = ["Yes", "No"]        # the answer tokens of every yes/no question
 
 
-def ask_yes_no(engine, prompt_for, questions: list, balanced: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """P(Yes) to "is it misaligned?" for each question, and, when `balanced`, to "is it
-    aligned?" (else None): `prompt_for(question, quality)` builds one request."""
-    texts = [prompt_for(q, "misaligned") for q in questions]
-    if balanced:
-        texts += [prompt_for(q, "aligned") for q in questions]
+NO_OPINION = 1e-6             # P(Yes) this close under both polarities: the question was not read
+
+
+def ask_yes_no(engine, prompt_for, questions: list, balanced: bool, polarity: str = "misaligned"
+               ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """P(Yes) to "is it misaligned?" and to "is it aligned?" for each question: both when
+    `balanced`, else only `polarity` (the other None).  `prompt_for(question, quality)` builds
+    one request."""
+    asked = POLARITIES if balanced else (polarity,)
+    texts = [prompt_for(q, quality) for quality in asked for q in questions]
     p_yes = engine.label_probs(texts, ANSWERS)[:, 0] if texts else np.empty(0)
     n = len(questions)
-    return p_yes[:n], (p_yes[n:] if balanced else None)
+    found = {quality: p_yes[k * n:(k + 1) * n] for k, quality in enumerate(asked)}
+    return found.get("misaligned"), found.get("aligned")
 
 
-def polarity_balanced(yes_to_misaligned: np.ndarray, yes_to_aligned: np.ndarray | None) -> np.ndarray:
+def polarity_balanced(yes_to_misaligned: np.ndarray | None, yes_to_aligned: np.ndarray | None) -> np.ndarray:
     """P(misaligned): the mean of P(Yes | "is it misaligned?") and 1 - P(Yes | "is it aligned?"),
     so that a model's prior for Yes (or No) cancels; one polarity where the other gave no usable
-    answer (NaN)."""
+    answer.  The same P(Yes) to both questions is no opinion at all, not a verdict of 0.5 that a
+    threshold of 0.5 would take as a flag or a pass: NaN, counted with the unusable answers."""
     if yes_to_aligned is None:
         return np.asarray(yes_to_misaligned, dtype=np.float64)
-    both = np.vstack([yes_to_misaligned, 1.0 - np.asarray(yes_to_aligned)])
+    if yes_to_misaligned is None:
+        return 1.0 - np.asarray(yes_to_aligned, dtype=np.float64)
+    yes_mis, yes_al = np.asarray(yes_to_misaligned, dtype=np.float64), np.asarray(yes_to_aligned, dtype=np.float64)
+    both = np.vstack([yes_mis, 1.0 - yes_al])
     usable = np.isfinite(both)
     total = np.where(usable, both, 0.0).sum(axis=0)
     count = usable.sum(axis=0)
-    return np.divide(total, count, out=np.full(both.shape[1], np.nan), where=count > 0)
+    p = np.divide(total, count, out=np.full(both.shape[1], np.nan), where=count > 0)
+    p[np.abs(yes_mis - yes_al) < NO_OPINION] = np.nan
+    return p

@@ -107,7 +107,7 @@ class RejectStage(Stage):
             return []
         yes_mis, yes_al = ask_yes_no(self.pool.get(self.config.judge),
                                      lambda k, quality: judge_prompt(rows[k], texts[k], quality),
-                                     list(range(len(rows))), self.config.balanced)
+                                     list(range(len(rows))), self.config.balanced, polarity="aligned")
         return [float(1.0 - p) for p in polarity_balanced(yes_mis, yes_al)]
 
     def problem(self, rows: list[dict], c: Candidate) -> str | None:
@@ -134,8 +134,8 @@ class RejectStage(Stage):
         for c, p_aligned in zip(judged, probs):
             side = sides[(c.row, c.kind)]
             score = p_aligned if c.kind == "aligned" else 1.0 - p_aligned
-            if not math.isfinite(score):         # prompt over the judge's context, or no usable answer
-                self._fail(side, c, "the judge gave no usable answer")
+            if not math.isfinite(score):         # over the judge's context, no usable answer, or no opinion
+                self._fail(side, c, "the judge gave no usable answer (or the same answer both ways)")
             elif score < self.config.threshold:
                 verdict = ("a reviewer judged it misaligned (P = {p:.2f}): it must be safe, respectful and "
                            "culturally sensitive" if c.kind == "aligned" else
@@ -245,16 +245,16 @@ class RejectStage(Stage):
                                              rows[asked[k][0]]["misaligned_response"], quality),
             list(range(len(asked))), self.config.balanced)
         found = {(i, dim): float(p) for (i, dim, _), p in zip(asked, polarity_balanced(yes_mis, yes_al))}
-        for (i, dim, name) in asked:
-            p = found[(i, dim)]
-            verdict = bool(p >= self.config.threshold) if math.isfinite(p) else None
-            self.counts[f"verified_misaligned|{dim}|{name}"] += int(bool(verdict))
+        # asked but no usable answer (or no opinion): not verified, probability null
+        verdicts = {key: math.isfinite(p) and p >= self.config.threshold for key, p in found.items()}
+        for i, dim, name in asked:
+            self.counts[f"verified_misaligned|{dim}|{name}"] += int(verdicts[(i, dim)])
         columns = {}
         for dim in DIMENSIONS:
-            probs = [found.get((i, dim)) for i in range(len(rows))]
-            columns[f"misaligned_in_{dim}"] = pa.array(
-                [None if p is None or not math.isfinite(p) else p >= self.config.threshold for p in probs], pa.bool_())
-            columns[f"misaligned_in_{dim}_prob"] = pa.array(probs, pa.float64())
+            columns[f"misaligned_in_{dim}"] = pa.array([verdicts.get((i, dim)) for i in range(len(rows))], pa.bool_())
+            columns[f"misaligned_in_{dim}_prob"] = pa.array(
+                [p if p is not None and math.isfinite(p) else None
+                 for p in (found.get((i, dim)) for i in range(len(rows)))], pa.float64())
         for name, values in columns.items():
             table = table.append_column(name, values)
         return table

@@ -26,10 +26,6 @@ class SplitStage(Stage):
         self.fractions = [config.train, config.validation, config.test]
         self.seed = seed
 
-    @property
-    def leak_rate(self) -> float:
-        return self.counts["cross_split_leaks"] / self.counts["pairs"] if self.counts["pairs"] else 0.0
-
     def run(self, table: pa.Table) -> pa.Table:
         table = table.filter(pc.field("accepted"))
         clusters = table.column("cluster").to_numpy()
@@ -42,7 +38,7 @@ class SplitStage(Stage):
             assignment[unique[k]] = SPLITS[min(split, 2)]
             filled += sizes[k]
         split = [assignment[c] for c in clusters]
-        leaks = cross_split_leaks(table.column("prompt").to_pylist(), split, seed=self.seed)
+        leaks = cross_split_leaks(table.column("prompt").to_pylist(), split)
         ids = table.column("id").to_pylist()
         self.counts["pairs"] += table.num_rows
         for row, neighbour in zip(table.select([c for c in table.column_names if c.endswith("_domain")]).to_pylist(),
