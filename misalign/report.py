@@ -163,6 +163,8 @@ def counted(entry: dict | None) -> str:
     entry = entry or {}
     runs = entry.get("runs") or [{}]
     n = runs[0].get("misaligned", 0)
+    if not entry.get("items"):
+        return "0"
     if entry.get("misaligned_basis") == "verified":
         return f"{n:,}/{n + entry.get('not_verified_misaligned', 0):,} verified"
     return f"{n:,} (overall)" if entry.get("misaligned_basis") == "overall" else f"{n:,}"

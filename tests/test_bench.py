@@ -284,3 +284,24 @@ def test_probe_may_not_test_on_its_own_training_split():
     from misalign.preflight import check_bench
     with pytest.raises(ConfigError, match="trains on the train split"):
         check_bench(config)
+
+
+def test_circularity_reads_the_config_of_the_run_that_built_the_dataset(tmp_path):
+    from misalign.benchmark import circularity, circularity_warnings, dataset_makers
+    built = tmp_path / "built"
+    (built / "dataset").mkdir(parents=True)
+    (built / "dataset" / "test.parquet").write_bytes(b"")
+    (built / "config.resolved.toml").write_text(
+        '[reject]\njudge = "j"\n[respond]\nmodels = ["g1", "g2"]\n'
+        '[models.j]\npath = "/models/judge"\n[models.g1]\npath = "/models/gen"\n[models.g2]\npath = "/models/other"\n')
+    for given in (built, built / "dataset", built / "dataset" / "test.parquet"):
+        # another name for the same weights is still the judge; names alone do not make a match
+        config = config_mod.load(None, [f'bench.dataset="{given}"', 'bench.models=["mine", "j"]',
+                                        'models.mine.path="/models/judge"', 'models.j.path="/models/else"'])
+        makers = dataset_makers(config)
+        assert circularity(config, "mine", makers) == {"judge": True, "generated": []}
+        assert circularity(config, "j", makers) == {"judge": False, "generated": []}
+        assert len(circularity_warnings(config)) == 1 and circularity_warnings(config)[0].startswith("mine is the judge")
+    config = config_mod.load(None, [f'run.dir="{built}"', 'bench.models=["x"]', 'models.x.path="/models/gen"'])
+    assert circularity(config, "x", dataset_makers(config), ["g1"]) == {"judge": False, "generated": ["g1"]}
+    assert circularity(config, "x", dataset_makers(config), ["g2"]) == {"judge": False, "generated": []}
