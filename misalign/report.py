@@ -255,8 +255,8 @@ def baseline_notes(res: dict) -> list[str]:
     length = res["models"].get(LENGTH_BASELINE)
     auc = ((length or {}).get("metrics", {}).get("joint", {}).get("auroc") or {}).get("mean")
     if auc is not None:
-        notes.append(f"response length alone separates misaligned from aligned responses with AUROC {auc:.2f} "
-                     "(0.5: chance); a model's score near that owes little to judgement")
+        notes.append(f"response length alone reaches AUROC {auc:.2f} here (0.5 is chance; well above it, length "
+                     "gives the label away, and a model scoring near that owes little to judgement)")
     if not any(m.get("kind") == "probe" for m in res["models"].values()):
         notes.append("no embedding probe in this run: add a model of kind \"probe\" to bench.models to see how much "
                      "a trained embedding classifier reaches")
