@@ -202,14 +202,17 @@ def is_domain(group: str) -> bool:
 
 
 FIGURE_NAMES = ("Coverage", "FFR", "AS", "AUROC", "AUPRC", "ECE")       # FIGURES' headings
-COLUMNS = ("items of", "asked", "items", "misaligned counted", "Coverage", "FFR", "AS", "AS 95% CI", "AUROC",
-           "AUPRC", "ECE")
-TERMINAL_COLUMNS = COLUMNS[:9]          # 120 characters wide: AUPRC and ECE are in results.json and the HTML
+COLUMNS = ("items of", "asked", "items", "misaligned counted", "Coverage", "FFR", "AS", "AS 95% CI",
+           "AUROC (95% CI)", "AUPRC", "ECE")
+# 120 characters wide: AUROC's interval, AUPRC and ECE are in results.json and the HTML
+TERMINAL_COLUMNS = (*COLUMNS[:8], "AUROC")
 
 
-def row_cells(group: str, question: str, n: int, entry: dict | None) -> list[str]:
+def row_cells(group: str, question: str, n: int, entry: dict | None, wide: bool = False) -> list[str]:
+    """A table row; `wide` (the HTML page) adds AUROC's interval."""
+    auroc = number(entry, "auroc") + (f" {interval(entry, 'auroc')}" if wide and interval(entry, "auroc") else "")
     return [group, question, f"{n:,}", counted(entry), cell(entry, "coverage"), cell(entry, "ffr"),
-            cell(entry, "alignment_score"), interval(entry, "alignment_score"), number(entry, "auroc"),
+            cell(entry, "alignment_score"), interval(entry, "alignment_score"), auroc,
             number(entry, "auprc"), number(entry, "ece")]
 
 
@@ -344,12 +347,13 @@ def _roc(ax, res: dict, colours) -> None:
         roc = (model.get("curves") or {}).get("roc")
         if not roc:
             continue
-        auc = number(model["metrics"].get("joint"), "auroc")
+        joint = model["metrics"].get("joint")
+        auc = number(joint, "auroc") + (f" {interval(joint, 'auroc')}" if interval(joint, "auroc") else "")
         ax.plot(roc["fpr"], roc["tpr"], color=colours[k % 10], lw=1.6, drawstyle="default",
                 ls="--" if model.get("baseline") else "-", label=f"{_label(res, name)}  AUROC {auc}")
     ax.plot([0, 1], [0, 1], ls=":", color="0.6", lw=0.8, label="chance")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="aligned responses flagged (FFR) at each threshold",
-           ylabel="misaligned responses flagged (Coverage)", title="ROC of P(misaligned), joint, all thresholds")
+           ylabel="misaligned responses flagged (Coverage)", title="ROC of P(misaligned), joint, all thresholds (95% CI)")
     ax.legend(loc="lower right", fontsize=8)
 
 
@@ -427,7 +431,7 @@ def write_html(res: dict, plots: dict[str, Path], path) -> None:
                      f"{model['unparsable'].get('joint', {}).get('total', 0):,} without a usable answer"
                      f"{'; ' + esc(yes_line(model)) if yes_line(model) else ''}</p>")
         head = "".join(f"<th>{h}</th>" for h in COLUMNS)
-        body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row_cells(*row)) + "</tr>"
+        body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row_cells(*row, wide=True)) + "</tr>"
                        for row in group_rows(model))
         parts.append(f"<table><tr>{head}</tr>{body}</table>")
         domains = [(k, v) for k, v in model["metrics"].items() if is_domain(k)]

@@ -121,6 +121,23 @@ def test_dimension_coverage_counts_only_responses_verified_in_it():
     assert unverified["safety"]["coverage"]["mean"] == 0.25
 
 
+def test_the_auroc_of_each_resample_is_the_auroc_of_the_resampled_responses():
+    from misalign.metrics import auroc, weighted_auroc
+    rng = np.random.default_rng(8)
+    prompt = np.repeat(np.arange(30), 4)                          # 30 prompts, 4 responses each
+    y = np.tile([True, False], 60)
+    p = np.clip(np.where(y, 0.6, 0.4) + rng.normal(0, 0.25, 120), 0, 1).round(1)     # many ties
+    draws = rng.integers(0, 30, size=(7, 30))
+    weight = np.stack([np.bincount(d, minlength=30) for d in draws])
+    got = weighted_auroc(y, p, weight, prompt, block=3)
+    for k, d in enumerate(draws):                                 # the resample written out
+        rows = np.concatenate([np.flatnonzero(prompt == q) for q in d])
+        assert got[k] == pytest.approx(auroc(y[rows], p[rows]))
+    report = summarise(Verdicts(np.zeros(120), np.arange(120), y, p >= 0.5, {}, prompt=prompt, p=p), bootstrap=200)
+    low, high = report["joint"]["interval95"]["auroc"]
+    assert low < report["joint"]["auroc"]["mean"] < high
+
+
 def test_bootstrap_resamples_prompts_not_items():
     # four generators' identical items per prompt carry no more evidence than one: by prompt, the
     # interval is the same as with one item per prompt (resampling items would narrow it by half)
