@@ -519,6 +519,9 @@ def validate_judge(labels_path, output, config_path, overrides, run_dir, executo
                                                    for k in ("accuracy", "kappa", "human_misaligned",
                                                              "judge_misaligned")), f"{found['unusable']:,}")
     out.print(table)
+    out.print(f"the judge asked {'both ways' if result['balanced'] else 'one way'} (reject.balanced), a response "
+              f"misaligned when P(misaligned) >= {result['threshold']} (reject.threshold); kappa 0: chance agreement",
+              markup=False)
     if result["stand_in"]:
         out.print("note: the judge is a random-weight stand-in: its agreement is chance", markup=False)
     if output:
