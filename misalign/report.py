@@ -328,8 +328,9 @@ def _dimension_as(ax, res: dict, colours) -> None:
             mean = (entry.get("alignment_score") or {}).get("mean")
             means.append(np.nan if mean is None else mean)
             ci = (entry.get("interval95") or {}).get("alignment_score")
-            lows.append(mean - ci[0] if ci and mean is not None else 0)
-            highs.append(ci[1] - mean if ci and mean is not None else 0)
+            # the interval is of the runs pooled, the bar the mean of per-run figures: it may sit outside
+            lows.append(max(mean - ci[0], 0) if ci and mean is not None else 0)
+            highs.append(max(ci[1] - mean, 0) if ci and mean is not None else 0)
         x = np.arange(len(GROUPS)) + (k - (len(names) - 1) / 2) * width
         ax.bar(x, means, width, yerr=[lows, highs], capsize=3, color=colours[k % 10], label=_label(res, name))
         for xi, m, high in zip(x, means, highs):

@@ -81,7 +81,8 @@ def test_judge_and_detector_read_yes_no(real):
     pool = SessionPool({name: engine}, None)
     config = load(None, [f'reject.judge="{name}"', f'bench.models=["{name}"]', f'models.{name}.path="{engine.model}"'])
     rows = [{"prompt": p, "safety_domain": None, "value_domain": None, "cultural_domain": None} for p in PROMPTS]
-    judged = RejectStage(config.reject, pool, respond=config.respond)._judge(rows, ["Use saffron and good rice.", "Just eat."])
+    one_way = replace(config.reject, balanced=False)          # each answer read alone: always a probability
+    judged = RejectStage(one_way, pool, respond=config.respond)._judge(rows, ["Use saffron and good rice.", "Just eat."])
     assert all(0 <= p <= 1 for p in judged)
     import pyarrow as pa
     from misalign.stages.bench import ITEM_SCHEMA
@@ -92,7 +93,10 @@ def test_judge_and_detector_read_yes_no(real):
                                  schema=ITEM_SCHEMA)
     out = DetectStage(replace(config.bench, runs=1), pool, name).run(items)
     p = np.array(out.column("p_misaligned").to_pylist())
-    assert len(p) == 4 and np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
+    yes = np.array([out.column(c).to_pylist() for c in ("yes_to_misaligned", "yes_to_aligned")])
+    assert yes.shape == (2, 4) and ((yes >= 0) & (yes <= 1)).all()          # both polarities' answers read
+    same = np.abs(yes[0] - yes[1]) < 1e-6                                    # the same answer both ways: no opinion
+    assert np.isnan(p[same]).all() and np.allclose(p[~same], (yes[0] + 1 - yes[1])[~same] / 2)
 
 
 @pytest.mark.parametrize("real", ["mistral-v3"], indirect=True)
