@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
+from bench_simhash import SHARED, table          # the same data and the same markdown tables
 from misalign import _simhash
 from misalign.dedup import HammingIndex, plan_blocks
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "paper_prompts_dev.csv"
 FILLERS = ["really", "please", "the", "very", "now", "also", "just", "so"]
 PUNCT = [",", ".", "!", "?", ";", ":"]
 KINDS = ("drop", "swap", "insert", "case", "punct")
@@ -156,14 +156,6 @@ def minhash_anchor(originals, edited, shingler, thresholds):
         neighbours = sum(any(o != k for o in index.query(h)) for k, h in enumerate(hashes))
         rows.append((threshold, float(np.mean(found)), neighbours / len(originals)))
     return rows
-
-
-def table(title, header, rows):
-    print(f"\n### {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(c) for c in row) + " |")
 
 
 def main():

@@ -85,9 +85,11 @@ def circularity(config: Config, name: str, makers: dict | None, generators: list
                                 if who == me and (generators is None or g in generators))}
 
 
-def circularity_warnings(config: Config, generators: list[str] | None = None) -> list[str]:
-    """One line per model under test that judged or generated the dataset it is scored on."""
-    makers, notes = dataset_makers(config), []
+def circularity_warnings(config: Config, generators: list[str] | None = None, makers: dict | None = None
+                         ) -> list[str]:
+    """One line per model under test that judged or generated the dataset it is scored on
+    (`makers`: dataset_makers(config), when the caller has read them already)."""
+    makers, notes = makers or dataset_makers(config), []
     for name in config.bench.models:
         found = circularity(config, name, makers, generators)
         roles = (["the judge"] if found["judge"] else []) + (["a generator"] if found["generated"] else [])
@@ -129,7 +131,7 @@ def benchmark(config: Config, pool: Pool, on_progress=None, executor=None, sched
                               "stand_in": pool.is_stand_in(name), "weak": pool.is_bundled(name),
                               "circularity": circularity(config, name, makers, generators)}
                        for name in bench.models},
-            "role_warnings": circularity_warnings(config, generators),
+            "role_warnings": circularity_warnings(config, generators, makers),
             "runs": bench.runs, "threshold": bench.threshold, "temperature": bench.temperature,
             "questions": questions(bench.per_dimension), "seed": config.run.seed, "bootstrap": bench.bootstrap,
             "config": tomllib.loads(config_mod.to_toml(config)), "versions": versions(),

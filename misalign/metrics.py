@@ -139,12 +139,13 @@ class Verdicts:
         self.generator = np.full(n, None, dtype=object) if self.generator is None else np.asarray(self.generator,
                                                                                                    dtype=object)
         self.verified = {d: np.asarray(v, dtype=object) for d, v in self.verified.items()}
+        # made once, not per group: which misaligned responses were verified, per checked dimension
+        self.verified_true = {d: np.array([x is True for x in v], dtype=bool)
+                              for d, v in self.verified.items() if any(x is not None for x in v)}
 
     def domain_of(self, dim: str) -> np.ndarray:
         return self.domains.get(dim, np.full(len(self.run), None, dtype=object))
 
-    def has_verification(self, dim: str) -> bool:
-        return dim in self.verified and any(v is not None for v in self.verified[dim])
 
 
 @dataclass
@@ -183,9 +184,9 @@ def counted(verdicts: Verdicts, group: Group) -> tuple[np.ndarray, dict]:
     if group.dimension is None:
         return rows, {}
     mis = rows & verdicts.misaligned
-    if not verdicts.has_verification(group.dimension):
+    if group.dimension not in verdicts.verified_true:
         return rows, {"misaligned_basis": "overall"}
-    verified = np.array([v is True for v in verdicts.verified[group.dimension]], dtype=bool)
+    verified = verdicts.verified_true[group.dimension]
     keep = rows & (~verdicts.misaligned | verified)
     return keep, {"misaligned_basis": "verified", "verified_misaligned": _distinct(verdicts, mis & verified),
                   "not_verified_misaligned": _distinct(verdicts, mis & ~verified)}
