@@ -1,6 +1,8 @@
-"""Which features should SimHash fingerprint?  A study on the paper's prompts (issue #15).
+"""Which features should SimHash fingerprint?  A study on the paper's prompts.
 
     python benchmarks/bench_features.py            # needs ../shared/data/paper_prompts_dev.csv
+
+(bench_simhash.py prints it too, after the throughput.)
 
 For each feature set (word n-grams, character n-grams, mixed; plain or down-weighting shingles
 that many prompts share, by inverse document frequency) and each tau, on the distinct prompts of
@@ -11,11 +13,11 @@ at least 12 words:
     affected     share of distinct prompts that gain a neighbour within tau among the others:
                  the prompts dedup would wrongly merge (the dev set has few true duplicates)
 
-The fingerprints here are computed in Python (xxh64 per shingle, numpy bit sums): this is a
-quality study, not a speed one; the search is the package's exact HammingIndex.  The anchor is
-datasketch's MinHash-LSH (128 permutations) on the same shingles at Jaccard thresholds, which is
-what published comparisons favour.  The package's own fingerprinter (word bigrams, in C) is the
-first row, to check the Python path reproduces its figures.  Prints markdown tables.
+Plain (count-weighted) feature sets are fingerprinted by the package's C fingerprinter, with its
+one-thread MB/s; the IDF-weighted and mixed ones, which it does not offer, in Python (xxh64 per
+shingle, numpy bit sums: quality only).  The search is the package's exact HammingIndex.  The
+anchor is datasketch's MinHash-LSH (128 permutations) on the same shingles at Jaccard
+thresholds, which is what published comparisons favour.  Prints markdown tables.
 """
 from __future__ import annotations
 
@@ -31,13 +33,30 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-from bench_simhash import SHARED, table          # the same data and the same markdown tables
-from misalign import _simhash
-from misalign.dedup import HammingIndex, plan_blocks
+from misalign.dedup import HammingIndex, fingerprint, plan_blocks
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "paper_prompts_dev.csv"
 
 FILLERS = ["really", "please", "the", "very", "now", "also", "just", "so"]
 PUNCT = [",", ".", "!", "?", ";", ":"]
 KINDS = ("drop", "swap", "insert", "case", "punct")
+
+
+def table(title, header, rows):
+    print(f"\n### {title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for row in rows:
+        print("| " + " | ".join(str(c) for c in row) + " |")
+
+
+def best_of(repeat, fn):
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def load_prompts(path: Path, min_words: int) -> list[str]:
@@ -158,43 +177,47 @@ def minhash_anchor(originals, edited, shingler, thresholds):
     return rows
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=SHARED)
-    parser.add_argument("--min-words", type=int, default=12)
-    parser.add_argument("--edits", type=int, default=2000, help="planted near-duplicates")
-    parser.add_argument("--taus", default="6,8,10,12")
-    parser.add_argument("--features", default=",".join(FEATURES))
-    args = parser.parse_args()
-    taus = [int(t) for t in args.taus.split(",")]
-    originals = load_prompts(args.data, args.min_words)
+C_FEATURES = ("word1", "word2", "word3", "char3", "char4", "char5", "char6")
+PYTHON_ROWS = (("word1", "idf"), ("word2", "idf"), ("char3", "idf"), ("char4", "idf"),
+               ("word1+char4", "count"), ("word1+char4", "idf"))
+
+
+def planted_edits(originals: list[str], count: int) -> list[tuple[int, str]]:
     rng = random.Random(0)
     edited = []
-    for _ in range(args.edits):
+    for _ in range(count):
         source = rng.randrange(len(originals))
         kind, times = rng.choice(KINDS), rng.choice((1, 2))
         edited.append((source, edit(originals[source], kind, times, rng)))
-    print(f"{len(originals):,} distinct prompts of >= {args.min_words} words; {len(edited):,} planted edits "
-          f"({', '.join(KINDS)}; one or two each)")
+    return edited
 
-    c_fps = _simhash.fingerprint(originals, ngram=2)[0]
-    c_edit = _simhash.fingerprint([t for _, t in edited], ngram=2)[0]
-    distances = np.bitwise_count(c_fps[[s for s, _ in edited]] ^ c_edit)
-    rows = [["word2 (the package, C)", "-", *(f"{(distances <= t).mean():.3f} / {affected_share(c_fps, t):.1%}"
-                                               for t in taus), "-"]]
-    for name in args.features.split(","):
+
+def feature_study(originals: list[str], edits: int, taus: list[int]) -> dict:
+    """Print the study's two tables; return {features: {tau: (recall, affected)}} of the C rows."""
+    edited = planted_edits(originals, edits)
+    sources = [s for s, _ in edited]
+    print(f"{len(originals):,} distinct prompts of >= 12 words; {len(edited):,} planted edits "
+          f"({', '.join(KINDS)}; one or two each)")
+    corpus = originals * 6                      # ~5 MB, for a steadier rate
+    megabytes = sum(len(t.encode()) for t in corpus) / 1e6
+    rows, found = [], {}
+    for features in C_FEATURES:
+        fps, efps = fingerprint(originals, features), fingerprint([t for _, t in edited], features)
+        d = np.bitwise_count(fps[sources] ^ efps)
+        found[features] = {t: ((d <= t).mean(), affected_share(fps, t)) for t in taus}
+        rate = megabytes / best_of(3, lambda: fingerprint(corpus, features))
+        rows.append([features, "count (C)", *(f"{found[features][t][0]:.3f} / {found[features][t][1]:.1%}"
+                                             for t in taus), f"{rate:,.0f}"])
+    for name, weighting in PYTHON_ROWS:
         shingler = FEATURES[name]
-        start = time.perf_counter()
-        lists = [shingler(t) for t in originals]
-        edited_lists = [shingler(t) for _, t in edited]
-        for weighting in ("count", "idf"):
-            idf = inverse_document_frequency(lists) if weighting == "idf" else None
-            fps, efps = simhash(lists, idf), simhash(edited_lists, idf)
-            d = np.bitwise_count(fps[[s for s, _ in edited]] ^ efps)
-            rows.append([name, weighting, *(f"{(d <= t).mean():.3f} / {affected_share(fps, t):.1%}" for t in taus),
-                         f"{time.perf_counter() - start:.1f}"])
+        lists, edited_lists = [shingler(t) for t in originals], [shingler(t) for _, t in edited]
+        idf = inverse_document_frequency(lists) if weighting == "idf" else None
+        fps, efps = simhash(lists, idf), simhash(edited_lists, idf)
+        d = np.bitwise_count(fps[sources] ^ efps)
+        rows.append([name, f"{weighting} (Python)",
+                     *(f"{(d <= t).mean():.3f} / {affected_share(fps, t):.1%}" for t in taus), "-"])
     table("SimHash: recall on planted 1-2 edit near-duplicates / share of distinct prompts affected, per tau",
-          ["features", "weights", *(f"tau {t}" for t in taus), "study seconds (Python)"], rows)
+          ["features", "weights", *(f"tau {t}" for t in taus), "fingerprint MB/s (one thread)"], rows)
 
     rows = []
     for name in ("word2", "char4", "char5"):
@@ -202,6 +225,17 @@ def main():
             rows.append([name, threshold, f"{recall:.3f}", f"{affected:.1%}"])
     table("Anchor: datasketch MinHash-LSH (128 permutations), same shingles",
           ["features", "Jaccard threshold", "recall on planted edits", "distinct prompts affected"], rows)
+    return found
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=SHARED)
+    parser.add_argument("--min-words", type=int, default=12)
+    parser.add_argument("--edits", type=int, default=2000, help="planted near-duplicates")
+    parser.add_argument("--taus", default="6,8,10,12")
+    args = parser.parse_args()
+    feature_study(load_prompts(args.data, args.min_words), args.edits, [int(t) for t in args.taus.split(",")])
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
-"""SimHash benchmark: fingerprint throughput, exact self-join, and dedup quality, in one run.
+"""SimHash benchmark: fingerprint throughput, exact self-join, and which features to hash, in one run.
 
     python benchmarks/bench_simhash.py            # needs ../shared/data/paper_prompts_dev.csv
 
 Baselines, measured in the same run: the PyPI `simhash` package (Simhash objects) and
-`datasketch` MinHash (128 permutations) for fingerprinting; numpy brute force for the join.
-Throughput is best of --repeat runs on one thread; baselines run on a subset and are reported
-as rates.  Prints markdown tables (paste them into benchmarks/RESULTS.md).
+`datasketch` MinHash (128 permutations) for fingerprinting; numpy brute force for the join;
+datasketch MinHash-LSH for dedup quality (bench_features.py, printed here too).  Throughput is
+best of --repeat runs on one thread; baselines run on a subset and are reported as rates.
+Ends with the goals, met or not.  Prints markdown tables (paste them into benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import argparse
 import csv
 import multiprocessing as mp
 import platform
-import random
 import resource
 import time
 from pathlib import Path
@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from misalign import _simhash
-from misalign.dedup import Deduplicator, HammingIndex, plan_blocks
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "paper_prompts_dev.csv"
+from bench_features import SHARED, best_of, feature_study, table
+from bench_features import load_prompts as load_distinct_prompts
+from misalign.dedup import DEFAULT_FEATURES, HammingIndex, fingerprint, plan_blocks
 
 
 def load_prompts(path: Path) -> list[str]:
@@ -34,30 +33,17 @@ def load_prompts(path: Path) -> list[str]:
         return [row["prompt"] for row in csv.DictReader(f)]
 
 
-def best_of(repeat, fn):
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-def table(title, header, rows):
-    print(f"\n### {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(c) for c in row) + " |")
-
-
 # --------------------------------------------------------------------------- fingerprinting
 
 def bench_fingerprint(prompts, target_mb, repeat, baseline_docs):
+    """Print the throughput table; return (MB/s of the default features from str, ratio to the
+    simhash package)."""
     reps = int(target_mb * 1e6 / sum(len(p.encode()) for p in prompts)) + 1
     texts = prompts * reps
     mb = sum(len(p.encode()) for p in texts) / 1e6
     arrow = pa.array(texts)
+    non_ascii = [t for t in texts if not t.isascii()]
+    non_ascii_mb = sum(len(p.encode()) for p in non_ascii) / 1e6
     rows = []
 
     def add(name, seconds, docs, megabytes, baseline_rate=None):
@@ -79,14 +65,20 @@ def bench_fingerprint(prompts, target_mb, repeat, baseline_docs):
             words = t.lower().split()
             m.update_batch([" ".join(words[i:i + 2]).encode() for i in range(max(len(words) - 1, 1))])
     add("datasketch MinHash(128), word bigrams", best_of(1, minhash_all), len(sub), sub_mb, simhash_rate)
-    add("misalign fingerprint, list of str", best_of(repeat, lambda: _simhash.fingerprint(texts)),
+    default = DEFAULT_FEATURES
+    rate = add(f"misalign {default} (default), list of str",
+               best_of(repeat, lambda: fingerprint(texts, default)), len(texts), mb, simhash_rate)
+    add(f"misalign {default}, Arrow array", best_of(repeat, lambda: fingerprint(arrow, default)),
         len(texts), mb, simhash_rate)
-    add("misalign fingerprint, Arrow array", best_of(repeat, lambda: _simhash.fingerprint(arrow)),
-        len(texts), mb, simhash_rate)
-    add("misalign fingerprint, list of str, 2 threads",
-        best_of(repeat, lambda: _simhash.fingerprint(texts, threads=2)), len(texts), mb, simhash_rate)
-    table(f"Fingerprinting ({mb:,.0f} MB of real prompts; one thread unless noted)",
-          ["method", "docs", "MB/s", "docs/s", "vs simhash package"], rows)
+    add(f"misalign {default}, list of str, 2 threads",
+        best_of(repeat, lambda: fingerprint(texts, default, threads=2)), len(texts), mb, simhash_rate)
+    add(f"misalign {default}, the non-ASCII rows alone",
+        best_of(repeat, lambda: fingerprint(non_ascii, default)), len(non_ascii), non_ascii_mb, simhash_rate)
+    add("misalign word2 (the earlier default), list of str",
+        best_of(repeat, lambda: fingerprint(texts, "word2")), len(texts), mb, simhash_rate)
+    table(f"Fingerprinting ({mb:,.0f} MB of real prompts, {non_ascii_mb / mb:.0%} of it in non-ASCII rows; "
+          "one thread unless noted)", ["method", "docs", "MB/s", "docs/s", "vs simhash package"], rows)
+    return rate, rate / simhash_rate
 
 
 # --------------------------------------------------------------------------- self-join
@@ -125,10 +117,11 @@ def brute_force(fps, tau):
 
 
 def bench_join(n, brute_n, taus):
+    """Print the join table; return {tau: (seconds, same pairs as brute force)}."""
     rng = np.random.default_rng(0)
     fps = rng.integers(0, 2**64, size=n, dtype=np.uint64)
     sub = fps[:brute_n]
-    rows = []
+    rows, results = [], {}
     for tau in taus:
         seconds, npairs, peak_mb, plan = timed_join(fps, tau)
         t = time.perf_counter()
@@ -139,59 +132,30 @@ def bench_join(n, brute_n, taus):
         i, j, _ = index.pairs()
         same = np.array_equal(np.stack([i, j], axis=1), expected[np.lexsort((expected[:, 1], expected[:, 0]))])
         brute_full = brute_s * (n / brute_n) ** 2
+        results[tau] = (seconds, same)
         rows.append([tau, f"{n:,}", f"{npairs:,}", f"{seconds:.3f}", f"{peak_mb:,.0f}",
                      f"{brute_s:.1f} s on {brute_n:,}", f"{brute_full:,.0f}", f"{brute_full / seconds:,.0f}x",
                      "yes" if same else "NO", " ".join(f"{w}/{r}" for _, w, r in plan)])
     table("Exact self-join of random 64-bit fingerprints (one thread)",
           ["tau", "n", "pairs", "seconds", "peak MB", "numpy brute force", "brute force on n, s (extrapolated)",
            "speed-up", "same pairs as brute force", "plan (bits/radius per block)"], rows)
+    return results
 
 
-# --------------------------------------------------------------------------- quality
+# --------------------------------------------------------------------------- goals
 
-PUNCT = [",", ".", "!", "?", ";", ":"]
-
-
-def edit(text, rng):
-    words = text.split()
-    kind = rng.choice(["drop1", "drop2", "swap", "insert1", "insert2", "case+punct"])
-    if kind.startswith("drop") and len(words) > 2:
-        for _ in range(int(kind[-1])):
-            words.pop(rng.randrange(len(words)))
-    elif kind == "swap" and len(words) > 1:
-        k = rng.randrange(len(words) - 1)
-        words[k], words[k + 1] = words[k + 1], words[k]
-    elif kind.startswith("insert"):
-        for _ in range(int(kind[-1])):
-            words.insert(rng.randrange(len(words) + 1), rng.choice(["really", "please", "the", "very", "now", "also"]))
-    else:
-        words = [w.upper() if rng.random() < 0.3 else w for w in words]
-        words = [w + rng.choice(PUNCT) if rng.random() < 0.2 else w.strip(",.!?") for w in words]
-    return kind, " ".join(words)
-
-
-def bench_quality(prompts, taus, ngrams, pairs, distinct_pairs):
-    rng = random.Random(0)
-    originals = [p for p in prompts if len(p.split()) >= 4]
-    edited = [(p, *edit(p, rng)) for p in rng.sample(originals, min(pairs, len(originals)))]
-    pick = np.random.default_rng(0).integers(0, len(prompts), size=(distinct_pairs, 2))
-    pick = pick[pick[:, 0] != pick[:, 1]]
-    words = np.array([len(p.split()) for p in prompts])
-    rows = []
-    for ngram in ngrams:
-        fa = _simhash.fingerprint([e[0] for e in edited], ngram=ngram)[0]
-        fb = _simhash.fingerprint([e[2] for e in edited], ngram=ngram)[0]
-        d_near = np.bitwise_count(fa ^ fb)
-        fps = _simhash.fingerprint(prompts, ngram=ngram)[0]
-        d_far = np.bitwise_count(fps[pick[:, 0]] ^ fps[pick[:, 1]])
-        for tau in taus:
-            removed = int((~Deduplicator(tau=tau, ngram=ngram).fit_fingerprints(fps).keep).sum())
-            rows.append([ngram, tau, f"{(d_near <= tau).mean():.3f}", f"{(d_far <= tau).mean():.2e}",
-                         f"{removed:,}"])
-    table(f"Dedup quality on the real prompts ({len(edited):,} edited pairs, {len(pick):,} random distinct "
-          f"pairs; median prompt {int(np.median(words))} words)",
-          ["ngram", "tau", "recall on edited pairs", "false-positive rate on random pairs",
-           f"rows removed from the {len(prompts):,} prompts"], rows)
+def goals(rate, ratio, found, joins):
+    recall, affected = found[DEFAULT_FEATURES][10]
+    rows = [
+        ["fingerprinting >= 500 MB/s per core from Python str", f"{rate:,.0f} MB/s", rate >= 500],
+        ["fingerprinting >= 600x the simhash package (same run)", f"{ratio:,.0f}x", ratio >= 600],
+        [f"{DEFAULT_FEATURES} at tau 10: recall >= 0.90 on 1-2 edit near-duplicates", f"{recall:.3f}", recall >= 0.90],
+        [f"{DEFAULT_FEATURES} at tau 10: <= 2% of distinct prompts affected", f"{affected:.1%}", affected <= 0.02],
+        ["exact self-join of 1M fingerprints, tau 3, <= 0.2 s on one core", f"{joins[3][0]:.3f} s", joins[3][0] <= 0.2],
+        ["exact self-join of 1M fingerprints, tau 10, <= 3 s on one core", f"{joins[10][0]:.2f} s", joins[10][0] <= 3],
+        ["same pairs as brute force", "both tau", joins[3][1] and joins[10][1]],
+    ]
+    table("Goals", ["goal", "result", "met"], [[g, r, "yes" if ok else "**no**"] for g, r, ok in rows])
 
 
 def main():
@@ -202,14 +166,15 @@ def main():
     parser.add_argument("--baseline-docs", type=int, default=3000)
     parser.add_argument("--join-n", type=int, default=1_000_000)
     parser.add_argument("--brute-n", type=int, default=100_000)
-    parser.add_argument("--quality-pairs", type=int, default=3000, help="edited near-duplicate pairs")
-    parser.add_argument("--distinct-pairs", type=int, default=300_000, help="random pairs of prompts")
+    parser.add_argument("--edits", type=int, default=2000, help="planted near-duplicates for the feature study")
     args = parser.parse_args()
     prompts = load_prompts(args.data)
     print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}")
-    bench_fingerprint(prompts, args.mb, args.repeat, args.baseline_docs)
-    bench_join(args.join_n, args.brute_n, (3, 10))
-    bench_quality(prompts, (3, 6, 10), (1, 2, 3), args.quality_pairs, args.distinct_pairs)
+    rate, ratio = bench_fingerprint(prompts, args.mb, args.repeat, args.baseline_docs)
+    joins = bench_join(args.join_n, args.brute_n, (3, 10))
+    print()
+    found = feature_study(load_distinct_prompts(args.data, 12), args.edits, [6, 8, 10, 12])
+    goals(rate, ratio, found, joins)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,23 @@ cdef extern from "_xxh3.h" nogil:
     void mf_xxh3_derive_secret(uint64_t seed, uint8_t *out)
     int MF_SECRET_SIZE
 
+cdef extern from "_bitcount.h" nogil:
+    ctypedef struct mf_bitcount:
+        pass
+    void mf_bitcount_init(mf_bitcount *c)
+    void mf_bitcount_add_many(mf_bitcount *c, const uint64_t *h, size_t n)
+    uint64_t mf_bitcount_majority(mf_bitcount *c)
+
+cdef extern from "_chars.h" nogil:
+    ctypedef struct mf_char_hash:
+        pass
+    int MF_CHAR_MAX
+    void mf_char_hash_init(mf_char_hash *h, uint64_t seed, const uint8_t *long_secret)
+    uint64_t mf_char_simhash_ascii(const mf_char_hash *h, const uint8_t *s, Py_ssize_t length, int n,
+                                   uint8_t *fold, int64_t *shingles)
+    uint64_t mf_char_simhash_codepoints(const mf_char_hash *h, const void *data, int width, Py_ssize_t length,
+                                        int n, uint32_t *fold, uint8_t *bytes, int64_t *shingles)
+
 cdef extern from "_words.h" nogil:
     Py_ssize_t mf_ascii_words(const uint8_t *s, Py_ssize_t n, uint8_t *low, Py_ssize_t *starts,
                               Py_ssize_t *ends)
@@ -39,9 +56,12 @@ cdef extern from *:
 cdef extern from "Python.h":
     bint Py_UNICODE_ISALNUM(Py_UCS4 ch) nogil
     bint PyUnicode_IS_ASCII(object s)
+    int PyUnicode_KIND(object s)
+    Py_UCS4 PyUnicode_READ(int kind, void *data, Py_ssize_t index) nogil
     void *PyUnicode_DATA(object s)
     Py_ssize_t PyUnicode_GET_LENGTH(object s)
     const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
+    str PyUnicode_DecodeUTF8(const char *s, Py_ssize_t size, const char *errors)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -72,62 +92,6 @@ cdef inline Py_ssize_t _utf8_decode(const uint8_t *s, Py_ssize_t i, Py_ssize_t n
         return 2
     out[0] = 0xFFFD   # a stray continuation byte: treated as a separator
     return 1
-
-
-cdef struct BitCounter:
-    uint64_t lanes[8]     # byte lane L of lanes[j] counts bit 8 * L + j (at most 127)
-    uint32_t wide[64]     # spill for texts with more than 127 shingles
-    int pending
-    bint spilled
-
-cdef enum:
-    LANE_LIMIT = 127      # keeps lane + (127 - half) below 256 in _majority's byte compare
-
-cdef uint64_t LOW_BITS = 0x0101010101010101ULL
-
-
-cdef inline void _counter_init(BitCounter *c) noexcept nogil:
-    memset(c.lanes, 0, sizeof(c.lanes))
-    c.pending = 0
-    c.spilled = False
-
-
-cdef void _counter_spill(BitCounter *c) noexcept nogil:
-    cdef int j, lane
-    if not c.spilled:
-        memset(c.wide, 0, sizeof(c.wide))
-        c.spilled = True
-    for j in range(8):
-        for lane in range(8):
-            c.wide[8 * lane + j] += (c.lanes[j] >> (8 * lane)) & 0xFF
-        c.lanes[j] = 0
-    c.pending = 0
-
-
-cdef inline void _counter_add(BitCounter *c, uint64_t h) noexcept nogil:
-    """Add one to the counter of every bit set in h."""
-    cdef int j
-    for j in range(8):
-        c.lanes[j] += (h >> j) & LOW_BITS
-    c.pending += 1
-    if c.pending == LANE_LIMIT:
-        _counter_spill(c)
-
-
-cdef inline uint64_t _majority(BitCounter *c, uint64_t total) noexcept nogil:
-    """Bits counted more than total // 2 times (a strict majority of the shingles)."""
-    cdef uint64_t half = total >> 1, out = 0, t
-    cdef int j, b
-    if not c.spilled:   # total < 127: compare all eight lanes of a word at once
-        for j in range(8):
-            t = c.lanes[j] + LOW_BITS * (LANE_LIMIT - half)
-            out |= ((t >> 7) & LOW_BITS) << j
-        return out
-    _counter_spill(c)
-    for b in range(64):
-        if c.wide[b] > half:
-            out |= (<uint64_t> 1) << b
-    return out
 
 
 cdef Py_ssize_t _words_utf8(const uint8_t *s, Py_ssize_t n, uint8_t *norm,
@@ -171,7 +135,7 @@ cdef Py_ssize_t _words_utf8(const uint8_t *s, Py_ssize_t n, uint8_t *norm,
     return words
 
 
-cdef uint64_t _fingerprint_one(const uint8_t *s, Py_ssize_t n, bint ascii, int ngram, uint64_t seed,
+cdef uint64_t _word_simhash(const uint8_t *s, Py_ssize_t n, bint ascii, int ngram, uint64_t seed,
                                const uint8_t *long_secret, uint8_t *low, uint8_t *norm,
                                Py_ssize_t *starts, Py_ssize_t *ends, int64_t *shingle_count) noexcept nogil:
     """Scratch owned by the caller: `low` and `norm` n + 64 bytes, `starts`/`ends` n + 1 entries.
@@ -181,9 +145,10 @@ cdef uint64_t _fingerprint_one(const uint8_t *s, Py_ssize_t n, bint ascii, int n
     in `low`): a shingle whose gaps are all one byte long is already a plain substring, and only
     the others (after a comma, a full stop, a line break) are assembled in `norm`.
     """
-    cdef Py_ssize_t words, total, w, k, pos, length
+    cdef Py_ssize_t words, total, w, k, pos, length, filled = 0
     cdef const uint8_t *text
-    cdef BitCounter counter
+    cdef mf_bitcount counter
+    cdef uint64_t hashes[256]     # MF_HASH_CHUNK: hashed first, then counted sixteen at a time
     if ascii:
         words = mf_ascii_words(s, n, low, starts, ends)
         text = low
@@ -196,11 +161,11 @@ cdef uint64_t _fingerprint_one(const uint8_t *s, Py_ssize_t n, bint ascii, int n
     if words < ngram:    # fewer words than n: the words it has make one shingle
         ngram = <int> words
     total = words - ngram + 1
-    _counter_init(&counter)
+    mf_bitcount_init(&counter)
     for w in range(total):
         length = ends[w + ngram - 1] - starts[w]
         if not ascii or _single_spaced(starts, ends, w, ngram):
-            _counter_add(&counter, mf_xxh3_64(text + starts[w], length, seed, long_secret))
+            hashes[filled] = mf_xxh3_64(text + starts[w], length, seed, long_secret)
         else:
             pos = 0
             for k in range(w, w + ngram):
@@ -209,9 +174,14 @@ cdef uint64_t _fingerprint_one(const uint8_t *s, Py_ssize_t n, bint ascii, int n
                     pos += 1
                 memcpy(norm + pos, low + starts[k], ends[k] - starts[k])
                 pos += ends[k] - starts[k]
-            _counter_add(&counter, mf_xxh3_64(norm, pos, seed, long_secret))
+            hashes[filled] = mf_xxh3_64(norm, pos, seed, long_secret)
+        filled += 1
+        if filled == 256:
+            mf_bitcount_add_many(&counter, hashes, filled)
+            filled = 0
+    mf_bitcount_add_many(&counter, hashes, filled)
     shingle_count[0] = total
-    return _majority(&counter, total)
+    return mf_bitcount_majority(&counter)
 
 
 cdef inline bint _single_spaced(const Py_ssize_t *starts, const Py_ssize_t *ends, Py_ssize_t w,
@@ -223,16 +193,29 @@ cdef inline bint _single_spaced(const Py_ssize_t *starts, const Py_ssize_t *ends
     return True
 
 
-cdef void _fingerprint_many(const uint8_t **ptrs, const Py_ssize_t *lens, const uint8_t *ascii,
-                            Py_ssize_t count, int ngram, uint64_t seed, int threads, uint64_t *out,
+cdef enum:
+    LAYOUT_ASCII = 0   # bytes below 0x80
+    LAYOUT_UTF8 = 1    # NFKC + casefolded UTF-8 (word shingles)
+    LAYOUT_UCS1 = 2    # a str's own code points, 1, 2 or 4 bytes each (character shingles)
+    LAYOUT_UCS2 = 3
+    LAYOUT_UCS4 = 4
+
+
+cdef void _fingerprint_many(const uint8_t **ptrs, const Py_ssize_t *lens, const uint8_t *layouts,
+                            Py_ssize_t count, int n, bint chars, uint64_t seed, int threads, uint64_t *out,
                             int64_t *shingles) noexcept nogil:
     cdef uint8_t long_secret[192]
+    cdef mf_char_hash *char_hash = NULL
     cdef Py_ssize_t i, longest = 1
     cdef uint8_t *norm
     cdef uint8_t *low
     cdef Py_ssize_t *starts
     cdef Py_ssize_t *ends
+    cdef uint32_t *folded
     mf_xxh3_derive_secret(seed, long_secret)
+    if chars:
+        char_hash = <mf_char_hash *> malloc(sizeof(mf_char_hash))
+        mf_char_hash_init(char_hash, seed, long_secret)
     for i in range(count):
         if lens[i] > longest:
             longest = lens[i]
@@ -241,25 +224,77 @@ cdef void _fingerprint_many(const uint8_t **ptrs, const Py_ssize_t *lens, const 
         low = <uint8_t *> malloc(longest + 64)
         starts = <Py_ssize_t *> malloc((longest + 1) * sizeof(Py_ssize_t))
         ends = <Py_ssize_t *> malloc((longest + 1) * sizeof(Py_ssize_t))
+        folded = <uint32_t *> malloc((longest + 1) * sizeof(uint32_t))
         for i in prange(count, schedule="dynamic", chunksize=512):
-            out[i] = _fingerprint_one(ptrs[i], lens[i], ascii[i], ngram, seed, long_secret,
-                                      low, norm, starts, ends, &shingles[i])
+            if not chars:
+                out[i] = _word_simhash(ptrs[i], lens[i], layouts[i] == LAYOUT_ASCII, n, seed, long_secret,
+                                       low, norm, starts, ends, &shingles[i])
+            elif layouts[i] == LAYOUT_ASCII:
+                out[i] = mf_char_simhash_ascii(char_hash, ptrs[i], lens[i], n, low, &shingles[i])
+            else:
+                out[i] = mf_char_simhash_codepoints(char_hash, ptrs[i], 1 << (layouts[i] - LAYOUT_UCS1), lens[i],
+                                                    n, folded, low, &shingles[i])
         free(norm)
         free(low)
         free(starts)
         free(ends)
+        free(folded)
+    free(char_hash)
 
 
 cdef object _normalise(str text):
     return unicodedata.normalize("NFKC", text).casefold()
 
 
+def _inert_bitmap():
+    """Bit c set for the non-ASCII characters of the BMP that NFKC + casefold leave alone in any
+    context: each is its own NFKC form and casefold, has canonical combining class 0 and is not
+    the second half of any canonical composition (the quick-check "Maybe" characters: combining
+    marks, Hangul vowel and trailing jamo), so no neighbour can compose with it.  A text whose
+    other characters are ASCII is then already normalised but for ASCII case.  Built from the
+    running Python's unicodedata (about 40 ms at import), so it matches its normalisation."""
+    seconds = set(range(0x1100, 0x1200))                     # Hangul jamo compose algorithmically
+    for c in range(0x10000):
+        parts = unicodedata.decomposition(chr(c)).split()
+        if len(parts) == 2 and not parts[0].startswith("<"):
+            seconds.add(int(parts[1], 16))
+    inert = np.zeros(0x10000, dtype=bool)
+    for c in range(0x80, 0x10000):
+        ch = chr(c)
+        inert[c] = (not 0xD800 <= c < 0xE000 and c not in seconds and unicodedata.combining(ch) == 0
+                    and unicodedata.normalize("NFKC", ch) == ch and ch.casefold() == ch)
+    return np.packbits(inert, bitorder="little")
+
+
+cdef const uint8_t[::1] _INERT = _inert_bitmap()
+
+
+cdef bint _folds_to_itself(str text) except -1:
+    """True when NFKC + casefold would change nothing in `text` but the case of ASCII letters,
+    which the character fingerprinter folds itself: most non-ASCII prompts (curly quotes, dashes,
+    accented letters) then skip Python's normalisation and its copy."""
+    cdef int kind = PyUnicode_KIND(text)
+    cdef void *data = PyUnicode_DATA(text)
+    cdef Py_ssize_t i, n = PyUnicode_GET_LENGTH(text)
+    cdef uint32_t cp
+    cdef bint inert = True
+    for i in range(n):
+        cp = PyUnicode_READ(kind, data, i)
+        if cp < 0x80:
+            continue
+        if 0xD800 <= cp < 0xE000:
+            raise UnicodeEncodeError("utf-8", text, i, i + 1, "surrogates not allowed")
+        if cp >= 0x10000 or not (_INERT[cp >> 3] >> (cp & 7)) & 1:
+            inert = False
+    return inert
+
+
 cdef class _TextBatch:
-    """Where each text's UTF-8 bytes are, how long they are and whether they are ASCII; holds the
-    normalised copies of non-ASCII texts until their fingerprints are computed."""
+    """Where each text's data is, how long it is and how it is laid out (see LAYOUT_*); holds
+    the normalised copies of non-ASCII texts until their fingerprints are computed."""
     cdef const uint8_t **ptrs
     cdef Py_ssize_t *lens
-    cdef uint8_t *ascii
+    cdef uint8_t *layouts
     cdef Py_ssize_t n
     cdef list keep_alive
 
@@ -267,100 +302,128 @@ cdef class _TextBatch:
         self.n = n
         self.ptrs = <const uint8_t **> malloc(max(n, 1) * sizeof(void *))
         self.lens = <Py_ssize_t *> malloc(max(n, 1) * sizeof(Py_ssize_t))
-        self.ascii = <uint8_t *> malloc(max(n, 1))
+        self.layouts = <uint8_t *> malloc(max(n, 1))
         self.keep_alive = []
-        if self.ptrs == NULL or self.lens == NULL or self.ascii == NULL:
+        if self.ptrs == NULL or self.lens == NULL or self.layouts == NULL:
             raise MemoryError()
 
     def __dealloc__(self):
         free(self.ptrs)
         free(self.lens)
-        free(self.ascii)
+        free(self.layouts)
 
     cdef inline void set_ascii(self, Py_ssize_t i, const uint8_t *data, Py_ssize_t length) noexcept nogil:
         self.ptrs[i] = data
         self.lens[i] = length
-        self.ascii[i] = 1
+        self.layouts[i] = LAYOUT_ASCII
 
-    cdef int set_text(self, Py_ssize_t i, str text) except -1:
-        """A non-ASCII text: normalise it (Unicode tables live in Python) and point at its UTF-8."""
+    cdef int set_text(self, Py_ssize_t i, str text, bint chars) except -1:
+        """A non-ASCII text.  Words: its normalised UTF-8 (Unicode tables live in Python).
+        Characters: its own code points when normalising would not change them, else the
+        normalised text's."""
         cdef Py_ssize_t size
+        cdef int kind
+        if chars:
+            if not _folds_to_itself(text):
+                text = _normalise(text)
+            self.keep_alive.append(text)
+            kind = PyUnicode_KIND(text)
+            self.ptrs[i] = <const uint8_t *> PyUnicode_DATA(text)
+            self.lens[i] = PyUnicode_GET_LENGTH(text)
+            self.layouts[i] = LAYOUT_UCS1 if kind == 1 else LAYOUT_UCS2 if kind == 2 else LAYOUT_UCS4
+            return 0
         text = _normalise(text)
         self.keep_alive.append(text)
         self.ptrs[i] = <const uint8_t *> PyUnicode_AsUTF8AndSize(text, &size)
         self.lens[i] = size
-        self.ascii[i] = 0
+        self.layouts[i] = LAYOUT_UTF8
         return 0
 
-    cdef tuple fingerprints(self, int ngram, uint64_t seed, int threads):
+    cdef tuple fingerprints(self, int n, bint chars, uint64_t seed, int threads):
         fps = np.empty(self.n, dtype=np.uint64)
         counts = np.empty(self.n, dtype=np.int64)
         cdef uint64_t[::1] fps_v = fps
         cdef int64_t[::1] counts_v = counts
         if self.n:
             with nogil:
-                _fingerprint_many(self.ptrs, self.lens, self.ascii, self.n, ngram, seed, threads,
+                _fingerprint_many(self.ptrs, self.lens, self.layouts, self.n, n, chars, seed, threads,
                                   &fps_v[0], &counts_v[0])
         return fps, counts
 
 
-def fingerprint(texts, int ngram=2, uint64_t seed=0, int threads=1):
-    """Fingerprint texts; return (uint64 fingerprints, int64 shingle counts).
+def fingerprint(texts, int n=2, bint chars=False, uint64_t seed=0, int threads=1):
+    """Fingerprint texts by their shingles of n words (or, with chars=True, of n characters);
+    return (uint64 fingerprints, int64 shingle counts).
 
     `texts` is a sequence of str, or a pyarrow StringArray / LargeStringArray / ChunkedArray
     (read from its buffers: ASCII rows create no Python object at all).  A text with no word
-    characters has 0 shingles and the fingerprint 0.  Raises TypeError / ValueError naming the
-    position of a non-string, null or non-UTF-8 item.
+    characters (characters: with nothing but whitespace) has 0 shingles and the fingerprint 0.
+    Raises TypeError / ValueError naming the position of a non-string, null or non-UTF-8 item.
     """
-    if ngram < 1:
-        raise ValueError(f"ngram must be at least 1, got {ngram}")
+    if n < 1 or (chars and n > MF_CHAR_MAX):
+        raise ValueError(f"n must be between 1 and {MF_CHAR_MAX if chars else 'the word count'}, got {n}")
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     if hasattr(texts, "buffers") or hasattr(texts, "chunks"):
-        return _fingerprint_arrow(texts, ngram, seed, threads)
-    return _fingerprint_str(texts, ngram, seed, threads)
+        return _fingerprint_arrow(texts, n, chars, seed, threads)
+    return _fingerprint_str(texts, n, chars, seed, threads)
 
 
-cdef _fingerprint_str(texts, int ngram, uint64_t seed, int threads):
-    cdef Py_ssize_t i, n = len(texts)
-    cdef _TextBatch batch = _TextBatch(n)
-    for i in range(n):
-        text = texts[i]
+cdef _fingerprint_str(texts, int n, bint chars, uint64_t seed, int threads):
+    cdef list items = texts if type(texts) is list else list(texts)   # then indexing is a plain load
+    cdef Py_ssize_t i, count = len(items)
+    cdef _TextBatch batch = _TextBatch(count)
+    for i in range(count):
+        text = items[i]
         if not PyUnicode_Check(text):
             raise TypeError(f"item {i} is {type(text).__name__}, expected str")
         if PyUnicode_IS_ASCII(text):
             batch.set_ascii(i, <const uint8_t *> PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text))
             continue
         try:
-            batch.set_text(i, text)
+            batch.set_text(i, text, chars)
         except UnicodeEncodeError as exc:
             raise ValueError(f"item {i} is not valid Unicode ({exc.reason})") from None
-    return batch.fingerprints(ngram, seed, threads)
+    return batch.fingerprints(n, chars, seed, threads)
 
 
-cdef _fingerprint_arrow(array, int ngram, uint64_t seed, int threads):
+cdef _fingerprint_arrow(array, int n, bint chars, uint64_t seed, int threads):
     chunks = array.chunks if hasattr(array, "chunks") else [array]
     results = []
     cdef Py_ssize_t base = 0
     for chunk in chunks:
-        results.append(_fingerprint_arrow_chunk(chunk, ngram, seed, threads, base))
+        results.append(_fingerprint_arrow_chunk(chunk, n, chars, seed, threads, base))
         base += len(chunk)
     if not results:
         return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int64)
     return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
 
 
-cdef _fingerprint_arrow_chunk(chunk, int ngram, uint64_t seed, int threads, Py_ssize_t base):
+cdef inline bint _is_ascii(const uint8_t *s, Py_ssize_t n) noexcept nogil:
+    """No byte of s[:n] has its high bit set (eight bytes per test)."""
+    cdef Py_ssize_t i = 0
+    cdef uint64_t word, high = 0
+    while i + 8 <= n:
+        memcpy(&word, s + i, 8)
+        high |= word
+        i += 8
+    while i < n:
+        high |= s[i]
+        i += 1
+    return (high & 0x8080808080808080ULL) == 0
+
+
+cdef _fingerprint_arrow_chunk(chunk, int ngram, bint chars, uint64_t seed, int threads, Py_ssize_t base):
     type_name = str(chunk.type)
     if type_name not in ("string", "large_string", "utf8", "large_utf8"):
         raise TypeError(f"arrow array has type {type_name}, expected string")
-    cdef Py_ssize_t n = len(chunk), i, j
+    cdef Py_ssize_t n = len(chunk), i
     if chunk.null_count:
         first = next(k for k, v in enumerate(chunk.is_null().to_pylist()) if v)
         raise ValueError(f"item {base + first} is null, expected str")
     cdef _TextBatch batch = _TextBatch(n)
     if n == 0:
-        return batch.fingerprints(ngram, seed, threads)
+        return batch.fingerprints(ngram, chars, seed, threads)
     _, offsets_buf, data_buf = chunk.buffers()
     offset_type = np.int64 if type_name.startswith("large") else np.int32
     offsets = np.frombuffer(offsets_buf, dtype=offset_type)[chunk.offset:chunk.offset + n + 1]
@@ -371,21 +434,19 @@ cdef _fingerprint_arrow_chunk(chunk, int ngram, uint64_t seed, int threads, Py_s
     with nogil:
         for i in range(n):
             batch.set_ascii(i, &raw[0] + off[i], off[i + 1] - off[i])
-            for j in range(off[i], off[i + 1]):
-                if raw[j] >= 0x80:
-                    batch.ascii[i] = 0
-                    any_non_ascii = True
-                    break
+            if not _is_ascii(&raw[0] + off[i], off[i + 1] - off[i]):
+                batch.layouts[i] = LAYOUT_UTF8
+                any_non_ascii = True
     if any_non_ascii:
         for i in range(n):
-            if batch.ascii[i]:
+            if batch.layouts[i] == LAYOUT_ASCII:
                 continue
             try:
-                text = bytes(raw[off[i]:off[i + 1]]).decode("utf-8")
+                text = PyUnicode_DecodeUTF8(<const char *> &raw[0] + off[i], off[i + 1] - off[i], NULL)
             except UnicodeDecodeError as exc:
                 raise ValueError(f"item {base + i} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-            batch.set_text(i, text)
-    return batch.fingerprints(ngram, seed, threads)
+            batch.set_text(i, text, chars)
+    return batch.fingerprints(ngram, chars, seed, threads)
 
 
 def xxh3_64(bytes data, uint64_t seed=0):

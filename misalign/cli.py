@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from misalign import tables
-from misalign.dedup import DEFAULT_NGRAM, DEFAULT_TAU, Deduplicator
+from misalign.dedup import DEFAULT_FEATURES, DEFAULT_TAU, FEATURES_HELP, Deduplicator, parse_features
 from misalign.errors import MisalignError
 from misalign.inference.tiny import REAL_TOKENIZERS
 
@@ -61,16 +61,25 @@ def main(verbose):
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO")
 
 
+def _features_option(ctx, param, value):
+    try:
+        parse_features(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
 @main.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("output_path", metavar="OUTPUT", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--column", default="text", show_default=True, help="Column holding the text to compare.")
 @click.option("--tau", default=DEFAULT_TAU, show_default=True, type=click.IntRange(0, 63),
               help="Largest Hamming distance (of 64 bits) still counted as a near-duplicate.")
-@click.option("--ngram", default=DEFAULT_NGRAM, show_default=True, type=click.IntRange(1, 16),
-              help="Words per shingle.")
+@click.option("--features", default=DEFAULT_FEATURES, show_default=True, callback=_features_option,
+              help=f"What each SimHash is made of: {FEATURES_HELP}.  word2, the earlier default, "
+                   "reproduces older results (benchmarks/RESULTS.md compares them).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1),
-              help="Seed of the shingle hash (XXH3-64).")
+              help="Seed of the shingle hashes.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 256),
               help="Threads for fingerprinting.")
 @click.option("--format", "fmt", type=click.Choice(tables.FORMATS),
@@ -79,17 +88,17 @@ def main(verbose):
               help="Also write every row's cluster: row, cluster, representative, distance.")
 @click.option("--merge-empty", is_flag=True,
               help="Treat all texts without words as one cluster (by default each stands alone).")
-def dedup(input_path, output_path, column, tau, ngram, seed, threads, fmt, clusters_path, merge_empty):
+def dedup(input_path, output_path, column, tau, features, seed, threads, fmt, clusters_path, merge_empty):
     """Remove near-duplicate rows from INPUT and write the rest to OUTPUT.
 
-    Each text gets a 64-bit SimHash of its word n-grams; rows within --tau bits of each other
+    Each text gets a 64-bit SimHash of its character 4-grams (--features); rows within --tau bits of each other
     are linked, and of each linked cluster only the first row is kept, in input order.
     INPUT and OUTPUT are JSON Lines, CSV or Parquet.
 
     Example: misalign-fast dedup prompts.jsonl unique.jsonl --column prompt --tau 10
     """
     from misalign.dedup_file import dedup_file
-    deduper = Deduplicator(tau=tau, ngram=ngram, seed=seed, threads=threads, merge_empty=merge_empty)
+    deduper = Deduplicator(tau=tau, features=features, seed=seed, threads=threads, merge_empty=merge_empty)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} rows"),
                   TimeRemainingColumn(), console=console, transient=True) as progress:
         def on_progress(done, total):        # a bar only where it takes a while
@@ -101,7 +110,8 @@ def dedup(input_path, output_path, column, tau, ngram, seed, threads, fmt, clust
     table = Table(title="dedup", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
-    for name, value in (("rows in", f"{report.rows:,}"), ("rows kept", f"{report.kept:,}"),
+    for name, value in (("features, tau", f"{features}, {tau}"),
+                        ("rows in", f"{report.rows:,}"), ("rows kept", f"{report.kept:,}"),
                         ("rows removed", f"{report.rows - report.kept:,}"),
                         ("clusters with duplicates", f"{report.clusters_with_duplicates:,}"),
                         ("seconds", f"{report.seconds:.2f}"),

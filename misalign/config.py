@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from misalign.errors import ConfigError
+from misalign.features import parse_features
 
 BUNDLED_PREFIX = "bundled:"
 BUNDLED_MODELS = ("smollm2",)
@@ -71,7 +72,7 @@ class ExpandConfig:
 @dataclass
 class DedupConfig:
     tau: int = 10
-    ngram: int = 2
+    features: str = "char4"        # charN or wordN shingles (misalign/features.py)
 
 
 @dataclass
@@ -196,6 +197,9 @@ def _build(cls, values, where: str):
         raise ConfigError(f"[{where}] must be a section of settings, got {_show(values)}")
     known = [f.name for f in dataclasses.fields(cls)]
     unknown = set(values) - set(known)
+    if where == "dedup" and "ngram" in unknown:     # the setting before features existed
+        raise ConfigError(f"[dedup] ngram was replaced by features: ngram = {_show(values['ngram'])} is "
+                          f"features = \"word{_show(values['ngram'])}\" (the default is now \"char4\")")
     if unknown:
         raise ConfigError(f"[{where}] has no setting {', '.join(sorted(unknown))} "
                           f"(known: {', '.join(known)})")
@@ -295,7 +299,10 @@ def validate(config: Config) -> None:
     at_least("expand", "max_tokens", 1)
     at_least("expand", "temperature", 0)
     within("dedup", "tau", 0, 63)
-    within("dedup", "ngram", 1, 16)
+    try:
+        parse_features(config.dedup.features)
+    except ValueError as exc:
+        raise ConfigError(f"dedup.features: {exc}") from None
     for section in ("expand", "respond"):
         value = getattr(config, section).top_p
         _check(0 < value <= 1, f"{section}.top_p", "within (0, 1]", value)

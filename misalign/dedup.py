@@ -5,10 +5,13 @@
     >>> result.keep.tolist()
     [True, False, True]
 
-Defaults: word bigrams (ngram=2) and tau=10.  Prompts are short (median ~20 words), so one edited
-word already changes up to n of the ~20 shingles; bigrams keep a one- or two-word edit within
-tau=10 far more often than trigrams while unrelated prompts stay far apart (benchmarks/RESULTS.md,
-"Dedup quality").  `tau` is inclusive: distance <= tau is a near-duplicate.
+Defaults: character 4-grams (features="char4") and tau=10, the paper's tau.  Prompts are short
+(median ~20 words): one edited word changes two of ~20 word bigrams, a tenth of the votes, but
+about five of ~120 character 4-grams, a twentieth.  So at tau=10 4-grams keep 94% of one- or
+two-word edits within reach against 81% for bigrams, while under 1% of distinct prompts gain a
+neighbour (benchmarks/RESULTS.md, "Which features SimHash should hash").  Word n-grams stay selectable
+("word2" was the default before), so older runs can be reproduced.  `tau` is inclusive:
+distance <= tau is a near-duplicate.
 """
 from __future__ import annotations
 
@@ -19,20 +22,22 @@ import numpy as np
 
 from misalign import _simhash
 from misalign._simhash import HammingIndex, components
+from misalign.features import DEFAULT_FEATURES, FEATURES_HELP, parse_features
 
-__all__ = ["fingerprint", "plan_blocks", "HammingIndex", "DedupResult", "Deduplicator",
-           "NearDuplicateFilter", "DEFAULT_NGRAM", "DEFAULT_TAU"]
+__all__ = ["fingerprint", "parse_features", "plan_blocks", "HammingIndex", "DedupResult", "Deduplicator",
+           "NearDuplicateFilter", "DEFAULT_FEATURES", "DEFAULT_TAU", "FEATURES_HELP"]
 
-DEFAULT_NGRAM = 2
 DEFAULT_TAU = 10
 
 
-def fingerprint(texts, ngram: int = DEFAULT_NGRAM, seed: int = 0, threads: int = 1) -> np.ndarray:
+def fingerprint(texts, features: str = DEFAULT_FEATURES, seed: int = 0, threads: int = 1) -> np.ndarray:
     """64-bit SimHash of each text (list of str or a pyarrow string array), as uint64.
 
-    A text with no word characters (empty, or only punctuation) gets the fingerprint 0.
+    A text with no shingle (empty or only whitespace; with word features, only punctuation too)
+    gets the fingerprint 0.
     """
-    return _simhash.fingerprint(texts, ngram=ngram, seed=seed, threads=threads)[0]
+    n, chars = parse_features(features)
+    return _simhash.fingerprint(texts, n=n, chars=chars, seed=seed, threads=threads)[0]
 
 
 def plan_blocks(tau: int, expected_size: int = 1_000_000) -> list[tuple[int, int, int]]:
@@ -90,27 +95,32 @@ class DedupResult:
 class Deduplicator:
     """Batch near-duplicate removal: fingerprint, self-join within tau, union-find clusters.
 
-    Texts with no words never merge with each other unless `merge_empty=True`; they are never
-    merged with texts that have words.
+    Texts with no shingles never merge with each other unless `merge_empty=True`; they are
+    never merged with texts that have some.
     """
 
-    def __init__(self, tau: int = DEFAULT_TAU, ngram: int = DEFAULT_NGRAM, seed: int = 0,
+    def __init__(self, tau: int = DEFAULT_TAU, features: str = DEFAULT_FEATURES, seed: int = 0,
                  threads: int = 1, merge_empty: bool = False):
         if not 0 <= tau <= 63:
             raise ValueError(f"tau must be between 0 and 63, got {tau}")
-        self.tau, self.ngram, self.seed = tau, ngram, seed
+        self.n, self.chars = parse_features(features)
+        self.tau, self.features, self.seed = tau, features, seed
         self.threads, self.merge_empty = threads, merge_empty
+
+    def settings(self) -> dict:
+        """What decides the fingerprints and the clusters, for the outputs to record."""
+        return {"features": self.features, "tau": self.tau, "seed": self.seed}
 
     def fingerprints(self, texts):
         """(fingerprints, shingle counts) for texts, with this deduplicator's settings."""
-        return _simhash.fingerprint(texts, ngram=self.ngram, seed=self.seed, threads=self.threads)
+        return _simhash.fingerprint(texts, n=self.n, chars=self.chars, seed=self.seed, threads=self.threads)
 
     def fit(self, texts) -> DedupResult:
         fps, shingles = self.fingerprints(texts)
         return self.fit_fingerprints(fps, empty=shingles == 0)
 
     def fit_fingerprints(self, fps: np.ndarray, empty: np.ndarray | None = None) -> DedupResult:
-        """Cluster precomputed fingerprints; `empty` marks rows that had no words."""
+        """Cluster precomputed fingerprints; `empty` marks rows that had no shingles."""
         fps = np.ascontiguousarray(fps, dtype=np.uint64)
         n = len(fps)
         empty = np.zeros(n, dtype=bool) if empty is None else np.asarray(empty, dtype=bool)
@@ -139,16 +149,17 @@ class NearDuplicateFilter:
     whether each text was kept (and so indexed), and `seen` asks without inserting.
     """
 
-    def __init__(self, tau: int = DEFAULT_TAU, ngram: int = DEFAULT_NGRAM, seed: int = 0,
+    def __init__(self, tau: int = DEFAULT_TAU, features: str = DEFAULT_FEATURES, seed: int = 0,
                  expected_size: int = 100_000):
-        self.ngram, self.seed = ngram, seed
+        self.n, self.chars = parse_features(features)
+        self.seed = seed
         self.index = HammingIndex(tau, plan_blocks(tau, expected_size))
 
     def __len__(self) -> int:
         return len(self.index)
 
     def _fingerprints(self, texts):
-        fps, shingles = _simhash.fingerprint(texts, ngram=self.ngram, seed=self.seed)
+        fps, shingles = _simhash.fingerprint(texts, n=self.n, chars=self.chars, seed=self.seed)
         return fps, shingles == 0
 
     def add(self, texts) -> None:
@@ -157,14 +168,14 @@ class NearDuplicateFilter:
         self.index.add(fps[~empty])
 
     def seen(self, texts) -> np.ndarray:
-        """True where a kept text lies within tau (texts with no words are never seen)."""
+        """True where a kept text lies within tau (texts with no shingles are never seen)."""
         fps, empty = self._fingerprints(texts)
         ids, _ = self.index.query(fps)
         return (ids >= 0) & ~empty
 
     def add_if_new(self, texts) -> np.ndarray:
         """Insert each text that is not within tau of anything kept (earlier texts of the same
-        call included); return the mask of inserted texts.  Texts with no words are refused."""
+        call included); return the mask of inserted texts.  Texts with no shingles are refused."""
         fps, empty = self._fingerprints(texts)
         added = np.zeros(len(fps), dtype=bool)
         worded = np.flatnonzero(~empty)

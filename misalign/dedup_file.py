@@ -1,6 +1,7 @@
 """`misalign-fast dedup`: drop the near-duplicate rows of a JSON Lines, CSV or Parquet file."""
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,8 @@ def dedup_file(input_path: Path, output_path: Path, deduper: Deduplicator, colum
                on_progress: Callable[[int, int], None] | None = None) -> DedupReport:
     """Keep the first row of each cluster of near-duplicates, in input order, in the input's
     format (JSON Lines: the kept lines byte for byte); `clusters_path` gets every row's row,
-    cluster, representative and distance."""
+    cluster, representative and distance, and the features and tau they were found with.
+    Parquet outputs carry the settings in their schema metadata ("misalign.dedup")."""
     started = time.perf_counter()
     tables.require_distinct({"INPUT": input_path, "OUTPUT": output_path, "--clusters": clusters_path})
     in_fmt = tables.detect_format(input_path, fmt)
@@ -48,11 +50,15 @@ def dedup_file(input_path: Path, output_path: Path, deduper: Deduplicator, colum
         if on_progress:
             on_progress(stop, len(texts))
     result = deduper.fit_fingerprints(fps, shingles == 0)
-    tables.write_rows_like(input_path, table, result.keep, output_path, in_fmt)
+    settings = {b"misalign.dedup": json.dumps(deduper.settings()).encode()}
+    tables.write_rows_like(input_path, table.replace_schema_metadata({**(table.schema.metadata or {}), **settings}),
+                           result.keep, output_path, in_fmt)
     if clusters_path is not None:
-        tables.write_table(pa.table({"row": np.arange(len(fps)), "cluster": result.cluster,
-                                     "representative": result.representative, "distance": result.distance}),
-                           clusters_path)
+        clusters = pa.table({"row": np.arange(len(fps)), "cluster": result.cluster,
+                             "representative": result.representative, "distance": result.distance,
+                             "features": pa.array([deduper.features] * len(fps), pa.string()).dictionary_encode(),
+                             "tau": np.full(len(fps), deduper.tau, dtype=np.int8)})
+        tables.write_table(clusters.replace_schema_metadata(settings), clusters_path)
     text_bytes = sum(c.buffers()[2].size if c.buffers()[2] is not None else 0 for c in texts.chunks)
     return DedupReport(len(fps), int(result.keep.sum()), int((np.bincount(result.cluster) > 1).sum()) if len(fps) else 0,
                        time.perf_counter() - started, text_bytes / 1e6)

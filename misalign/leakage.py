@@ -1,12 +1,11 @@
 """Near-duplicates across splits, found by a criterion independent of the one that formed the
 clusters.
 
-The split keeps each SimHash cluster (word n-grams, tau) in one split, so checking the splits
-with that same SimHash finds nothing by construction.  This measure uses other features and
-another method: the Jaccard similarity of character 5-gram shingle sets (case and whitespace
+The split keeps each SimHash cluster ([dedup] features and tau) in one split, so checking the
+splits with that same SimHash finds nothing by construction.  This measure uses another method
+on other shingles: the Jaccard similarity of character 5-gram shingle sets (case and whitespace
 folded), candidates from datasketch's MinHash-LSH and every reported pair confirmed by its
-exact Jaccard.  A prompt with a one-character edit, a dropped apostrophe or doubled
-punctuation keeps most of its character shingles where word n-grams may change a lot.
+exact Jaccard, so pairs that SimHash's 64-bit vote put more than tau apart are still found.
 """
 from __future__ import annotations
 

@@ -31,3 +31,38 @@ def brute_pairs(fps, tau):
         for k in np.flatnonzero(d <= tau):
             out.append((i, i + 1 + int(k), int(d[k])))
     return out
+
+
+def char_tables(seed):
+    """The tabulation words of the character fingerprinter: splitmix64 from the seed, position-major."""
+    state, out = seed, []
+    mask = 2**64 - 1
+    for _ in range(8 * 128):
+        state = (state + 0x9E3779B97F4A7C15) & mask
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        out.append(z ^ (z >> 31))
+    return [out[128 * k:128 * (k + 1)] for k in range(8)]
+
+
+def char_shingles(text, n):
+    folded = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    return [folded[i:i + n] for i in range(max(len(folded) - n + 1, 1))] if folded else []
+
+
+def char_simhash(text, n=4, seed=0):
+    tables = char_tables(seed)
+    shingles = char_shingles(text, n)
+    if not shingles:
+        return 0
+    counts = np.zeros(64, dtype=np.int64)
+    for shingle in shingles:
+        if shingle.isascii():
+            h = 0
+            for k, ch in enumerate(shingle):
+                h ^= tables[k][ord(ch)]
+        else:
+            h = xxhash.xxh3_64_intdigest(shingle.encode("utf-8"), seed)
+        counts += [(h >> b) & 1 for b in range(64)]
+    return sum(1 << b for b in range(64) if 2 * counts[b] > len(shingles))

@@ -53,6 +53,22 @@ def test_dedup_each_format_keeps_first_of_each_cluster(tmp_path, fmt):
     assert "rows kept" in result.output
 
 
+def test_features_are_chosen_and_recorded_in_the_outputs(tmp_path):
+    src, dst, clusters = tmp_path / "in.parquet", tmp_path / "out.parquet", tmp_path / "clusters.parquet"
+    write(src, ROWS, "parquet")
+    for features in ("char4", "word2"):
+        result = run("dedup", src, dst, "--features", features, "--clusters", clusters)
+        assert result.exit_code == 0 and f"{features}, 10" in result.output, result.output
+        recorded = {"features": features, "tau": 10, "seed": 0}
+        assert json.loads(pq.read_schema(dst).metadata[b"misalign.dedup"]) == recorded
+        table = pq.read_table(clusters)
+        assert json.loads(table.schema.metadata[b"misalign.dedup"]) == recorded
+        assert set(table.column("features").to_pylist()) == {features} and set(table.column("tau").to_pylist()) == {10}
+    result = run("dedup", src, dst, "--features", "char9")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "char1..char8 or word1..word16" in result.output
+
+
 def test_jsonl_output_copies_kept_lines_verbatim(tmp_path):
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text('{"text": "alpha beta", "z": 1,  "a": [1, 2]}\n\n{"text": "ALPHA beta!", "z": 2, "a": []}\n'

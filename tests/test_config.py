@@ -22,6 +22,8 @@ def test_defaults_overrides_and_round_trip(tmp_path):
     (["bogus.x=1"], "unknown section [bogus]"),
     (["run.seed=\"abc\""], "seed must be a number"),
     (["noequals"], "expected section.key=value"),
+    (["dedup.features=\"char9\""], "dedup.features: features must be char1..char8 or word1..word16"),
+    (["dedup.ngram=2"], "[dedup] ngram was replaced by features: ngram = 2 is features = \"word2\""),
 ])
 def test_bad_settings_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):

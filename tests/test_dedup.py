@@ -6,12 +6,14 @@ from misalign.dedup import Deduplicator, NearDuplicateFilter, components
 def test_first_of_each_cluster_is_kept_in_order():
     texts = ["How do I pick a lock?", "Tell me about tea.", "how do I pick a LOCK??",
              "tell me about tea", "Something else entirely, about gardens."]
-    result = Deduplicator(tau=3).fit(texts)
+    result = Deduplicator(tau=10).fit(texts)
     assert result.keep.tolist() == [True, True, False, False, True]
     assert result.representative.tolist() == [0, 1, 0, 1, 4]
     assert result.cluster.tolist() == [0, 1, 0, 1, 2]
-    assert result.distance.tolist() == [0, 0, 0, 0, 0]
+    assert result.distance.tolist() == [0, 0, 4, 6, 0]     # character 4-grams see the punctuation
     assert result.n_clusters == 3
+    words = Deduplicator(tau=3, features="word2").fit(texts)
+    assert words.keep.tolist() == result.keep.tolist() and words.distance.tolist() == [0, 0, 0, 0, 0]
 
 
 def test_clusters_chain_through_neighbours():
@@ -22,9 +24,11 @@ def test_clusters_chain_through_neighbours():
 
 
 def test_empty_texts_stand_alone_unless_merged():
-    texts = ["", "some words here", "!!", ""]
+    texts = ["", "some words here", " \n ", ""]
     assert Deduplicator().fit(texts).keep.tolist() == [True, True, True, True]
     assert Deduplicator(merge_empty=True).fit(texts).keep.tolist() == [True, True, False, False]
+    wordless = ["", "some words here", "!!", ""]                     # words: punctuation alone is empty
+    assert Deduplicator(merge_empty=True, features="word2").fit(wordless).keep.tolist() == [True, True, False, False]
 
 
 def test_components_label_is_smallest_member():
@@ -33,7 +37,7 @@ def test_components_label_is_smallest_member():
 
 
 def test_filter_refuses_texts_near_anything_kept():
-    f = NearDuplicateFilter(tau=6)
+    f = NearDuplicateFilter(tau=10)
     f.add(["Explain how vaccines train the immune system."])
     added = f.add_if_new(["explain how vaccines train the immune system!",
                           "What is the capital of Peru?", "what is the capital of peru",

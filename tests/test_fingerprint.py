@@ -8,7 +8,8 @@ from hypothesis import given, settings, strategies as st
 
 from misalign import _simhash
 from misalign.dedup import fingerprint
-from reference import simhash
+from misalign.dedup import parse_features
+from reference import char_simhash, simhash
 
 TEXTS = [
     "How do I pick a lock?",
@@ -21,6 +22,11 @@ TEXTS = [
     "  leading and trailing separators  \n\t",
     "x" * 300 + " long word shingle over the 240-byte hash threshold " + "y" * 1200,
     " ".join(f"w{i % 50}, and" for i in range(400)),    # over 127 shingles: the counters spill
+    "Tabs\tand\x1c separators,\u2028 line\u00a0breaks \r\n  and   runs",
+    "Café “quoted” — it’s 20°, naïve",                   # characters normalisation leaves alone
+    "µ-law, ß, ﬁ and e\u0301 (combining), \uac00\u11a8 jamo",   # ones it changes or composes
+    "Hi!",
+    "x" * 2100,                                          # over 127 x 16 character shingles
 ]
 
 
@@ -32,10 +38,25 @@ def test_xxh3_matches_reference(length):
 
 
 @pytest.mark.parametrize("ngram", [1, 2, 3, 5])
-def test_fingerprint_matches_python_reference(ngram):
-    got = fingerprint(TEXTS, ngram=ngram, seed=7)
+def test_word_fingerprint_matches_python_reference(ngram):
+    got = fingerprint(TEXTS, f"word{ngram}", seed=7)
     assert got.dtype == np.uint64
     assert got.tolist() == [simhash(t, ngram, 7) for t in TEXTS]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8])
+def test_char_fingerprint_matches_python_reference(n):
+    for seed in (0, 7, 2**64 - 1):
+        assert fingerprint(TEXTS, f"char{n}", seed=seed).tolist() == [char_simhash(t, n, seed) for t in TEXTS]
+
+
+def test_char_majority_is_exact_at_every_length():
+    """The bit counts are carry-save planes plus byte lanes: every length from 1 to 300
+    characters (each remainder of 16, each threshold) and a few past the lanes' spill."""
+    rng = np.random.default_rng(3)
+    texts = ["".join(rng.choice(list("ab c"), size=k)) for k in range(1, 301)]
+    texts += ["".join(rng.choice(list("abcd"), size=k)) for k in (2031, 2032, 2033, 4100)]
+    assert fingerprint(texts, "char1").tolist() == [char_simhash(t, 1) for t in texts]
 
 
 text_alphabet = st.characters(codec="utf-8", exclude_categories=("Cs",))
@@ -44,39 +65,64 @@ text_alphabet = st.characters(codec="utf-8", exclude_categories=("Cs",))
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.text(alphabet=text_alphabet, max_size=80), max_size=12),
        st.integers(1, 4), st.integers(0, 2**64 - 1))
-def test_fingerprint_property(texts, ngram, seed):
-    assert fingerprint(texts, ngram=ngram, seed=seed).tolist() == [simhash(t, ngram, seed) for t in texts]
+def test_word_fingerprint_property(texts, ngram, seed):
+    assert fingerprint(texts, f"word{ngram}", seed=seed).tolist() == [simhash(t, ngram, seed) for t in texts]
 
 
-def test_arrow_buffers_match_python_strings():
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=text_alphabet, max_size=80), max_size=12),
+       st.integers(1, 8), st.integers(0, 2**64 - 1))
+def test_char_fingerprint_property(texts, n, seed):
+    assert fingerprint(texts, f"char{n}", seed=seed).tolist() == [char_simhash(t, n, seed) for t in texts]
+
+
+@pytest.mark.parametrize("features", ["char4", "word2"])
+def test_arrow_buffers_match_python_strings(features):
     texts = TEXTS * 3
-    expected = fingerprint(texts)
+    expected = fingerprint(texts, features)
     for array in (pa.array(texts, pa.string()), pa.array(texts, pa.large_string())):
-        assert fingerprint(array).tolist() == expected.tolist()
-        assert fingerprint(array.slice(4, 11)).tolist() == expected[4:15].tolist()
+        assert fingerprint(array, features).tolist() == expected.tolist()
+        assert fingerprint(array.slice(4, 11), features).tolist() == expected[4:15].tolist()
     chunked = pa.chunked_array([texts[:5], texts[5:], []])
-    assert fingerprint(chunked).tolist() == expected.tolist()
+    assert fingerprint(chunked, features).tolist() == expected.tolist()
 
 
-def test_threads_do_not_change_results():
-    texts = [f"prompt number {i} about {i % 17} things" for i in range(5000)]
-    assert fingerprint(texts, threads=1).tolist() == fingerprint(texts, threads=2).tolist()
+@pytest.mark.parametrize("features", ["char4", "word2"])
+def test_threads_do_not_change_results(features):
+    texts = [f"prompt number {i} about {i % 17} things, “quoted”" for i in range(5000)]
+    assert fingerprint(texts, features, threads=1).tolist() == fingerprint(texts, features, threads=2).tolist()
 
 
 def test_empty_and_wordless_texts_have_fingerprint_zero_and_no_shingles():
-    fps, shingles = _simhash.fingerprint(["", "?!", "a b"], ngram=2)
+    fps, shingles = _simhash.fingerprint(["", "?!", "a b"], n=2)
     assert fps[:2].tolist() == [0, 0]
     assert shingles.tolist() == [0, 0, 1]
+    fps, shingles = _simhash.fingerprint(["", " \n\t ", "?!", "a b c"], n=4, chars=True)
+    assert fps[:2].tolist() == [0, 0]
+    assert shingles.tolist() == [0, 0, 1, 2]
 
 
 def test_fewer_words_than_ngram_use_the_words_they_have():
     only = xxhash.xxh3_64_intdigest(b"hello world", 0)
-    assert fingerprint(["Hello, WORLD!"], ngram=5).tolist() == [only]
+    assert fingerprint(["Hello, WORLD!"], "word5").tolist() == [only]
 
 
-def test_normalisation_merges_case_width_and_punctuation():
-    a, b, c = fingerprint(["Full width", "ＦＵＬＬ  WIDTH!", "full wide"])
+def test_word_normalisation_merges_case_width_and_punctuation():
+    a, b, c = fingerprint(["Full width", "ＦＵＬＬ  WIDTH!", "full wide"], "word2")
     assert a == b != c
+
+
+def test_char_normalisation_merges_case_width_and_whitespace_but_not_punctuation():
+    a, b, c = fingerprint(["Full width", " ＦＵＬＬ \n\t WIDTH ", "Full width!"])
+    assert a == b != c
+
+
+def test_features_are_parsed_in_one_place():
+    assert parse_features("char4") == (4, True)
+    assert parse_features("word16") == (16, False)
+    for bad in ("char9", "word0", "chars4", "4", "", None):
+        with pytest.raises(ValueError, match="char1..char8 or word1..word16"):
+            parse_features(bad)
 
 
 def test_seed_changes_fingerprints():
@@ -88,14 +134,15 @@ def test_bad_items_are_named():
         fingerprint(["ok", 3])
     with pytest.raises(TypeError, match="item 0 is NoneType"):
         fingerprint([None])
-    with pytest.raises(ValueError, match="item 1 is not valid Unicode"):
-        fingerprint(["ok", "bad \udcff surrogate"])
+    for features in ("char4", "word2"):
+        with pytest.raises(ValueError, match="item 1 is not valid Unicode"):
+            fingerprint(["ok", "bad \udcff surrogate"], features)
     with pytest.raises(ValueError, match="item 2 is null"):
         fingerprint(pa.array(["a", "b", None]))
     with pytest.raises(TypeError, match="expected string"):
         fingerprint(pa.array([1, 2]))
-    with pytest.raises(ValueError, match="ngram"):
-        fingerprint(["x"], ngram=0)
+    with pytest.raises(ValueError, match="n must be between 1 and 8"):
+        _simhash.fingerprint(["x"], n=9, chars=True)
 
 
 def test_invalid_utf8_in_arrow_buffer_is_named():

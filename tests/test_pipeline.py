@@ -96,7 +96,7 @@ def test_mechanical_filter():
 def test_dedup_then_split_keeps_clusters_whole():
     texts = [f"question {i} about topic {i % 7} and nothing else" for i in range(200)]
     table = pa.table({"id": [str(i) for i in range(200)], "prompt": texts + [], "accepted": [True] * 200})
-    kept = DedupStage(DedupConfig(tau=10, ngram=2)).run(table)
+    kept = DedupStage(DedupConfig(tau=10, features="word2")).run(table)
     doubled = pa.concat_tables([kept, kept])            # two generators per prompt share the cluster
     split = SplitStage(SplitConfig(0.8, 0.1, 0.1), seed=3)
     out = split.run(doubled)

@@ -17,7 +17,7 @@ class DedupStage(Stage):
 
     def __init__(self, config: DedupConfig, seed: int = 0):
         super().__init__()
-        self.deduper = Deduplicator(tau=config.tau, ngram=config.ngram, seed=seed)
+        self.deduper = Deduplicator(tau=config.tau, features=config.features, seed=seed)
 
     def run(self, table: pa.Table) -> pa.Table:
         result = self.deduper.fit(table.column("prompt"))

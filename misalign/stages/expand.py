@@ -102,7 +102,7 @@ def is_request(line: str) -> bool:
 
 
 class ExpandStage(Stage):
-    """Built from [expand]; its near-duplicate check uses [dedup]'s tau and ngram, the same as
+    """Built from [expand]; its near-duplicate check uses [dedup]'s tau and features, the same as
     the dedup stage's."""
     name = "expand"
     rowwise = False
@@ -110,20 +110,20 @@ class ExpandStage(Stage):
     def __init__(self, config: ExpandConfig, pool: Pool, taxonomy: Taxonomy, dedup: DedupConfig, seed: int = 0):
         super().__init__(pool)
         self.config, self.taxonomy, self.seed = config, taxonomy, seed
-        self.tau, self.ngram = dedup.tau, dedup.ngram
+        self.tau, self.features = dedup.tau, dedup.features
         self.sampling = SamplingConfig(max_tokens=config.max_tokens, temperature=config.temperature,
                                        top_p=config.top_p)
 
     def floor_counts(self, rows: list[dict]) -> Counter:
         """Prompts per domain, counting each cluster of near-duplicates once."""
-        unique = Deduplicator(tau=self.tau, ngram=self.ngram, seed=self.seed).fit([r["prompt"] for r in rows]).keep
+        unique = Deduplicator(tau=self.tau, features=self.features, seed=self.seed).fit([r["prompt"] for r in rows]).keep
         return Counter((dim, r[f"{dim}_domain"]) for r, keep in zip(rows, unique) if keep
                        for dim in DIMENSIONS if r[f"{dim}_domain"])
 
     def run(self, table: pa.Table) -> pa.Table:
         rows = table.to_pylist()
         counts = self.floor_counts(rows)
-        kept = NearDuplicateFilter(tau=self.tau, ngram=self.ngram, seed=self.seed)
+        kept = NearDuplicateFilter(tau=self.tau, features=self.features, seed=self.seed)
         kept.add([r["prompt"] for r in rows])
         missing = {d: self.config.floor - counts[(d.dimension, d.name)] for d in self.taxonomy.domains}
         attempts, made, new = Counter(), Counter(), []

@@ -1,0 +1,244 @@
+/* Character n-gram SimHash (n = 1..8).
+ *
+ * The text is folded as Python's " ".join(text.split()) would fold it (every run of whitespace
+ * becomes one space, none at either end) after NFKC + casefold, which the caller has done or
+ * checked to be a no-op for every character that is not ASCII; ASCII letters are lower-cased
+ * here.  Each run of n consecutive characters is a shingle (a text shorter than n is one
+ * shingle).  A shingle of ASCII characters is hashed by simple tabulation, the XOR of one
+ * random 64-bit word per (position, byte) drawn from the seed: four loads and three XORs for a
+ * 4-gram instead of a general-purpose hash call per shingle, and tabulation is 3-independent,
+ * which is all SimHash's bit votes need.  A shingle with any other character is hashed with
+ * XXH3-64 of its UTF-8 bytes under the seed. */
+#ifndef MISALIGN_CHARS_H
+#define MISALIGN_CHARS_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <string.h>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#include "_bitcount.h"
+#include "_xxh3.h"
+
+#define MF_CHAR_MAX 8
+#define MF_HASH_CHUNK 256
+
+typedef struct {
+    uint64_t t[MF_CHAR_MAX][128];   /* t[k][c]: the word of ASCII byte c at position k */
+    uint64_t seed;
+    const uint8_t *long_secret;     /* XXH3's secret for the seed (shingles are <= 32 bytes) */
+} mf_char_hash;
+
+static inline uint64_t mf_splitmix64(uint64_t *state) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static inline void mf_char_hash_init(mf_char_hash *h, uint64_t seed, const uint8_t *long_secret) {
+    uint64_t state = seed;
+    for (int k = 0; k < MF_CHAR_MAX; k++)
+        for (int c = 0; c < 128; c++)
+            h->t[k][c] = mf_splitmix64(&state);
+    h->seed = seed;
+    h->long_secret = long_secret;
+}
+
+/* ASCII byte -> folded byte: A-Z lower-cased, Python's ASCII whitespace (\t \n \v \f \r,
+ * \x1c-\x1f, space) turned into a space, everything else itself. */
+static const uint8_t mf_ascii_fold[128] = {
+      0,   1,   2,   3,   4,   5,   6,   7,   8,  32,  32,  32,  32,  32,  14,  15,
+     16,  17,  18,  19,  20,  21,  22,  23,  24,  25,  26,  27,  32,  32,  32,  32,
+     32,  33,  34,  35,  36,  37,  38,  39,  40,  41,  42,  43,  44,  45,  46,  47,
+     48,  49,  50,  51,  52,  53,  54,  55,  56,  57,  58,  59,  60,  61,  62,  63,
+     64,  97,  98,  99, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111,
+    112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122,  91,  92,  93,  94,  95,
+     96,  97,  98,  99, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111,
+    112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127,
+};
+
+/* Fold ASCII bytes s[from..n) into out[pos..), after `previous_space`; returns the new pos.
+ * Branch-free: a space is written always and kept only when the previous byte was not one. */
+static inline Py_ssize_t mf_fold_ascii_scalar(const uint8_t *s, Py_ssize_t from, Py_ssize_t n, uint8_t *out,
+                                             Py_ssize_t pos, unsigned *previous_space) {
+    unsigned previous = *previous_space;
+    for (Py_ssize_t i = from; i < n; i++) {
+        uint8_t c = mf_ascii_fold[s[i] & 0x7F];
+        unsigned space = c == ' ';
+        out[pos] = c;
+        pos += !(space & previous);
+        previous = space;
+    }
+    *previous_space = previous;
+    return pos;
+}
+
+/* Fold ASCII text into `out` (n + 16 bytes); returns the folded length.  With SSE2, sixteen
+ * bytes at a time: lower-cased and whitespace turned into spaces by compares, then stored
+ * whole unless a space follows a space (or starts the text), which the scalar loop compacts. */
+static inline Py_ssize_t mf_fold_ascii(const uint8_t *s, Py_ssize_t n, uint8_t *out) {
+    Py_ssize_t pos = 0, i = 0;
+    unsigned previous_space = 1;           /* drops leading whitespace */
+#if defined(__SSE2__)
+    const __m128i space = _mm_set1_epi8(' ');
+    for (; i + 16 <= n; i += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(s + i));
+        __m128i upper = _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8('A' - 1)),
+                                      _mm_cmplt_epi8(v, _mm_set1_epi8('Z' + 1)));
+        __m128i white = _mm_or_si128(
+            _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8(8)), _mm_cmplt_epi8(v, _mm_set1_epi8(14))),
+            _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8(27)), _mm_cmplt_epi8(v, _mm_set1_epi8(33))));
+        __m128i folded = _mm_or_si128(v, _mm_and_si128(upper, _mm_set1_epi8(0x20)));
+        folded = _mm_or_si128(_mm_andnot_si128(white, folded), _mm_and_si128(white, space));
+        unsigned spaces = (unsigned)_mm_movemask_epi8(white);
+        if (spaces & ((spaces << 1) | previous_space)) {
+            pos = mf_fold_ascii_scalar(s, i, i + 16, out, pos, &previous_space);
+            continue;
+        }
+        _mm_storeu_si128((__m128i *)(out + pos), folded);
+        pos += 16;
+        previous_space = spaces >> 15;
+    }
+#endif
+    pos = mf_fold_ascii_scalar(s, i, n, out, pos, &previous_space);
+    if (pos && out[pos - 1] == ' ')
+        pos--;
+    return pos;
+}
+
+static inline __attribute__((always_inline)) uint64_t
+mf_tabulate(const mf_char_hash *h, const uint8_t *w, int n) {
+    uint64_t x = 0;
+    for (int k = 0; k < n; k++)
+        x ^= h->t[k][w[k]];
+    return x;
+}
+
+static inline int mf_utf8_encode(uint32_t cp, uint8_t *out) {
+    if (cp < 0x80) { out[0] = (uint8_t)cp; return 1; }
+    if (cp < 0x800) { out[0] = (uint8_t)(0xC0 | (cp >> 6)); out[1] = (uint8_t)(0x80 | (cp & 0x3F)); return 2; }
+    if (cp < 0x10000) {
+        out[0] = (uint8_t)(0xE0 | (cp >> 12)); out[1] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
+        out[2] = (uint8_t)(0x80 | (cp & 0x3F)); return 3;
+    }
+    out[0] = (uint8_t)(0xF0 | (cp >> 18)); out[1] = (uint8_t)(0x80 | ((cp >> 12) & 0x3F));
+    out[2] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F)); out[3] = (uint8_t)(0x80 | (cp & 0x3F)); return 4;
+}
+
+static inline uint64_t mf_utf8_shingle_hash(const mf_char_hash *h, const uint32_t *cps, int n) {
+    uint8_t bytes[4 * MF_CHAR_MAX];
+    size_t len = 0;
+    for (int k = 0; k < n; k++)
+        len += (size_t)mf_utf8_encode(cps[k], bytes + len);
+    return mf_xxh3_64(bytes, len, h->seed, h->long_secret);
+}
+
+/* The hash of window w: by tabulation of `bytes`, unless `cps` (the code points, or NULL when
+ * the text is ASCII) has one that is not ASCII in it (`last_high`: where the latest one is,
+ * updated here as the windows advance one by one). */
+static inline __attribute__((always_inline)) uint64_t
+mf_window_hash(const mf_char_hash *h, const uint8_t *bytes, const uint32_t *cps, Py_ssize_t w, int n,
+               Py_ssize_t *last_high) {
+    if (cps) {
+        if (cps[w + n - 1] >= 0x80)
+            *last_high = w + n - 1;
+        if (*last_high >= w)
+            return mf_utf8_shingle_hash(h, cps + w, n);
+    }
+    return mf_tabulate(h, bytes + w, n);
+}
+
+/* Hash every n-character window and count the hashes, sixteen at a time. */
+static inline __attribute__((always_inline)) void
+mf_count_ngrams(const mf_char_hash *h, const uint8_t *bytes, const uint32_t *cps, Py_ssize_t windows, int n,
+                mf_bitcount *c) {
+    uint64_t hashes[16];
+    Py_ssize_t last_high = -1, w = 0;
+    if (cps)
+        for (Py_ssize_t k = 0; k < n - 1; k++)
+            if (cps[k] >= 0x80)
+                last_high = k;
+    for (; w + 16 <= windows; w += 16) {
+        for (int k = 0; k < 16; k++)
+            hashes[k] = mf_window_hash(h, bytes, cps, w + k, n, &last_high);
+        mf_bitcount_add16(c, hashes);
+    }
+    for (; w < windows; w++)
+        mf_bitcount_add1(c, mf_window_hash(h, bytes, cps, w, n, &last_high));
+}
+
+static inline int mf_any_high(const uint32_t *cps, Py_ssize_t len) {
+    for (Py_ssize_t k = 0; k < len; k++)
+        if (cps[k] >= 0x80)
+            return 1;
+    return 0;
+}
+
+/* The SimHash of a folded text of `len` characters (len > 0). */
+static inline __attribute__((always_inline)) uint64_t
+mf_char_simhash_folded(const mf_char_hash *h, const uint8_t *bytes, const uint32_t *cps,
+                                       Py_ssize_t len, int n, int64_t *shingles) {
+    mf_bitcount c;
+    if (len < n) {
+        *shingles = 1;
+        return cps && mf_any_high(cps, len) ? mf_utf8_shingle_hash(h, cps, (int)len)
+                                               : mf_tabulate(h, bytes, (int)len);
+    }
+    Py_ssize_t windows = len - n + 1;
+    mf_bitcount_init(&c);
+    switch (n) {     /* a constant n per case, so that each tabulation loop is unrolled */
+        case 1: mf_count_ngrams(h, bytes, cps, windows, 1, &c); break;
+        case 2: mf_count_ngrams(h, bytes, cps, windows, 2, &c); break;
+        case 3: mf_count_ngrams(h, bytes, cps, windows, 3, &c); break;
+        case 4: mf_count_ngrams(h, bytes, cps, windows, 4, &c); break;
+        case 5: mf_count_ngrams(h, bytes, cps, windows, 5, &c); break;
+        case 6: mf_count_ngrams(h, bytes, cps, windows, 6, &c); break;
+        case 7: mf_count_ngrams(h, bytes, cps, windows, 7, &c); break;
+        default: mf_count_ngrams(h, bytes, cps, windows, 8, &c); break;
+    }
+    *shingles = windows;
+    return mf_bitcount_majority(&c);
+}
+
+/* SimHash of ASCII text; `fold` holds len + 16 bytes.  *shingles gets the shingle count. */
+static uint64_t mf_char_simhash_ascii(const mf_char_hash *h, const uint8_t *s, Py_ssize_t len, int n,
+                                      uint8_t *fold, int64_t *shingles) {
+    Py_ssize_t folded = mf_fold_ascii(s, len, fold);
+    *shingles = 0;
+    return folded ? mf_char_simhash_folded(h, fold, NULL, folded, n, shingles) : 0;
+}
+
+/* SimHash of code points (a Python str's data: `width` bytes each); `fold` and `bytes` hold
+ * len entries. */
+static uint64_t mf_char_simhash_codepoints(const mf_char_hash *h, const void *data, int width, Py_ssize_t len,
+                                           int n, uint32_t *fold, uint8_t *bytes, int64_t *shingles) {
+    Py_ssize_t folded = 0;
+    unsigned previous_space = 1;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        uint32_t cp = width == 1 ? ((const uint8_t *)data)[i]
+                    : width == 2 ? ((const uint16_t *)data)[i] : ((const uint32_t *)data)[i];
+        unsigned space;
+        if (cp < 0x80) {
+            cp = mf_ascii_fold[cp];
+            space = cp == ' ';
+        } else {
+            space = Py_UNICODE_ISSPACE(cp) != 0;
+            if (space)
+                cp = ' ';
+        }
+        fold[folded] = cp;
+        bytes[folded] = (uint8_t)(cp & 0x7F);
+        folded += !(space & previous_space);
+        previous_space = space;
+    }
+    if (folded && fold[folded - 1] == ' ')
+        folded--;
+    *shingles = 0;
+    return folded ? mf_char_simhash_folded(h, bytes, fold, folded, n, shingles) : 0;
+}
+
+#endif
