@@ -77,32 +77,36 @@ static inline Py_ssize_t mf_fold_ascii_scalar(const uint8_t *s, Py_ssize_t from,
     return pos;
 }
 
-/* Fold ASCII text into `out` (n + 16 bytes); returns the folded length.  With SSE2, sixteen
- * bytes at a time: lower-cased and whitespace turned into spaces by compares, then stored
- * whole unless a space follows a space (or starts the text), which the scalar loop compacts. */
+#if defined(__SSE2__)
+/* Fold sixteen ASCII bytes at once: lower-cased and whitespace turned into spaces by compares,
+ * stored at out + *pos unless a space follows a space (or starts the text), which is left to
+ * the scalar loop (returns 0). */
+static inline int mf_fold16(__m128i v, uint8_t *out, Py_ssize_t *pos, unsigned *previous_space) {
+    __m128i upper = _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8('A' - 1)),
+                                  _mm_cmplt_epi8(v, _mm_set1_epi8('Z' + 1)));
+    __m128i white = _mm_or_si128(
+        _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8(8)), _mm_cmplt_epi8(v, _mm_set1_epi8(14))),
+        _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8(27)), _mm_cmplt_epi8(v, _mm_set1_epi8(33))));
+    __m128i folded = _mm_or_si128(v, _mm_and_si128(upper, _mm_set1_epi8(0x20)));
+    folded = _mm_or_si128(_mm_andnot_si128(white, folded), _mm_and_si128(white, _mm_set1_epi8(' ')));
+    unsigned spaces = (unsigned)_mm_movemask_epi8(white);
+    if (spaces & ((spaces << 1) | *previous_space))
+        return 0;
+    _mm_storeu_si128((__m128i *)(out + *pos), folded);
+    *pos += 16;
+    *previous_space = spaces >> 15;
+    return 1;
+}
+#endif
+
+/* Fold ASCII text into `out` (n + 16 bytes); returns the folded length. */
 static inline Py_ssize_t mf_fold_ascii(const uint8_t *s, Py_ssize_t n, uint8_t *out) {
     Py_ssize_t pos = 0, i = 0;
     unsigned previous_space = 1;           /* drops leading whitespace */
 #if defined(__SSE2__)
-    const __m128i space = _mm_set1_epi8(' ');
-    for (; i + 16 <= n; i += 16) {
-        __m128i v = _mm_loadu_si128((const __m128i *)(s + i));
-        __m128i upper = _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8('A' - 1)),
-                                      _mm_cmplt_epi8(v, _mm_set1_epi8('Z' + 1)));
-        __m128i white = _mm_or_si128(
-            _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8(8)), _mm_cmplt_epi8(v, _mm_set1_epi8(14))),
-            _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8(27)), _mm_cmplt_epi8(v, _mm_set1_epi8(33))));
-        __m128i folded = _mm_or_si128(v, _mm_and_si128(upper, _mm_set1_epi8(0x20)));
-        folded = _mm_or_si128(_mm_andnot_si128(white, folded), _mm_and_si128(white, space));
-        unsigned spaces = (unsigned)_mm_movemask_epi8(white);
-        if (spaces & ((spaces << 1) | previous_space)) {
+    for (; i + 16 <= n; i += 16)
+        if (!mf_fold16(_mm_loadu_si128((const __m128i *)(s + i)), out, &pos, &previous_space))
             pos = mf_fold_ascii_scalar(s, i, i + 16, out, pos, &previous_space);
-            continue;
-        }
-        _mm_storeu_si128((__m128i *)(out + pos), folded);
-        pos += 16;
-        previous_space = spaces >> 15;
-    }
 #endif
     pos = mf_fold_ascii_scalar(s, i, n, out, pos, &previous_space);
     if (pos && out[pos - 1] == ' ')
@@ -129,25 +133,28 @@ static inline int mf_utf8_encode(uint32_t cp, uint8_t *out) {
     out[2] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F)); out[3] = (uint8_t)(0x80 | (cp & 0x3F)); return 4;
 }
 
-static inline uint64_t mf_utf8_shingle_hash(const mf_char_hash *h, const uint32_t *cps, int n) {
-    uint8_t bytes[4 * MF_CHAR_MAX];
+/* XXH3-64 of a shingle's UTF-8: `bytes` holds its ASCII characters and 0x80 where `cps` holds
+ * the others. */
+static inline uint64_t mf_utf8_shingle_hash(const mf_char_hash *h, const uint8_t *bytes, const uint32_t *cps,
+                                            int n) {
+    uint8_t utf8[4 * MF_CHAR_MAX];
     size_t len = 0;
     for (int k = 0; k < n; k++)
-        len += (size_t)mf_utf8_encode(cps[k], bytes + len);
-    return mf_xxh3_64(bytes, len, h->seed, h->long_secret);
+        len += (size_t)mf_utf8_encode(bytes[k] & 0x80 ? cps[k] : bytes[k], utf8 + len);
+    return mf_xxh3_64(utf8, len, h->seed, h->long_secret);
 }
 
-/* The hash of window w: by tabulation of `bytes`, unless `cps` (the code points, or NULL when
- * the text is ASCII) has one that is not ASCII in it (`last_high`: where the latest one is,
- * updated here as the windows advance one by one). */
+/* The hash of window w: by tabulation of `bytes`, unless a character of it is not ASCII
+ * (0x80 in `bytes`, its code point in `cps`; cps is NULL for ASCII text).  `last_high`: where
+ * the latest such character is, updated here as the windows advance one by one. */
 static inline __attribute__((always_inline)) uint64_t
 mf_window_hash(const mf_char_hash *h, const uint8_t *bytes, const uint32_t *cps, Py_ssize_t w, int n,
                Py_ssize_t *last_high) {
     if (cps) {
-        if (cps[w + n - 1] >= 0x80)
+        if (bytes[w + n - 1] & 0x80)
             *last_high = w + n - 1;
         if (*last_high >= w)
-            return mf_utf8_shingle_hash(h, cps + w, n);
+            return mf_utf8_shingle_hash(h, bytes + w, cps + w, n);
     }
     return mf_tabulate(h, bytes + w, n);
 }
@@ -160,20 +167,27 @@ mf_count_ngrams(const mf_char_hash *h, const uint8_t *bytes, const uint32_t *cps
     Py_ssize_t last_high = -1, w = 0;
     if (cps)
         for (Py_ssize_t k = 0; k < n - 1; k++)
-            if (cps[k] >= 0x80)
+            if (bytes[k] & 0x80)
                 last_high = k;
     for (; w + 16 <= windows; w += 16) {
         for (int k = 0; k < 16; k++)
             hashes[k] = mf_window_hash(h, bytes, cps, w + k, n, &last_high);
         mf_bitcount_add16(c, hashes);
     }
-    for (; w < windows; w++)
-        mf_bitcount_add1(c, mf_window_hash(h, bytes, cps, w, n, &last_high));
+    if (w < windows) {      /* the rest, padded with zero hashes, which add nothing to any count */
+        int k = 0;
+        for (; w + k < windows; k++)
+            hashes[k] = mf_window_hash(h, bytes, cps, w + k, n, &last_high);
+        for (; k < 16; k++)
+            hashes[k] = 0;
+        mf_bitcount_add16(c, hashes);
+        c->total -= 16 - (uint64_t)(windows - w);
+    }
 }
 
-static inline int mf_any_high(const uint32_t *cps, Py_ssize_t len) {
+static inline int mf_any_high(const uint8_t *bytes, Py_ssize_t len) {
     for (Py_ssize_t k = 0; k < len; k++)
-        if (cps[k] >= 0x80)
+        if (bytes[k] & 0x80)
             return 1;
     return 0;
 }
@@ -185,8 +199,8 @@ mf_char_simhash_folded(const mf_char_hash *h, const uint8_t *bytes, const uint32
     mf_bitcount c;
     if (len < n) {
         *shingles = 1;
-        return cps && mf_any_high(cps, len) ? mf_utf8_shingle_hash(h, cps, (int)len)
-                                               : mf_tabulate(h, bytes, (int)len);
+        return cps && mf_any_high(bytes, len) ? mf_utf8_shingle_hash(h, bytes, cps, (int)len)
+                                                : mf_tabulate(h, bytes, (int)len);
     }
     Py_ssize_t windows = len - n + 1;
     mf_bitcount_init(&c);
@@ -212,33 +226,91 @@ static uint64_t mf_char_simhash_ascii(const mf_char_hash *h, const uint8_t *s, P
     return folded ? mf_char_simhash_folded(h, fold, NULL, folded, n, shingles) : 0;
 }
 
-/* SimHash of code points (a Python str's data: `width` bytes each); `fold` and `bytes` hold
- * len entries. */
-static uint64_t mf_char_simhash_codepoints(const mf_char_hash *h, const void *data, int width, Py_ssize_t len,
-                                           int n, uint32_t *fold, uint8_t *bytes, int64_t *shingles) {
-    Py_ssize_t folded = 0;
-    unsigned previous_space = 1;
+static inline uint32_t mf_read_codepoint(const void *data, int width, Py_ssize_t i) {
+    return width == 1 ? ((const uint8_t *)data)[i]
+         : width == 2 ? ((const uint16_t *)data)[i] : ((const uint32_t *)data)[i];
+}
+
+static inline __attribute__((always_inline)) Py_ssize_t
+mf_find_not_inert_w(const void *data, int width, Py_ssize_t len, const uint8_t *inert) {
     for (Py_ssize_t i = 0; i < len; i++) {
-        uint32_t cp = width == 1 ? ((const uint8_t *)data)[i]
-                    : width == 2 ? ((const uint16_t *)data)[i] : ((const uint32_t *)data)[i];
+        uint32_t cp = mf_read_codepoint(data, width, i);
+        if (cp >= 0x80 && (cp >= 0x10000 || !((inert[cp >> 3] >> (cp & 7)) & 1)))
+            return i;
+    }
+    return -1;
+}
+
+/* The first character of a str's data that is neither ASCII nor set in the `inert` bitmap (a
+ * bit per BMP code point), or -1. */
+static inline Py_ssize_t mf_find_not_inert(const void *data, int width, Py_ssize_t len, const uint8_t *inert) {
+    return width == 1 ? mf_find_not_inert_w(data, 1, len, inert)
+         : width == 2 ? mf_find_not_inert_w(data, 2, len, inert) : mf_find_not_inert_w(data, 4, len, inert);
+}
+
+/* Fold code points data[from..to) into bytes (ASCII folded as in mf_fold_ascii_scalar; 0x80
+ * for any other character, whose code point goes to the same place in cps). */
+static inline __attribute__((always_inline)) Py_ssize_t
+mf_fold_codepoints_scalar(const void *data, int width, Py_ssize_t from, Py_ssize_t to, uint8_t *bytes,
+                          uint32_t *cps, Py_ssize_t pos, unsigned *previous_space) {
+    unsigned previous = *previous_space;
+    for (Py_ssize_t i = from; i < to; i++) {
+        uint32_t cp = mf_read_codepoint(data, width, i);
         unsigned space;
         if (cp < 0x80) {
-            cp = mf_ascii_fold[cp];
-            space = cp == ' ';
+            bytes[pos] = mf_ascii_fold[cp];
+            space = bytes[pos] == ' ';
         } else {
             space = Py_UNICODE_ISSPACE(cp) != 0;
-            if (space)
-                cp = ' ';
+            bytes[pos] = space ? ' ' : 0x80;
+            cps[pos] = cp;
         }
-        fold[folded] = cp;
-        bytes[folded] = (uint8_t)(cp & 0x7F);
-        folded += !(space & previous_space);
-        previous_space = space;
+        pos += !(space & previous);
+        previous = space;
     }
-    if (folded && fold[folded - 1] == ' ')
-        folded--;
+    *previous_space = previous;
+    return pos;
+}
+
+/* Fold code points of `width` bytes each (a constant in each caller): with SSE2, sixteen at a
+ * time while they are ASCII (most characters of most non-ASCII prompts), packed into bytes. */
+static inline __attribute__((always_inline)) Py_ssize_t
+mf_fold_codepoints(const void *data, int width, Py_ssize_t len, uint8_t *bytes, uint32_t *cps) {
+    Py_ssize_t pos = 0, i = 0;
+    unsigned previous_space = 1;
+#if defined(__SSE2__)
+    if (width <= 2) {
+        for (; i + 16 <= len; i += 16) {
+            __m128i v;
+            if (width == 1) {
+                v = _mm_loadu_si128((const __m128i *)((const uint8_t *)data + i));
+            } else {
+                __m128i a = _mm_loadu_si128((const __m128i *)((const uint16_t *)data + i));
+                __m128i b = _mm_loadu_si128((const __m128i *)((const uint16_t *)data + i + 8));
+                __m128i high = _mm_and_si128(_mm_or_si128(a, b), _mm_set1_epi16((short)0xFF80));
+                v = _mm_movemask_epi8(_mm_cmpeq_epi16(high, _mm_setzero_si128())) == 0xFFFF
+                    ? _mm_packus_epi16(a, b) : _mm_set1_epi8((char)0x80);
+            }
+            if (_mm_movemask_epi8(v) || !mf_fold16(v, bytes, &pos, &previous_space))
+                pos = mf_fold_codepoints_scalar(data, width, i, i + 16, bytes, cps, pos, &previous_space);
+        }
+    }
+#endif
+    pos = mf_fold_codepoints_scalar(data, width, i, len, bytes, cps, pos, &previous_space);
+    if (pos && bytes[pos - 1] == ' ')
+        pos--;
+    return pos;
+}
+
+/* SimHash of code points (a Python str's data: `width` bytes each); `bytes` holds len + 16
+ * entries and `cps` len. */
+static uint64_t mf_char_simhash_codepoints(const mf_char_hash *h, const void *data, int width, Py_ssize_t len,
+                                           int n, uint32_t *cps, uint8_t *bytes, int64_t *shingles) {
+    Py_ssize_t folded = width == 1 ? mf_fold_codepoints(data, 1, len, bytes, cps)
+                      : width == 2 ? mf_fold_codepoints(data, 2, len, bytes, cps)
+                                   : mf_fold_codepoints(data, 4, len, bytes, cps);
     *shingles = 0;
-    return folded ? mf_char_simhash_folded(h, bytes, fold, folded, n, shingles) : 0;
+    return folded ? mf_char_simhash_folded(h, bytes, cps, folded, n, shingles) : 0;
 }
 
 #endif

@@ -43,6 +43,7 @@ cdef extern from "_chars.h" nogil:
     void mf_char_hash_init(mf_char_hash *h, uint64_t seed, const uint8_t *long_secret)
     uint64_t mf_char_simhash_ascii(const mf_char_hash *h, const uint8_t *s, Py_ssize_t length, int n,
                                    uint8_t *fold, int64_t *shingles)
+    Py_ssize_t mf_find_not_inert(const void *data, int width, Py_ssize_t length, const uint8_t *inert)
     uint64_t mf_char_simhash_codepoints(const mf_char_hash *h, const void *data, int width, Py_ssize_t length,
                                         int n, uint32_t *fold, uint8_t *bytes, int64_t *shingles)
 
@@ -252,7 +253,8 @@ def _inert_bitmap():
     the second half of any canonical composition (the quick-check "Maybe" characters: combining
     marks, Hangul vowel and trailing jamo), so no neighbour can compose with it.  A text whose
     other characters are ASCII is then already normalised but for ASCII case.  Built from the
-    running Python's unicodedata (about 40 ms at import), so it matches its normalisation."""
+    running Python's unicodedata, so it matches its normalisation (about 40 ms, once, on the
+    first non-ASCII text fingerprinted by characters)."""
     seconds = set(range(0x1100, 0x1200))                     # Hangul jamo compose algorithmically
     for c in range(0x10000):
         parts = unicodedata.decomposition(chr(c)).split()
@@ -266,27 +268,24 @@ def _inert_bitmap():
     return np.packbits(inert, bitorder="little")
 
 
-cdef const uint8_t[::1] _INERT = _inert_bitmap()
+_INERT = []      # the bitmap, once built
 
 
-cdef bint _folds_to_itself(str text) except -1:
+cdef bint _folds_to_itself(str text, const uint8_t[::1] inert_bits) except -1:
     """True when NFKC + casefold would change nothing in `text` but the case of ASCII letters,
     which the character fingerprinter folds itself: most non-ASCII prompts (curly quotes, dashes,
     accented letters) then skip Python's normalisation and its copy."""
     cdef int kind = PyUnicode_KIND(text)
-    cdef void *data = PyUnicode_DATA(text)
-    cdef Py_ssize_t i, n = PyUnicode_GET_LENGTH(text)
+    cdef Py_ssize_t i, at = mf_find_not_inert(PyUnicode_DATA(text), kind, PyUnicode_GET_LENGTH(text), &inert_bits[0])
     cdef uint32_t cp
-    cdef bint inert = True
-    for i in range(n):
-        cp = PyUnicode_READ(kind, data, i)
-        if cp < 0x80:
-            continue
-        if 0xD800 <= cp < 0xE000:
-            raise UnicodeEncodeError("utf-8", text, i, i + 1, "surrogates not allowed")
-        if cp >= 0x10000 or not (_INERT[cp >> 3] >> (cp & 7)) & 1:
-            inert = False
-    return inert
+    if at < 0:
+        return True
+    if kind > 1:                     # a surrogate is not inert: say so as UTF-8 would
+        for i in range(at, PyUnicode_GET_LENGTH(text)):
+            cp = PyUnicode_READ(kind, PyUnicode_DATA(text), i)
+            if 0xD800 <= cp < 0xE000:
+                raise UnicodeEncodeError("utf-8", text, i, i + 1, "surrogates not allowed")
+    return False
 
 
 cdef class _TextBatch:
@@ -297,6 +296,7 @@ cdef class _TextBatch:
     cdef uint8_t *layouts
     cdef Py_ssize_t n
     cdef list keep_alive
+    cdef object inert_bits
 
     def __cinit__(self, Py_ssize_t n):
         self.n = n
@@ -304,6 +304,7 @@ cdef class _TextBatch:
         self.lens = <Py_ssize_t *> malloc(max(n, 1) * sizeof(Py_ssize_t))
         self.layouts = <uint8_t *> malloc(max(n, 1))
         self.keep_alive = []
+        self.inert_bits = None
         if self.ptrs == NULL or self.lens == NULL or self.layouts == NULL:
             raise MemoryError()
 
@@ -324,7 +325,11 @@ cdef class _TextBatch:
         cdef Py_ssize_t size
         cdef int kind
         if chars:
-            if not _folds_to_itself(text):
+            if self.inert_bits is None:
+                if not _INERT:
+                    _INERT.append(_inert_bitmap())
+                self.inert_bits = _INERT[0]
+            if not _folds_to_itself(text, self.inert_bits):
                 text = _normalise(text)
             self.keep_alive.append(text)
             kind = PyUnicode_KIND(text)
