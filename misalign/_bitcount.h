@@ -55,14 +55,14 @@ static void mf_bitcount_spill(mf_bitcount *c) {
 }
 
 /* One more sixteen for every bit set in `sixteens`. */
-static inline void mf_bitcount_lanes_add(mf_bitcount *c, uint64_t sixteens) {
+static inline __attribute__((always_inline)) void mf_bitcount_lanes_add(mf_bitcount *c, uint64_t sixteens) {
     for (int j = 0; j < 8; j++)
         c->lanes[j] += (sixteens >> j) & MF_LOW_BITS;
     if (++c->pending == MF_LANE_LIMIT)
         mf_bitcount_spill(c);
 }
 
-static inline void mf_bitcount_add16(mf_bitcount *c, const uint64_t *h) {
+static inline __attribute__((always_inline)) void mf_bitcount_add16(mf_bitcount *c, const uint64_t *h) {
     uint64_t twos_a, twos_b, fours_a, fours_b, eights_a, eights_b, sixteens;
     MF_CSA(twos_a, c->ones, c->ones, h[0], h[1]);
     MF_CSA(twos_b, c->ones, c->ones, h[2], h[3]);
@@ -83,23 +83,15 @@ static inline void mf_bitcount_add16(mf_bitcount *c, const uint64_t *h) {
     c->total += 16;
 }
 
-static inline void mf_bitcount_add1(mf_bitcount *c, uint64_t h) {
-    uint64_t carry = h, t;
-    t = c->ones & carry;   c->ones ^= carry;   carry = t;
-    t = c->twos & carry;   c->twos ^= carry;   carry = t;
-    t = c->fours & carry;  c->fours ^= carry;  carry = t;
-    t = c->eights & carry; c->eights ^= carry; carry = t;
-    if (carry)
-        mf_bitcount_lanes_add(c, carry);
-    c->total += 1;
-}
-
-static inline void mf_bitcount_add_many(mf_bitcount *c, const uint64_t *h, size_t n) {
-    size_t k = 0;
-    for (; k + 16 <= n; k += 16)
-        mf_bitcount_add16(c, h + k);
-    for (; k < n; k++)
-        mf_bitcount_add1(c, h[k]);
+/* The last m < 16 hashes of a text: h must hold 16 entries; the rest are set to zero, which
+ * adds nothing to any count. */
+static inline __attribute__((always_inline)) void mf_bitcount_add_last(mf_bitcount *c, uint64_t *h, int m) {
+    if (m == 0)
+        return;
+    for (int k = m; k < 16; k++)
+        h[k] = 0;
+    mf_bitcount_add16(c, h);
+    c->total -= (uint64_t)(16 - m);
 }
 
 /* Bits set in more than half of the hashes added (0 when none were). */

@@ -24,7 +24,6 @@
 #include "_xxh3.h"
 
 #define MF_CHAR_MAX 8
-#define MF_HASH_CHUNK 256
 
 typedef struct {
     uint64_t t[MF_CHAR_MAX][128];   /* t[k][c]: the word of ASCII byte c at position k */
@@ -141,6 +140,8 @@ static inline uint64_t mf_utf8_shingle_hash(const mf_char_hash *h, const uint8_t
     size_t len = 0;
     for (int k = 0; k < n; k++)
         len += (size_t)mf_utf8_encode(bytes[k] & 0x80 ? cps[k] : bytes[k], utf8 + len);
+    if (len > sizeof(utf8))       /* never: tells the compiler XXH3's long-input paths are dead here */
+        __builtin_unreachable();
     return mf_xxh3_64(utf8, len, h->seed, h->long_secret);
 }
 
@@ -174,15 +175,9 @@ mf_count_ngrams(const mf_char_hash *h, const uint8_t *bytes, const uint32_t *cps
             hashes[k] = mf_window_hash(h, bytes, cps, w + k, n, &last_high);
         mf_bitcount_add16(c, hashes);
     }
-    if (w < windows) {      /* the rest, padded with zero hashes, which add nothing to any count */
-        int k = 0;
-        for (; w + k < windows; k++)
-            hashes[k] = mf_window_hash(h, bytes, cps, w + k, n, &last_high);
-        for (; k < 16; k++)
-            hashes[k] = 0;
-        mf_bitcount_add16(c, hashes);
-        c->total -= 16 - (uint64_t)(windows - w);
-    }
+    for (int k = 0; w + k < windows; k++)
+        hashes[k] = mf_window_hash(h, bytes, cps, w + k, n, &last_high);
+    mf_bitcount_add_last(c, hashes, (int)(windows - w));
 }
 
 static inline int mf_any_high(const uint8_t *bytes, Py_ssize_t len) {
@@ -233,7 +228,17 @@ static inline uint32_t mf_read_codepoint(const void *data, int width, Py_ssize_t
 
 static inline __attribute__((always_inline)) Py_ssize_t
 mf_find_not_inert_w(const void *data, int width, Py_ssize_t len, const uint8_t *inert) {
-    for (Py_ssize_t i = 0; i < len; i++) {
+    Py_ssize_t i = 0;
+#if defined(__SSE2__)
+    if (width == 2)         /* skip runs of ASCII eight characters at a time */
+        for (; i + 8 <= len; i += 8) {
+            __m128i v = _mm_loadu_si128((const __m128i *)((const uint16_t *)data + i));
+            __m128i high = _mm_and_si128(v, _mm_set1_epi16((short)0xFF80));
+            if (_mm_movemask_epi8(_mm_cmpeq_epi16(high, _mm_setzero_si128())) != 0xFFFF)
+                break;
+        }
+#endif
+    for (; i < len; i++) {
         uint32_t cp = mf_read_codepoint(data, width, i);
         if (cp >= 0x80 && (cp >= 0x10000 || !((inert[cp >> 3] >> (cp & 7)) & 1)))
             return i;

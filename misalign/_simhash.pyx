@@ -18,6 +18,8 @@ import unicodedata
 
 import numpy as np
 
+cimport cython
+
 from libc.stdint cimport uint8_t, uint32_t, int32_t, int64_t, uint64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset
@@ -33,7 +35,8 @@ cdef extern from "_bitcount.h" nogil:
     ctypedef struct mf_bitcount:
         pass
     void mf_bitcount_init(mf_bitcount *c)
-    void mf_bitcount_add_many(mf_bitcount *c, const uint64_t *h, size_t n)
+    void mf_bitcount_add16(mf_bitcount *c, const uint64_t *h)
+    void mf_bitcount_add_last(mf_bitcount *c, uint64_t *h, int m)
     uint64_t mf_bitcount_majority(mf_bitcount *c)
 
 cdef extern from "_chars.h" nogil:
@@ -149,7 +152,7 @@ cdef uint64_t _word_simhash(const uint8_t *s, Py_ssize_t n, bint ascii, int ngra
     cdef Py_ssize_t words, total, w, k, pos, length, filled = 0
     cdef const uint8_t *text
     cdef mf_bitcount counter
-    cdef uint64_t hashes[256]     # MF_HASH_CHUNK: hashed first, then counted sixteen at a time
+    cdef uint64_t hashes[16]      # hashed, then counted sixteen at a time
     if ascii:
         words = mf_ascii_words(s, n, low, starts, ends)
         text = low
@@ -177,10 +180,10 @@ cdef uint64_t _word_simhash(const uint8_t *s, Py_ssize_t n, bint ascii, int ngra
                 pos += ends[k] - starts[k]
             hashes[filled] = mf_xxh3_64(norm, pos, seed, long_secret)
         filled += 1
-        if filled == 256:
-            mf_bitcount_add_many(&counter, hashes, filled)
+        if filled == 16:
+            mf_bitcount_add16(&counter, hashes)
             filled = 0
-    mf_bitcount_add_many(&counter, hashes, filled)
+    mf_bitcount_add_last(&counter, hashes, filled)
     shingle_count[0] = total
     return mf_bitcount_majority(&counter)
 
@@ -271,12 +274,12 @@ def _inert_bitmap():
 _INERT = []      # the bitmap, once built
 
 
-cdef bint _folds_to_itself(str text, const uint8_t[::1] inert_bits) except -1:
+cdef bint _folds_to_itself(str text, const uint8_t *inert_bits) except -1:
     """True when NFKC + casefold would change nothing in `text` but the case of ASCII letters,
     which the character fingerprinter folds itself: most non-ASCII prompts (curly quotes, dashes,
     accented letters) then skip Python's normalisation and its copy."""
     cdef int kind = PyUnicode_KIND(text)
-    cdef Py_ssize_t i, at = mf_find_not_inert(PyUnicode_DATA(text), kind, PyUnicode_GET_LENGTH(text), &inert_bits[0])
+    cdef Py_ssize_t i, at = mf_find_not_inert(PyUnicode_DATA(text), kind, PyUnicode_GET_LENGTH(text), inert_bits)
     cdef uint32_t cp
     if at < 0:
         return True
@@ -288,6 +291,7 @@ cdef bint _folds_to_itself(str text, const uint8_t[::1] inert_bits) except -1:
     return False
 
 
+@cython.final        # its cdef methods are then called directly, not through a table
 cdef class _TextBatch:
     """Where each text's data is, how long it is and how it is laid out (see LAYOUT_*); holds
     the normalised copies of non-ASCII texts until their fingerprints are computed."""
@@ -296,7 +300,8 @@ cdef class _TextBatch:
     cdef uint8_t *layouts
     cdef Py_ssize_t n
     cdef list keep_alive
-    cdef object inert_bits
+    cdef object inert
+    cdef const uint8_t *inert_bits     # inert's data, once fetched
 
     def __cinit__(self, Py_ssize_t n):
         self.n = n
@@ -304,7 +309,8 @@ cdef class _TextBatch:
         self.lens = <Py_ssize_t *> malloc(max(n, 1) * sizeof(Py_ssize_t))
         self.layouts = <uint8_t *> malloc(max(n, 1))
         self.keep_alive = []
-        self.inert_bits = None
+        self.inert = None
+        self.inert_bits = NULL
         if self.ptrs == NULL or self.lens == NULL or self.layouts == NULL:
             raise MemoryError()
 
@@ -325,10 +331,11 @@ cdef class _TextBatch:
         cdef Py_ssize_t size
         cdef int kind
         if chars:
-            if self.inert_bits is None:
+            if self.inert_bits == NULL:
                 if not _INERT:
                     _INERT.append(_inert_bitmap())
-                self.inert_bits = _INERT[0]
+                self.inert = _INERT[0]
+                self.inert_bits = _bitmap_pointer(self.inert)
             if not _folds_to_itself(text, self.inert_bits):
                 text = _normalise(text)
             self.keep_alive.append(text)
@@ -771,6 +778,11 @@ cdef class HammingIndex:
             if _popcount((diff >> self.shifts[e]) & ((<uint64_t>1 << self.widths[e]) - 1)) <= self.radii[e]:
                 return False
         return True
+
+
+cdef const uint8_t *_bitmap_pointer(object bitmap):
+    cdef const uint8_t[::1] view = bitmap
+    return &view[0]
 
 
 cdef uint32_t *_mask_pointer(object masks):
