@@ -226,11 +226,15 @@ static inline uint32_t mf_read_codepoint(const void *data, int width, Py_ssize_t
          : width == 2 ? ((const uint16_t *)data)[i] : ((const uint32_t *)data)[i];
 }
 
+static inline int mf_is_inert(uint32_t cp, const uint8_t *inert) {
+    return cp < 0x80 || (cp < 0x10000 && ((inert[cp >> 3] >> (cp & 7)) & 1));
+}
+
 static inline __attribute__((always_inline)) Py_ssize_t
-mf_find_not_inert_w(const void *data, int width, Py_ssize_t len, const uint8_t *inert) {
-    Py_ssize_t i = 0;
+mf_find_inert_w(const void *data, int width, Py_ssize_t from, Py_ssize_t len, const uint8_t *inert, int wanted) {
+    Py_ssize_t i = from;
 #if defined(__SSE2__)
-    if (width == 2)         /* skip runs of ASCII eight characters at a time */
+    if (width == 2 && !wanted)      /* skip runs of ASCII eight characters at a time */
         for (; i + 8 <= len; i += 8) {
             __m128i v = _mm_loadu_si128((const __m128i *)((const uint16_t *)data + i));
             __m128i high = _mm_and_si128(v, _mm_set1_epi16((short)0xFF80));
@@ -238,19 +242,19 @@ mf_find_not_inert_w(const void *data, int width, Py_ssize_t len, const uint8_t *
                 break;
         }
 #endif
-    for (; i < len; i++) {
-        uint32_t cp = mf_read_codepoint(data, width, i);
-        if (cp >= 0x80 && (cp >= 0x10000 || !((inert[cp >> 3] >> (cp & 7)) & 1)))
+    for (; i < len; i++)
+        if (mf_is_inert(mf_read_codepoint(data, width, i), inert) == wanted)
             return i;
-    }
-    return -1;
+    return len;
 }
 
-/* The first character of a str's data that is neither ASCII nor set in the `inert` bitmap (a
- * bit per BMP code point), or -1. */
-static inline Py_ssize_t mf_find_not_inert(const void *data, int width, Py_ssize_t len, const uint8_t *inert) {
-    return width == 1 ? mf_find_not_inert_w(data, 1, len, inert)
-         : width == 2 ? mf_find_not_inert_w(data, 2, len, inert) : mf_find_not_inert_w(data, 4, len, inert);
+/* The first position at or after `from` of a str's data whose character is (wanted = 1) or is
+ * not (wanted = 0) ASCII or set in the `inert` bitmap (a bit per BMP code point); len if none. */
+static inline Py_ssize_t mf_find_inert(const void *data, int width, Py_ssize_t from, Py_ssize_t len,
+                                       const uint8_t *inert, int wanted) {
+    return width == 1 ? mf_find_inert_w(data, 1, from, len, inert, wanted)
+         : width == 2 ? mf_find_inert_w(data, 2, from, len, inert, wanted)
+                      : mf_find_inert_w(data, 4, from, len, inert, wanted);
 }
 
 /* Fold code points data[from..to) into bytes (ASCII folded as in mf_fold_ascii_scalar; 0x80

@@ -46,7 +46,8 @@ cdef extern from "_chars.h" nogil:
     void mf_char_hash_init(mf_char_hash *h, uint64_t seed, const uint8_t *long_secret)
     uint64_t mf_char_simhash_ascii(const mf_char_hash *h, const uint8_t *s, Py_ssize_t length, int n,
                                    uint8_t *fold, int64_t *shingles)
-    Py_ssize_t mf_find_not_inert(const void *data, int width, Py_ssize_t length, const uint8_t *inert)
+    Py_ssize_t mf_find_inert(const void *data, int width, Py_ssize_t start, Py_ssize_t length,
+                             const uint8_t *inert, int wanted)
     uint64_t mf_char_simhash_codepoints(const mf_char_hash *h, const void *data, int width, Py_ssize_t length,
                                         int n, uint32_t *fold, uint8_t *bytes, int64_t *shingles)
 
@@ -274,21 +275,34 @@ def _inert_bitmap():
 _INERT = []      # the bitmap, once built
 
 
-cdef bint _folds_to_itself(str text, const uint8_t *inert_bits) except -1:
-    """True when NFKC + casefold would change nothing in `text` but the case of ASCII letters,
-    which the character fingerprinter folds itself: most non-ASCII prompts (curly quotes, dashes,
-    accented letters) then skip Python's normalisation and its copy."""
+cdef str _fold_for_chars(str text, const uint8_t *inert_bits):
+    """`text` as NFKC + casefold would leave it, but for the case of ASCII letters, which the
+    character fingerprinter folds itself.  Only the stretches of characters that are not inert
+    are normalised, each with the character before it (which they may combine with): an inert
+    or ASCII character never combines with what precedes it, so normalisation splits there
+    (Unicode's stable code points).  Most non-ASCII prompts (curly quotes, dashes, accented
+    letters) have no such stretch and are used as they are."""
     cdef int kind = PyUnicode_KIND(text)
-    cdef Py_ssize_t i, at = mf_find_not_inert(PyUnicode_DATA(text), kind, PyUnicode_GET_LENGTH(text), inert_bits)
+    cdef void *data = PyUnicode_DATA(text)
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(text), done = 0, start, end, i
     cdef uint32_t cp
-    if at < 0:
-        return True
-    if kind > 1:                     # a surrogate is not inert: say so as UTF-8 would
-        for i in range(at, PyUnicode_GET_LENGTH(text)):
-            cp = PyUnicode_READ(kind, PyUnicode_DATA(text), i)
-            if 0xD800 <= cp < 0xE000:
-                raise UnicodeEncodeError("utf-8", text, i, i + 1, "surrogates not allowed")
-    return False
+    start = mf_find_inert(data, kind, 0, n, inert_bits, 0)
+    if start == n:
+        return text
+    for i in range(start, n):
+        cp = PyUnicode_READ(kind, data, i)
+        if 0xD800 <= cp < 0xE000:           # not inert either: say so as UTF-8 would
+            raise UnicodeEncodeError("utf-8", text, i, i + 1, "surrogates not allowed")
+    pieces = []
+    while start < n:
+        start = max(start - 1, done)          # with the stable character before the stretch
+        end = mf_find_inert(data, kind, start + 1, n, inert_bits, 1)
+        pieces.append(text[done:start])
+        pieces.append(_normalise(text[start:end]))
+        done = end
+        start = mf_find_inert(data, kind, end, n, inert_bits, 0)
+    pieces.append(text[done:])
+    return "".join(pieces)
 
 
 @cython.final        # its cdef methods are then called directly, not through a table
@@ -336,8 +350,7 @@ cdef class _TextBatch:
                     _INERT.append(_inert_bitmap())
                 self.inert = _INERT[0]
                 self.inert_bits = _bitmap_pointer(self.inert)
-            if not _folds_to_itself(text, self.inert_bits):
-                text = _normalise(text)
+            text = _fold_for_chars(text, self.inert_bits)
             self.keep_alive.append(text)
             kind = PyUnicode_KIND(text)
             self.ptrs[i] = <const uint8_t *> PyUnicode_DATA(text)
