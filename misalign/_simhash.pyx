@@ -23,6 +23,7 @@ cimport cython
 from libc.stdint cimport uint8_t, uint32_t, int32_t, int64_t, uint64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset
+from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_Check
 from cython.parallel cimport prange, parallel
 
@@ -67,6 +68,12 @@ cdef extern from "Python.h":
     Py_ssize_t PyUnicode_GET_LENGTH(object s)
     const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
     str PyUnicode_DecodeUTF8(const char *s, Py_ssize_t size, const char *errors)
+    # The same on borrowed references, for the loop over a list's items (no reference counting)
+    PyObject *_list_item "PyList_GET_ITEM"(object items, Py_ssize_t i)
+    bint _is_exact_str "PyUnicode_CheckExact"(PyObject *o)
+    bint _ascii_only "PyUnicode_IS_ASCII"(PyObject *o)
+    void *_str_data "PyUnicode_DATA"(PyObject *o)
+    Py_ssize_t _str_length "PyUnicode_GET_LENGTH"(PyObject *o)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -398,8 +405,13 @@ cdef _fingerprint_str(texts, int n, bint chars, uint64_t seed, int threads):
     cdef list items = texts if type(texts) is list else list(texts)   # then indexing is a plain load
     cdef Py_ssize_t i, count = len(items)
     cdef _TextBatch batch = _TextBatch(count)
+    cdef PyObject *item
     for i in range(count):
-        text = items[i]
+        item = _list_item(items, i)
+        if _is_exact_str(item) and _ascii_only(item):    # most prompts: no Python-level work
+            batch.set_ascii(i, <const uint8_t *> _str_data(item), _str_length(item))
+            continue
+        text = <object> item
         if not PyUnicode_Check(text):
             raise TypeError(f"item {i} is {type(text).__name__}, expected str")
         if PyUnicode_IS_ASCII(text):
