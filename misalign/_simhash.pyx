@@ -1,12 +1,13 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """SimHash fingerprints and an exact multi-index Hamming search, in C with the GIL released.
 
-Fingerprint of one text: NFKC + casefold, words = maximal runs of alphanumeric code points,
-shingles = n consecutive words joined by one space, each shingle hashed with XXH3-64 under a
-seed, and bit b of the fingerprint set when more than half of the shingle occurrences have bit b
-set.  Every occurrence weighs 1, so a repeated shingle counts as often as it occurs; unit weights
-let the 64 counters live as byte lanes of eight machine words (eight independent shift-mask-add
-steps per shingle instead of 64 additions), spilled to 32-bit counters every 127 shingles.
+Fingerprint of one text: NFKC + casefold, then shingles, each hashed under a seed, and bit b of
+the fingerprint set when more than half of the shingle occurrences have bit b set.  Character
+shingles (_chars.h): whitespace runs folded to one space, n consecutive characters, ASCII ones
+hashed by tabulation and others by XXH3-64 of their UTF-8.  Word shingles: words = maximal runs
+of alphanumeric code points, n consecutive words joined by one space, XXH3-64.  Every occurrence
+weighs 1, so a repeated shingle counts as often as it occurs; unit weights let the 64 counts
+live bit-sliced in carry-save planes (_bitcount.h).
 
 Hamming search: the 64 bits are cut into m blocks with radii r_i such that sum(r_i + 1) > tau.
 Two fingerprints within tau then differ by at most r_i bits in some block i (pigeonhole), so
@@ -25,7 +26,7 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_Check
-from cython.parallel cimport prange, parallel
+from cython.parallel cimport prange, parallel, threadid
 
 cdef extern from "_xxh3.h" nogil:
     uint64_t mf_xxh3_64(const uint8_t *data, size_t n, uint64_t seed, const uint8_t *long_secret)
@@ -213,45 +214,74 @@ cdef enum:
     LAYOUT_UCS4 = 4
 
 
-cdef void _fingerprint_many(const uint8_t **ptrs, const Py_ssize_t *lens, const uint8_t *layouts,
-                            Py_ssize_t count, int n, bint chars, uint64_t seed, int threads, uint64_t *out,
-                            int64_t *shingles) noexcept nogil:
+cdef struct Scratch:             # one per thread, for the longest text of the batch
+    uint8_t *low                 # the folded ASCII text (both kinds)
+    uint8_t *norm                # words: normalised UTF-8, assembled shingles
+    Py_ssize_t *starts           # words: word bounds
+    Py_ssize_t *ends
+    uint32_t *cps                # characters: the code points that are not ASCII
+
+
+cdef int _scratch_alloc(Scratch *s, Py_ssize_t longest, bint chars) noexcept nogil:
+    s.low = <uint8_t *> malloc(longest + 64)
+    if chars:
+        s.cps = <uint32_t *> malloc((longest + 1) * sizeof(uint32_t))
+        return 0 if s.low != NULL and s.cps != NULL else -1
+    s.norm = <uint8_t *> malloc(longest + 64)
+    s.starts = <Py_ssize_t *> malloc((longest + 1) * sizeof(Py_ssize_t))
+    s.ends = <Py_ssize_t *> malloc((longest + 1) * sizeof(Py_ssize_t))
+    return 0 if s.low != NULL and s.norm != NULL and s.starts != NULL and s.ends != NULL else -1
+
+
+cdef void _scratch_free(Scratch *s) noexcept nogil:
+    free(s.low)
+    free(s.norm)
+    free(s.starts)
+    free(s.ends)
+    free(s.cps)
+
+
+cdef int _fingerprint_many(const uint8_t **ptrs, const Py_ssize_t *lens, const uint8_t *layouts,
+                           Py_ssize_t count, int n, bint chars, uint64_t seed, int threads, uint64_t *out,
+                           int64_t *shingles) noexcept nogil:
+    """Fingerprint every text; -1 when memory for the scratch buffers ran out."""
     cdef uint8_t long_secret[192]
     cdef mf_char_hash *char_hash = NULL
+    cdef Scratch *scratch = <Scratch *> calloc(threads, sizeof(Scratch))
+    cdef Scratch *mine
     cdef Py_ssize_t i, longest = 1
-    cdef uint8_t *norm
-    cdef uint8_t *low
-    cdef Py_ssize_t *starts
-    cdef Py_ssize_t *ends
-    cdef uint32_t *folded
+    cdef int t, status = 0 if scratch != NULL else -1
     mf_xxh3_derive_secret(seed, long_secret)
-    if chars:
-        char_hash = <mf_char_hash *> malloc(sizeof(mf_char_hash))
-        mf_char_hash_init(char_hash, seed, long_secret)
     for i in range(count):
         if lens[i] > longest:
             longest = lens[i]
-    with parallel(num_threads=threads):
-        norm = <uint8_t *> malloc(longest + 64)
-        low = <uint8_t *> malloc(longest + 64)
-        starts = <Py_ssize_t *> malloc((longest + 1) * sizeof(Py_ssize_t))
-        ends = <Py_ssize_t *> malloc((longest + 1) * sizeof(Py_ssize_t))
-        folded = <uint32_t *> malloc((longest + 1) * sizeof(uint32_t))
-        for i in prange(count, schedule="dynamic", chunksize=512):
-            if not chars:
-                out[i] = _word_simhash(ptrs[i], lens[i], layouts[i] == LAYOUT_ASCII, n, seed, long_secret,
-                                       low, norm, starts, ends, &shingles[i])
-            elif layouts[i] == LAYOUT_ASCII:
-                out[i] = mf_char_simhash_ascii(char_hash, ptrs[i], lens[i], n, low, &shingles[i])
-            else:
-                out[i] = mf_char_simhash_codepoints(char_hash, ptrs[i], 1 << (layouts[i] - LAYOUT_UCS1), lens[i],
-                                                    n, folded, low, &shingles[i])
-        free(norm)
-        free(low)
-        free(starts)
-        free(ends)
-        free(folded)
+    if chars and status == 0:
+        char_hash = <mf_char_hash *> malloc(sizeof(mf_char_hash))
+        if char_hash == NULL:
+            status = -1
+        else:
+            mf_char_hash_init(char_hash, seed, long_secret)
+    for t in range(threads if status == 0 else 0):
+        if _scratch_alloc(&scratch[t], longest, chars) < 0:
+            status = -1
+    if status == 0:
+        with parallel(num_threads=threads):
+            for i in prange(count, schedule="dynamic", chunksize=512):
+                mine = &scratch[threadid()]
+                if not chars:
+                    out[i] = _word_simhash(ptrs[i], lens[i], layouts[i] == LAYOUT_ASCII, n, seed, long_secret,
+                                           mine.low, mine.norm, mine.starts, mine.ends, &shingles[i])
+                elif layouts[i] == LAYOUT_ASCII:
+                    out[i] = mf_char_simhash_ascii(char_hash, ptrs[i], lens[i], n, mine.low, &shingles[i])
+                else:
+                    out[i] = mf_char_simhash_codepoints(char_hash, ptrs[i], 1 << (layouts[i] - LAYOUT_UCS1),
+                                                        lens[i], n, mine.cps, mine.low, &shingles[i])
+    if scratch != NULL:
+        for t in range(threads):
+            _scratch_free(&scratch[t])
+    free(scratch)
     free(char_hash)
+    return status
 
 
 cdef object _normalise(str text):
@@ -259,11 +289,11 @@ cdef object _normalise(str text):
 
 
 def _inert_bitmap():
-    """Bit c set for the non-ASCII characters of the BMP that NFKC + casefold leave alone in any
-    context: each is its own NFKC form and casefold, has canonical combining class 0 and is not
-    the second half of any canonical composition (the quick-check "Maybe" characters: combining
-    marks, Hangul vowel and trailing jamo), so no neighbour can compose with it.  A text whose
-    other characters are ASCII is then already normalised but for ASCII case.  Built from the
+    """Bit c set for the non-ASCII characters of the BMP before which normalisation splits: each
+    is its own NFKC form and casefold, has canonical combining class 0 and is not the second half
+    of any canonical composition (the quick-check "Maybe" characters: combining marks, Hangul
+    vowel and trailing jamo), so nothing before it can change it or be changed through it.  A
+    text of such characters and ASCII is already normalised but for ASCII case.  Built from the
     running Python's unicodedata, so it matches its normalisation (about 40 ms, once, on the
     first non-ASCII text fingerprinted by characters)."""
     seconds = set(range(0x1100, 0x1200))                     # Hangul jamo compose algorithmically
@@ -286,9 +316,9 @@ cdef str _fold_for_chars(str text, const uint8_t *inert_bits):
     """`text` as NFKC + casefold would leave it, but for the case of ASCII letters, which the
     character fingerprinter folds itself.  Only the stretches of characters that are not inert
     are normalised, each with the character before it (which they may combine with): an inert
-    or ASCII character never combines with what precedes it, so normalisation splits there
-    (Unicode's stable code points).  Most non-ASCII prompts (curly quotes, dashes, accented
-    letters) have no such stretch and are used as they are."""
+    or ASCII character never combines with what precedes it, so normalisation splits before it.
+    Most non-ASCII prompts (curly quotes, dashes, accented letters) have no such stretch and are
+    used as they are."""
     cdef int kind = PyUnicode_KIND(text)
     cdef void *data = PyUnicode_DATA(text)
     cdef Py_ssize_t n = PyUnicode_GET_LENGTH(text), done = 0, start, end, i
@@ -302,7 +332,7 @@ cdef str _fold_for_chars(str text, const uint8_t *inert_bits):
             raise UnicodeEncodeError("utf-8", text, i, i + 1, "surrogates not allowed")
     pieces = []
     while start < n:
-        start = max(start - 1, done)          # with the stable character before the stretch
+        start = max(start - 1, done)          # with the inert character before the stretch
         end = mf_find_inert(data, kind, start + 1, n, inert_bits, 1)
         pieces.append(text[done:start])
         pieces.append(_normalise(text[start:end]))
@@ -376,10 +406,14 @@ cdef class _TextBatch:
         counts = np.empty(self.n, dtype=np.int64)
         cdef uint64_t[::1] fps_v = fps
         cdef int64_t[::1] counts_v = counts
+        cdef int status = 0
         if self.n:
             with nogil:
-                _fingerprint_many(self.ptrs, self.lens, self.layouts, self.n, n, chars, seed, threads,
-                                  &fps_v[0], &counts_v[0])
+                status = _fingerprint_many(self.ptrs, self.lens, self.layouts, self.n, n, chars, seed, threads,
+                                           &fps_v[0], &counts_v[0])
+        if status < 0:
+            raise MemoryError(f"no memory for {threads} thread(s) of scratch buffers for a text of "
+                              f"{max(self.lens[i] for i in range(self.n)):,} bytes")
         return fps, counts
 
 
@@ -393,7 +427,7 @@ def fingerprint(texts, int n=2, bint chars=False, uint64_t seed=0, int threads=1
     Raises TypeError / ValueError naming the position of a non-string, null or non-UTF-8 item.
     """
     if n < 1 or (chars and n > MF_CHAR_MAX):
-        raise ValueError(f"n must be between 1 and {MF_CHAR_MAX if chars else 'the word count'}, got {n}")
+        raise ValueError(f"n must be at least 1{f' and at most {MF_CHAR_MAX}' if chars else ''}, got {n}")
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     if hasattr(texts, "buffers") or hasattr(texts, "chunks"):
@@ -402,7 +436,7 @@ def fingerprint(texts, int n=2, bint chars=False, uint64_t seed=0, int threads=1
 
 
 cdef _fingerprint_str(texts, int n, bint chars, uint64_t seed, int threads):
-    cdef list items = texts if type(texts) is list else list(texts)   # then indexing is a plain load
+    cdef list items = list(texts)    # our own references: the strings outlive any change to `texts`
     cdef Py_ssize_t i, count = len(items)
     cdef _TextBatch batch = _TextBatch(count)
     cdef PyObject *item

@@ -85,9 +85,11 @@ def _features_option(ctx, param, value):
 @click.option("--format", "fmt", type=click.Choice(tables.FORMATS),
               help="Input and output format; by default taken from each file's extension.")
 @click.option("--clusters", "clusters_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write every row's cluster: row, cluster, representative, distance.")
+              help="Also write every row's cluster: row, cluster, representative, distance, and the features "
+                   "and tau it was found with.")
 @click.option("--merge-empty", is_flag=True,
-              help="Treat all texts without words as one cluster (by default each stands alone).")
+              help="Treat all texts without shingles (empty or whitespace; with word features, punctuation "
+                   "only too) as one cluster (by default each stands alone).")
 def dedup(input_path, output_path, column, tau, features, seed, threads, fmt, clusters_path, merge_empty):
     """Remove near-duplicate rows from INPUT and write the rest to OUTPUT.
 
@@ -99,6 +101,7 @@ def dedup(input_path, output_path, column, tau, features, seed, threads, fmt, cl
     """
     from misalign.dedup_file import dedup_file
     deduper = Deduplicator(tau=tau, features=features, seed=seed, threads=threads, merge_empty=merge_empty)
+    features = deduper.features
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} rows"),
                   TimeRemainingColumn(), console=console, transient=True) as progress:
         def on_progress(done, total):        # a bar only where it takes a while

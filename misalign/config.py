@@ -199,7 +199,7 @@ def _build(cls, values, where: str):
     unknown = set(values) - set(known)
     if where == "dedup" and "ngram" in unknown:     # the setting before features existed
         raise ConfigError(f"[dedup] ngram was replaced by features: ngram = {_show(values['ngram'])} is "
-                          f"features = \"word{_show(values['ngram'])}\" (the default is now \"char4\")")
+                          f"features = \"word{values['ngram']}\" (the default is now \"char4\")")
     if unknown:
         raise ConfigError(f"[{where}] has no setting {', '.join(sorted(unknown))} "
                           f"(known: {', '.join(known)})")

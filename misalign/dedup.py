@@ -7,9 +7,9 @@
 
 Defaults: character 4-grams (features="char4") and tau=10, the paper's tau.  Prompts are short
 (median ~20 words): one edited word changes two of ~20 word bigrams, a tenth of the votes, but
-about five of ~120 character 4-grams, a twentieth.  So at tau=10 4-grams keep 94% of one- or
-two-word edits within reach against 81% for bigrams, while under 1% of distinct prompts gain a
-neighbour (benchmarks/RESULTS.md, "Which features SimHash should hash").  Word n-grams stay selectable
+about eight of ~120 character 4-grams, a fifteenth.  So at tau=10 4-grams keep 94% of one- or
+two-edit copies within reach against 81% for bigrams, while 1.1% of distinct prompts gain a
+neighbour (benchmarks/RESULTS.md, "Which features, and why character 4-grams").  Word n-grams stay selectable
 ("word2" was the default before), so older runs can be reproduced.  `tau` is inclusive:
 distance <= tau is a near-duplicate.
 """
@@ -22,7 +22,7 @@ import numpy as np
 
 from misalign import _simhash
 from misalign._simhash import HammingIndex, components
-from misalign.features import DEFAULT_FEATURES, FEATURES_HELP, parse_features
+from misalign.features import DEFAULT_FEATURES, FEATURES_HELP, canonical_features, parse_features
 
 __all__ = ["fingerprint", "parse_features", "plan_blocks", "HammingIndex", "DedupResult", "Deduplicator",
            "NearDuplicateFilter", "DEFAULT_FEATURES", "DEFAULT_TAU", "FEATURES_HELP"]
@@ -104,12 +104,12 @@ class Deduplicator:
         if not 0 <= tau <= 63:
             raise ValueError(f"tau must be between 0 and 63, got {tau}")
         self.n, self.chars = parse_features(features)
-        self.tau, self.features, self.seed = tau, features, seed
+        self.tau, self.features, self.seed = tau, canonical_features(features), seed
         self.threads, self.merge_empty = threads, merge_empty
 
     def settings(self) -> dict:
         """What decides the fingerprints and the clusters, for the outputs to record."""
-        return {"features": self.features, "tau": self.tau, "seed": self.seed}
+        return {"features": self.features, "tau": self.tau, "seed": self.seed, "merge_empty": self.merge_empty}
 
     def fingerprints(self, texts):
         """(fingerprints, shingle counts) for texts, with this deduplicator's settings."""

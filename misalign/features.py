@@ -9,6 +9,12 @@ FEATURES_HELP = ("charN: shingles of N characters (1-8) after NFKC, casefold and
                  "wordN: shingles of N words (1-16), words being runs of letters and digits")
 
 
+def canonical_features(features: str) -> str:
+    """The spelling outputs record: 'char04' -> 'char4'."""
+    n, chars = parse_features(features)
+    return f"{'char' if chars else 'word'}{n}"
+
+
 def parse_features(features: str) -> tuple[int, bool]:
     """'char4' -> (4, True), 'word2' -> (2, False); ValueError with the accepted forms otherwise."""
     match = re.fullmatch(r"(char|word)([0-9]{1,2})", features) if isinstance(features, str) else None

@@ -59,7 +59,7 @@ def test_features_are_chosen_and_recorded_in_the_outputs(tmp_path):
     for features in ("char4", "word2"):
         result = run("dedup", src, dst, "--features", features, "--clusters", clusters)
         assert result.exit_code == 0 and f"{features}, 10" in result.output, result.output
-        recorded = {"features": features, "tau": 10, "seed": 0}
+        recorded = {"features": features, "tau": 10, "seed": 0, "merge_empty": False}
         assert json.loads(pq.read_schema(dst).metadata[b"misalign.dedup"]) == recorded
         table = pq.read_table(clusters)
         assert json.loads(table.schema.metadata[b"misalign.dedup"]) == recorded

@@ -157,7 +157,7 @@ def test_bad_items_are_named():
         fingerprint(pa.array(["a", "b", None]))
     with pytest.raises(TypeError, match="expected string"):
         fingerprint(pa.array([1, 2]))
-    with pytest.raises(ValueError, match="n must be between 1 and 8"):
+    with pytest.raises(ValueError, match="n must be at least 1 and at most 8"):
         _simhash.fingerprint(["x"], n=9, chars=True)
 
 
