@@ -339,7 +339,7 @@ def stage_efficiency(config: Config, pool, run_dir: Path, times: int) -> dict[st
     import pyarrow as pa
     from vllm import SamplingParams
 
-    from misalign.prompting import SIDES, judge_prompt, response_prompt
+    from misalign.prompting import POLARITIES, SIDES, judge_prompt, response_prompt
     from misalign.stages.reject import RejectStage
     from misalign.stages.respond import RespondStage
     rows = _rows(run_dir / "stages", "dedup")
@@ -348,6 +348,7 @@ def stage_efficiency(config: Config, pool, run_dir: Path, times: int) -> dict[st
     respond = RespondStage(config.respond, pool, seed=config.run.seed)
     reject = RejectStage(config.reject, pool, config.respond, seed=config.run.seed)
     n, shard = len(rows), config.run.shard_rows
+    asked = POLARITIES if config.reject.balanced else ("aligned",)     # as the judge asks (reject._judge)
     candidates = [{**row, "generator": generator_name, "aligned_candidates": [rows[(i + 1) % n]["prompt"]],
                    "aligned_truncated": [False], "misaligned_candidates": [rows[(i + 2) % n]["prompt"]],
                    "misaligned_truncated": [False]} for i, row in enumerate(rows)]
@@ -356,8 +357,8 @@ def stage_efficiency(config: Config, pool, run_dir: Path, times: int) -> dict[st
                     lambda part: [response_prompt(kind, row) for kind in SIDES for row in part],
                     SamplingParams(max_tokens=config.respond.max_tokens, temperature=0.0)),
         "judge": (judge, lambda t: reject.judge(0, t), candidates,
-                  lambda part: [judge_prompt(part[c.row], c.text) for c in reject.pending(part)
-                                if not reject.problem(part, c)],
+                  lambda part: [judge_prompt(part[c.row], c.text, quality) for quality in asked
+                                for c in reject.pending(part) if not reject.problem(part, c)],
                   SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=judge.first_tokens(["Yes", "No"])))}
     ratios = {}
     for name, (engine, stage_pass, items, requests, params) in cases.items():
