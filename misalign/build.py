@@ -92,6 +92,7 @@ def build(config: Config, pool: Pool, on_progress=None, executor=None, schedule:
                **{key: reject.get(key, 0) for key in ("resampled_pairs", "recovered_pairs", "truncated_candidates")},
                "models": {"classifier": stages[0].method,
                           **{name: pool.describe(name) for name in config.stage1_models()}},
+               "dedup": {"features": config.dedup.features, "tau": config.dedup.tau},
                "role_warnings": config.role_warnings(), "seed": config.run.seed, "schedule": schedule,
                "versions": versions(), "profile": profile, "stats": stats}
     _write_text(run_dir / "run.json", json.dumps({k: v for k, v in summary.items() if k != "stats"}, indent=1))
@@ -200,6 +201,8 @@ def dataset_card(summary: dict) -> str:
 - pairs: {summary['pairs']:,} ({splits}); {summary['dropped_pairs']:,} dropped after resampling
 - near-duplicates across splits: {leaks['rate']:.2%} of rows ({leaks['rows']:,} rows, {leaks['pairs']:,} prompt
   pairs listed in `{leaks['file']}`), by {leaks['criterion']}
+- near-duplicates within the pool: SimHash on {summary['dedup']['features']} shingles, Hamming distance <= {summary['dedup']['tau']}
+  (one prompt kept per cluster; a cluster stays in one split)
 - seed: {summary['seed']}
 
 ## Models

@@ -160,6 +160,9 @@ def _header(run: dict) -> list[str]:
                      f"{esc(str(leakage.get('criterion', '?')))})")
     else:                                # a run from before the independent measure
         lines.append(f"near-duplicates across splits: {run.get('cross_split_near_duplicate_rate', 0.0):.2%} of rows")
+    if isinstance(run.get("dedup"), dict):
+        lines.append(f"near-duplicates within the pool: SimHash on {esc(str(run['dedup'].get('features')))} shingles, "
+                     f"Hamming distance &lt;= {esc(str(run['dedup'].get('tau')))}")
     if run.get("expansion"):
         lines.append("expansion outcomes: " + ", ".join(f"{esc(str(k))} {v:,}" for k, v in run["expansion"].items()))
     lines.append(f"seed: {esc(str(run.get('seed', '?')))}")

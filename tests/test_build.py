@@ -60,7 +60,9 @@ def test_build_300_prompts_writes_the_run_directory(tmp_path):
         leaks = list(csv.DictReader(f))
     assert run["leakage"]["pairs"] == len(leaks) and all(r["split"] != r["neighbour_split"] for r in leaks)
     assert run["cross_split_near_duplicate_rate"] == run["leakage"]["rate"]
-    assert "near-duplicates across splits" in (run_dir / "README.md").read_text()
+    card = (run_dir / "README.md").read_text()
+    assert "near-duplicates across splits" in card and "SimHash on char4 shingles, Hamming distance <= 10" in card
+    assert run["dedup"] == {"features": "char4", "tau": 10}
     # every candidate turned down is counted by side and reason, and the Stage I page shows them
     assert sum(run["rejection_reasons"].values()) > 0
     assert all(key.split(":")[0] in ("aligned", "misaligned") for key in run["rejection_reasons"])

@@ -45,7 +45,7 @@ def make_run(tmp_path, reasons=REASONS, extra_column=False):
            "cross_split_near_duplicate_rate": 0.0, "expansion": {"ok": 6}, "resampled_pairs": 8,
            "recovered_pairs": 4, "truncated_candidates": 3,
            "models": {"generator": "tiny (random-weight stand-in)"}, "role_warnings": ["judge is generator"],
-           "seed": 0}
+           "dedup": {"features": "char4", "tau": 10}, "seed": 0}
     if reasons is not None:
         run["rejection_reasons"] = reasons
     (run_dir / "run.json").write_text(json.dumps(run))
@@ -83,6 +83,7 @@ def test_page_shows_funnel_totals_reasons_and_profile(tmp_path):
     assert "Stand-in models." in page and "judge is generator" in page
     assert "MiniLM embedder ×1" in page and "25.0%" in page and "600" in page
     assert "train 18, validation 3, test 3" in page
+    assert "SimHash on char4 shingles, Hamming distance &lt;= 10" in page
 
 
 def test_old_run_without_rejection_reasons(tmp_path):
