@@ -62,22 +62,21 @@ static inline __attribute__((always_inline)) void mf_bitcount_lanes_add(mf_bitco
         mf_bitcount_spill(c);
 }
 
-static inline __attribute__((always_inline)) void mf_bitcount_add16(mf_bitcount *c, const uint64_t *h) {
-    uint64_t twos_a, twos_b, fours_a, fours_b, eights_a, eights_b, sixteens;
+/* Eight hashes into the 1s, 2s and 4s planes; returns their carry of weight 8. */
+static inline __attribute__((always_inline)) uint64_t mf_bitcount_csa8(mf_bitcount *c, const uint64_t *h) {
+    uint64_t twos_a, twos_b, fours_a, fours_b, eights;
     MF_CSA(twos_a, c->ones, c->ones, h[0], h[1]);
     MF_CSA(twos_b, c->ones, c->ones, h[2], h[3]);
     MF_CSA(fours_a, c->twos, c->twos, twos_a, twos_b);
     MF_CSA(twos_a, c->ones, c->ones, h[4], h[5]);
     MF_CSA(twos_b, c->ones, c->ones, h[6], h[7]);
     MF_CSA(fours_b, c->twos, c->twos, twos_a, twos_b);
-    MF_CSA(eights_a, c->fours, c->fours, fours_a, fours_b);
-    MF_CSA(twos_a, c->ones, c->ones, h[8], h[9]);
-    MF_CSA(twos_b, c->ones, c->ones, h[10], h[11]);
-    MF_CSA(fours_a, c->twos, c->twos, twos_a, twos_b);
-    MF_CSA(twos_a, c->ones, c->ones, h[12], h[13]);
-    MF_CSA(twos_b, c->ones, c->ones, h[14], h[15]);
-    MF_CSA(fours_b, c->twos, c->twos, twos_a, twos_b);
-    MF_CSA(eights_b, c->fours, c->fours, fours_a, fours_b);
+    MF_CSA(eights, c->fours, c->fours, fours_a, fours_b);
+    return eights;
+}
+
+static inline __attribute__((always_inline)) void mf_bitcount_add16(mf_bitcount *c, const uint64_t *h) {
+    uint64_t eights_a = mf_bitcount_csa8(c, h), eights_b = mf_bitcount_csa8(c, h + 8), sixteens;
     MF_CSA(sixteens, c->eights, c->eights, eights_a, eights_b);
     mf_bitcount_lanes_add(c, sixteens);
     c->total += 16;

@@ -16,6 +16,7 @@ with a popcount, and a pair is reported only by the first block that can see it.
 same pairs as brute force.
 """
 import unicodedata
+from functools import cache
 
 import numpy as np
 
@@ -288,6 +289,7 @@ cdef object _normalise(str text):
     return unicodedata.normalize("NFKC", text).casefold()
 
 
+@cache
 def _inert_bitmap():
     """Bit c set for the non-ASCII characters of the BMP before which normalisation splits: each
     is its own NFKC form and casefold, has canonical combining class 0 and is not the second half
@@ -307,9 +309,6 @@ def _inert_bitmap():
         inert[c] = (not 0xD800 <= c < 0xE000 and c not in seconds and unicodedata.combining(ch) == 0
                     and unicodedata.normalize("NFKC", ch) == ch and ch.casefold() == ch)
     return np.packbits(inert, bitorder="little")
-
-
-_INERT = []      # the bitmap, once built
 
 
 cdef str _fold_for_chars(str text, const uint8_t *inert_bits):
@@ -383,9 +382,7 @@ cdef class _TextBatch:
         cdef int kind
         if chars:
             if self.inert_bits == NULL:
-                if not _INERT:
-                    _INERT.append(_inert_bitmap())
-                self.inert = _INERT[0]
+                self.inert = _inert_bitmap()
                 self.inert_bits = _bitmap_pointer(self.inert)
             text = _fold_for_chars(text, self.inert_bits)
             self.keep_alive.append(text)
