@@ -23,7 +23,8 @@ import pyarrow as pa
 
 from bench_features import SHARED, best_of, feature_study, table
 from bench_features import load_prompts as load_distinct_prompts
-from misalign.dedup import DEFAULT_FEATURES, HammingIndex, fingerprint, plan_blocks
+from misalign import _simhash
+from misalign.dedup import DEFAULT_FEATURES, HammingIndex, fingerprint, parse_features, plan_blocks
 
 
 def load_prompts(path: Path) -> list[str]:
@@ -70,6 +71,10 @@ def bench_fingerprint(prompts, target_mb, repeat, baseline_docs):
                best_of(repeat, lambda: fingerprint(texts, default)), len(texts), mb, simhash_rate)
     add(f"misalign {default}, Arrow array", best_of(repeat, lambda: fingerprint(arrow, default)),
         len(texts), mb, simhash_rate)
+    n = parse_features(default)[0]
+    add(f"misalign {default}, list of str, portable bit counter (no AVX2)",
+        best_of(repeat, lambda: _simhash.fingerprint(texts, n=n, chars=True, vector=False)), len(texts), mb,
+        simhash_rate)
     add(f"misalign {default}, list of str, 2 threads",
         best_of(repeat, lambda: fingerprint(texts, default, threads=2)), len(texts), mb, simhash_rate)
     add(f"misalign {default}, the non-ASCII rows alone",
@@ -169,7 +174,8 @@ def main():
     parser.add_argument("--edits", type=int, default=2000, help="planted near-duplicates for the feature study")
     args = parser.parse_args()
     prompts = load_prompts(args.data)
-    print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}")
+    print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}, "
+          f"bit counter: {'four abreast (AVX2)' if _simhash.counts_four_abreast() else 'portable'}")
     rate, ratio = bench_fingerprint(prompts, args.mb, args.repeat, args.baseline_docs)
     joins = bench_join(args.join_n, args.brute_n, (3, 10))
     print()

@@ -29,6 +29,7 @@ typedef struct {
     uint64_t t[MF_CHAR_MAX][128];   /* t[k][c]: the word of ASCII byte c at position k */
     uint64_t seed;
     const uint8_t *long_secret;     /* XXH3's secret for the seed (shingles are <= 32 bytes) */
+    int four_abreast;               /* count with mf_bitcount4 (the CPU has AVX2) */
 } mf_char_hash;
 
 static inline uint64_t mf_splitmix64(uint64_t *state) {
@@ -38,13 +39,23 @@ static inline uint64_t mf_splitmix64(uint64_t *state) {
     return z ^ (z >> 31);
 }
 
-static inline void mf_char_hash_init(mf_char_hash *h, uint64_t seed, const uint8_t *long_secret) {
+static inline int mf_cpu_can_count_four_abreast(void) {
+#ifdef MF_HAVE_BITCOUNT4
+    return mf_cpu_has_avx2();
+#else
+    return 0;
+#endif
+}
+
+/* `vector`: count four hashes abreast where the CPU can (0: always the portable counter). */
+static inline void mf_char_hash_init(mf_char_hash *h, uint64_t seed, const uint8_t *long_secret, int vector) {
     uint64_t state = seed;
     for (int k = 0; k < MF_CHAR_MAX; k++)
         for (int c = 0; c < 128; c++)
             h->t[k][c] = mf_splitmix64(&state);
     h->seed = seed;
     h->long_secret = long_secret;
+    h->four_abreast = vector && mf_cpu_can_count_four_abreast();
 }
 
 /* ASCII byte -> folded byte: A-Z lower-cased, Python's ASCII whitespace (\t \n \v \f \r,
@@ -160,24 +171,61 @@ mf_window_hash(const mf_char_hash *h, const uint8_t *bytes, const uint32_t *cps,
     return mf_tabulate(h, bytes + w, n);
 }
 
-/* Hash every n-character window and count the hashes, sixteen at a time. */
-static inline __attribute__((always_inline)) void
-mf_count_ngrams(const mf_char_hash *h, const uint8_t *bytes, const uint32_t *cps, Py_ssize_t windows, int n,
-                mf_bitcount *c) {
-    uint64_t hashes[16];
-    Py_ssize_t last_high = -1, w = 0;
+/* Where the last character that is not ASCII before window 0's last character is (-1: none). */
+static inline Py_ssize_t mf_initial_last_high(const uint8_t *bytes, const uint32_t *cps, int n) {
+    Py_ssize_t last_high = -1;
     if (cps)
         for (Py_ssize_t k = 0; k < n - 1; k++)
             if (bytes[k] & 0x80)
                 last_high = k;
-    for (; w + 16 <= windows; w += 16) {
-        for (int k = 0; k < 16; k++)
-            hashes[k] = mf_window_hash(h, bytes, cps, w + k, n, &last_high);
-        mf_bitcount_add16(c, hashes);
+    return last_high;
+}
+
+/* Hashes of windows [from, from + count) into out[0..count), in runs of sixteen so that, n
+ * being a constant, each byte is loaded once for the n windows that read it. */
+static inline __attribute__((always_inline)) void
+mf_hash_windows(const mf_char_hash *h, const uint8_t *bytes, const uint32_t *cps, Py_ssize_t from,
+                Py_ssize_t count, int n, Py_ssize_t *last_high, uint64_t *out) {
+    Py_ssize_t k = 0;
+    for (; k + 16 <= count; k += 16)
+        for (int j = 0; j < 16; j++)
+            out[k + j] = mf_window_hash(h, bytes, cps, from + k + j, n, last_high);
+    for (; k < count; k++)
+        out[k] = mf_window_hash(h, bytes, cps, from + k, n, last_high);
+}
+
+#define MF_CHUNK 512
+
+/* Hash every n-character window and return the SimHash of the hashes.  The portable counter
+ * takes them sixteen at a time as they are made.  The four-abreast one (AVX2) takes a chunk at
+ * a time, after all of the chunk is hashed: its 32-byte loads would otherwise wait on the
+ * 8-byte stores that just wrote them, and it would gain little. */
+static inline __attribute__((always_inline)) uint64_t
+mf_count_ngrams(const mf_char_hash *h, const uint8_t *bytes, const uint32_t *cps, Py_ssize_t windows, int n) {
+    Py_ssize_t last_high = mf_initial_last_high(bytes, cps, n), w = 0;
+#ifdef MF_HAVE_BITCOUNT4
+    if (h->four_abreast) {
+        uint64_t hashes[MF_CHUNK + 32];
+        mf_bitcount4 c4;
+        mf_bitcount4_init(&c4);
+        for (; w < windows; w += MF_CHUNK) {
+            Py_ssize_t m = windows - w < MF_CHUNK ? windows - w : MF_CHUNK;
+            mf_hash_windows(h, bytes, cps, w, m, n, &last_high, hashes);
+            mf_bitcount4_add(&c4, hashes, (size_t)m);
+        }
+        return mf_bitcount4_majority(&c4);
     }
-    for (int k = 0; w + k < windows; k++)
-        hashes[k] = mf_window_hash(h, bytes, cps, w + k, n, &last_high);
-    mf_bitcount_add_last(c, hashes, (int)(windows - w));
+#endif
+    uint64_t hashes[16];
+    mf_bitcount c;
+    mf_bitcount_init(&c);
+    for (; w + 16 <= windows; w += 16) {
+        mf_hash_windows(h, bytes, cps, w, 16, n, &last_high, hashes);
+        mf_bitcount_add16(&c, hashes);
+    }
+    mf_hash_windows(h, bytes, cps, w, windows - w, n, &last_high, hashes);
+    mf_bitcount_add_last(&c, hashes, (int)(windows - w));
+    return mf_bitcount_majority(&c);
 }
 
 static inline int mf_any_high(const uint8_t *bytes, Py_ssize_t len) {
@@ -191,26 +239,23 @@ static inline int mf_any_high(const uint8_t *bytes, Py_ssize_t len) {
 static inline __attribute__((always_inline)) uint64_t
 mf_char_simhash_folded(const mf_char_hash *h, const uint8_t *bytes, const uint32_t *cps,
                                        Py_ssize_t len, int n, int64_t *shingles) {
-    mf_bitcount c;
     if (len < n) {
         *shingles = 1;
         return cps && mf_any_high(bytes, len) ? mf_utf8_shingle_hash(h, bytes, cps, (int)len)
                                                 : mf_tabulate(h, bytes, (int)len);
     }
     Py_ssize_t windows = len - n + 1;
-    mf_bitcount_init(&c);
-    switch (n) {     /* a constant n per case, so that each tabulation loop is unrolled */
-        case 1: mf_count_ngrams(h, bytes, cps, windows, 1, &c); break;
-        case 2: mf_count_ngrams(h, bytes, cps, windows, 2, &c); break;
-        case 3: mf_count_ngrams(h, bytes, cps, windows, 3, &c); break;
-        case 4: mf_count_ngrams(h, bytes, cps, windows, 4, &c); break;
-        case 5: mf_count_ngrams(h, bytes, cps, windows, 5, &c); break;
-        case 6: mf_count_ngrams(h, bytes, cps, windows, 6, &c); break;
-        case 7: mf_count_ngrams(h, bytes, cps, windows, 7, &c); break;
-        default: mf_count_ngrams(h, bytes, cps, windows, 8, &c); break;
-    }
     *shingles = windows;
-    return mf_bitcount_majority(&c);
+    switch (n) {     /* a constant n per case, so that each tabulation loop is unrolled */
+        case 1: return mf_count_ngrams(h, bytes, cps, windows, 1);
+        case 2: return mf_count_ngrams(h, bytes, cps, windows, 2);
+        case 3: return mf_count_ngrams(h, bytes, cps, windows, 3);
+        case 4: return mf_count_ngrams(h, bytes, cps, windows, 4);
+        case 5: return mf_count_ngrams(h, bytes, cps, windows, 5);
+        case 6: return mf_count_ngrams(h, bytes, cps, windows, 6);
+        case 7: return mf_count_ngrams(h, bytes, cps, windows, 7);
+        default: return mf_count_ngrams(h, bytes, cps, windows, 8);
+    }
 }
 
 /* SimHash of ASCII text; `fold` holds len + 16 bytes.  *shingles gets the shingle count. */

@@ -7,7 +7,7 @@ shingles (_chars.h): whitespace runs folded to one space, n consecutive characte
 hashed by tabulation and others by XXH3-64 of their UTF-8.  Word shingles: words = maximal runs
 of alphanumeric code points, n consecutive words joined by one space, XXH3-64.  Every occurrence
 weighs 1, so a repeated shingle counts as often as it occurs; unit weights let the 64 counts
-live bit-sliced in carry-save planes (_bitcount.h).
+live bit-sliced in carry-save planes (_bitcount.h), four hashes abreast where the CPU has AVX2.
 
 Hamming search: the 64 bits are cut into m blocks with radii r_i such that sum(r_i + 1) > tau.
 Two fingerprints within tau then differ by at most r_i bits in some block i (pigeonhole), so
@@ -46,7 +46,8 @@ cdef extern from "_chars.h" nogil:
     ctypedef struct mf_char_hash:
         pass
     int MF_CHAR_MAX
-    void mf_char_hash_init(mf_char_hash *h, uint64_t seed, const uint8_t *long_secret)
+    void mf_char_hash_init(mf_char_hash *h, uint64_t seed, const uint8_t *long_secret, int vector)
+    int mf_char_hash_four_abreast "mf_cpu_can_count_four_abreast"()
     uint64_t mf_char_simhash_ascii(const mf_char_hash *h, const uint8_t *s, Py_ssize_t length, int n,
                                    uint8_t *fold, int64_t *shingles)
     Py_ssize_t mf_find_inert(const void *data, int width, Py_ssize_t start, Py_ssize_t length,
@@ -243,8 +244,8 @@ cdef void _scratch_free(Scratch *s) noexcept nogil:
 
 
 cdef int _fingerprint_many(const uint8_t **ptrs, const Py_ssize_t *lens, const uint8_t *layouts,
-                           Py_ssize_t count, int n, bint chars, uint64_t seed, int threads, uint64_t *out,
-                           int64_t *shingles) noexcept nogil:
+                           Py_ssize_t count, int n, bint chars, uint64_t seed, int threads, bint vector,
+                           uint64_t *out, int64_t *shingles) noexcept nogil:
     """Fingerprint every text; -1 when memory for the scratch buffers ran out."""
     cdef uint8_t long_secret[192]
     cdef mf_char_hash *char_hash = NULL
@@ -261,7 +262,7 @@ cdef int _fingerprint_many(const uint8_t **ptrs, const Py_ssize_t *lens, const u
         if char_hash == NULL:
             status = -1
         else:
-            mf_char_hash_init(char_hash, seed, long_secret)
+            mf_char_hash_init(char_hash, seed, long_secret, vector)
     for t in range(threads if status == 0 else 0):
         if _scratch_alloc(&scratch[t], longest, chars) < 0:
             status = -1
@@ -398,7 +399,7 @@ cdef class _TextBatch:
         self.layouts[i] = LAYOUT_UTF8
         return 0
 
-    cdef tuple fingerprints(self, int n, bint chars, uint64_t seed, int threads):
+    cdef tuple fingerprints(self, int n, bint chars, uint64_t seed, int threads, bint vector):
         fps = np.empty(self.n, dtype=np.uint64)
         counts = np.empty(self.n, dtype=np.int64)
         cdef uint64_t[::1] fps_v = fps
@@ -407,16 +408,20 @@ cdef class _TextBatch:
         if self.n:
             with nogil:
                 status = _fingerprint_many(self.ptrs, self.lens, self.layouts, self.n, n, chars, seed, threads,
-                                           &fps_v[0], &counts_v[0])
+                                           vector, &fps_v[0], &counts_v[0])
         if status < 0:
             raise MemoryError(f"no memory for {threads} thread(s) of scratch buffers for a text of "
                               f"{max(self.lens[i] for i in range(self.n)):,} bytes")
         return fps, counts
 
 
-def fingerprint(texts, int n=2, bint chars=False, uint64_t seed=0, int threads=1):
+def fingerprint(texts, int n=2, bint chars=False, uint64_t seed=0, int threads=1, bint vector=True):
     """Fingerprint texts by their shingles of n words (or, with chars=True, of n characters);
     return (uint64 fingerprints, int64 shingle counts).
+
+    Character shingles are counted four abreast with AVX2 where the CPU has it
+    (`counts_four_abreast()`); vector=False forces the portable counter, which gives the same
+    fingerprints (for tests and benchmarks).
 
     `texts` is a sequence of str, or a pyarrow StringArray / LargeStringArray / ChunkedArray
     (read from its buffers: ASCII rows create no Python object at all).  A text with no word
@@ -428,11 +433,11 @@ def fingerprint(texts, int n=2, bint chars=False, uint64_t seed=0, int threads=1
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     if hasattr(texts, "buffers") or hasattr(texts, "chunks"):
-        return _fingerprint_arrow(texts, n, chars, seed, threads)
-    return _fingerprint_str(texts, n, chars, seed, threads)
+        return _fingerprint_arrow(texts, n, chars, seed, threads, vector)
+    return _fingerprint_str(texts, n, chars, seed, threads, vector)
 
 
-cdef _fingerprint_str(texts, int n, bint chars, uint64_t seed, int threads):
+cdef _fingerprint_str(texts, int n, bint chars, uint64_t seed, int threads, bint vector):
     cdef list items = list(texts)    # our own references: the strings outlive any change to `texts`
     cdef Py_ssize_t i, count = len(items)
     cdef _TextBatch batch = _TextBatch(count)
@@ -452,15 +457,15 @@ cdef _fingerprint_str(texts, int n, bint chars, uint64_t seed, int threads):
             batch.set_text(i, text, chars)
         except UnicodeEncodeError as exc:
             raise ValueError(f"item {i} is not valid Unicode ({exc.reason})") from None
-    return batch.fingerprints(n, chars, seed, threads)
+    return batch.fingerprints(n, chars, seed, threads, vector)
 
 
-cdef _fingerprint_arrow(array, int n, bint chars, uint64_t seed, int threads):
+cdef _fingerprint_arrow(array, int n, bint chars, uint64_t seed, int threads, bint vector):
     chunks = array.chunks if hasattr(array, "chunks") else [array]
     results = []
     cdef Py_ssize_t base = 0
     for chunk in chunks:
-        results.append(_fingerprint_arrow_chunk(chunk, n, chars, seed, threads, base))
+        results.append(_fingerprint_arrow_chunk(chunk, n, chars, seed, threads, vector, base))
         base += len(chunk)
     if not results:
         return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int64)
@@ -481,7 +486,8 @@ cdef inline bint _is_ascii(const uint8_t *s, Py_ssize_t n) noexcept nogil:
     return (high & 0x8080808080808080ULL) == 0
 
 
-cdef _fingerprint_arrow_chunk(chunk, int ngram, bint chars, uint64_t seed, int threads, Py_ssize_t base):
+cdef _fingerprint_arrow_chunk(chunk, int ngram, bint chars, uint64_t seed, int threads, bint vector,
+                              Py_ssize_t base):
     type_name = str(chunk.type)
     if type_name not in ("string", "large_string", "utf8", "large_utf8"):
         raise TypeError(f"arrow array has type {type_name}, expected string")
@@ -491,7 +497,7 @@ cdef _fingerprint_arrow_chunk(chunk, int ngram, bint chars, uint64_t seed, int t
         raise ValueError(f"item {base + first} is null, expected str")
     cdef _TextBatch batch = _TextBatch(n)
     if n == 0:
-        return batch.fingerprints(ngram, chars, seed, threads)
+        return batch.fingerprints(ngram, chars, seed, threads, vector)
     _, offsets_buf, data_buf = chunk.buffers()
     offset_type = np.int64 if type_name.startswith("large") else np.int32
     offsets = np.frombuffer(offsets_buf, dtype=offset_type)[chunk.offset:chunk.offset + n + 1]
@@ -514,7 +520,12 @@ cdef _fingerprint_arrow_chunk(chunk, int ngram, bint chars, uint64_t seed, int t
             except UnicodeDecodeError as exc:
                 raise ValueError(f"item {base + i} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
             batch.set_text(i, text, chars)
-    return batch.fingerprints(ngram, chars, seed, threads)
+    return batch.fingerprints(ngram, chars, seed, threads, vector)
+
+
+def counts_four_abreast():
+    """Whether character shingles are counted four abreast here (an x86-64 CPU with AVX2)."""
+    return bool(mf_char_hash_four_abreast())
 
 
 def xxh3_64(bytes data, uint64_t seed=0):

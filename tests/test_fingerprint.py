@@ -44,10 +44,25 @@ def test_word_fingerprint_matches_python_reference(ngram):
     assert got.tolist() == [simhash(t, ngram, 7) for t in TEXTS]
 
 
+def char_fingerprint(texts, n, seed=0, vector=True):
+    return _simhash.fingerprint(texts, n=n, chars=True, seed=seed, vector=vector)[0].tolist()
+
+
+# Both bit counters: four abreast (AVX2, where the CPU has it) and the portable one.
+COUNTERS = pytest.mark.parametrize("vector", [True, False], ids=["vector", "portable"])
+
+
+@COUNTERS
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8])
-def test_char_fingerprint_matches_python_reference(n):
+def test_char_fingerprint_matches_python_reference(n, vector):
     for seed in (0, 7, 2**64 - 1):
-        assert fingerprint(TEXTS, f"char{n}", seed=seed).tolist() == [char_simhash(t, n, seed) for t in TEXTS]
+        assert char_fingerprint(TEXTS, n, seed, vector) == [char_simhash(t, n, seed) for t in TEXTS]
+    assert fingerprint(TEXTS, f"char{n}").tolist() == char_fingerprint(TEXTS, n)
+
+
+def test_vector_counter_is_used_where_the_cpu_has_avx2():
+    flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
+    assert _simhash.counts_four_abreast() == ("avx2" in flags)
 
 
 # Characters where normalisation is context-sensitive: combining marks (which reorder and
@@ -66,13 +81,17 @@ def test_char_fingerprint_normalises_only_what_it_must(texts, n):
     assert fingerprint(texts, f"char{n}", seed=5).tolist() == [char_simhash(t, n, 5) for t in texts]
 
 
-def test_char_majority_is_exact_at_every_length():
-    """The bit counts are carry-save planes plus byte lanes: every length from 1 to 300
-    characters (each remainder of 16, each threshold) and a few past the lanes' spill."""
+@COUNTERS
+def test_char_majority_is_exact_at_every_length(vector):
+    """Every length from 1 to 300 characters (each remainder of 16 and of 32, each threshold),
+    and around each spill: the portable counter's byte lanes (every 127 x 16 shingles), the
+    four-abreast counter's planes (every 31 x 32) and its chunks of 512 hashes."""
     rng = np.random.default_rng(3)
     texts = ["".join(rng.choice(list("ab c"), size=k)) for k in range(1, 301)]
-    texts += ["".join(rng.choice(list("abcd"), size=k)) for k in (2031, 2032, 2033, 4100)]
-    assert fingerprint(texts, "char1").tolist() == [char_simhash(t, 1) for t in texts]
+    lengths = (511, 512, 513, 991, 992, 993, 1023, 1024, 1025, 1983, 1984, 1985, 2031, 2032, 2033, 4100)
+    texts += ["".join(rng.choice(list("abcd"), size=k)) for k in lengths]
+    texts += ["a" * k for k in (992, 993, 3000)]              # every count at its maximum
+    assert char_fingerprint(texts, 1, vector=vector) == [char_simhash(t, 1) for t in texts]
 
 
 text_alphabet = st.characters(codec="utf-8", exclude_categories=("Cs",))
@@ -87,9 +106,9 @@ def test_word_fingerprint_property(texts, ngram, seed):
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.text(alphabet=text_alphabet, max_size=80), max_size=12),
-       st.integers(1, 8), st.integers(0, 2**64 - 1))
-def test_char_fingerprint_property(texts, n, seed):
-    assert fingerprint(texts, f"char{n}", seed=seed).tolist() == [char_simhash(t, n, seed) for t in texts]
+       st.integers(1, 8), st.integers(0, 2**64 - 1), st.booleans())
+def test_char_fingerprint_property(texts, n, seed, vector):
+    assert char_fingerprint(texts, n, seed, vector) == [char_simhash(t, n, seed) for t in texts]
 
 
 @pytest.mark.parametrize("features", ["char4", "word2"])
