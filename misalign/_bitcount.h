@@ -94,16 +94,14 @@ static inline __attribute__((always_inline)) void mf_bitcount_add_last(mf_bitcou
 }
 
 /* Where a bit-sliced count (planes[k]: bit k of the 64 counts) is at least `value` (< 2^bits):
- * compared from the top plane down, as two numbers are compared digit by digit. */
+ * compared from the top plane down, as two numbers are compared digit by digit (without a
+ * branch on value's digits, which differ from text to text). */
 static inline uint64_t mf_sliced_at_least(const uint64_t *planes, int bits, uint64_t value) {
     uint64_t greater = 0, same = ~(uint64_t)0;
     for (int k = bits - 1; k >= 0; k--) {
-        if ((value >> k) & 1) {
-            same &= planes[k];
-        } else {
-            greater |= same & planes[k];
-            same &= ~planes[k];
-        }
+        uint64_t digit = (uint64_t)0 - ((value >> k) & 1);      /* all ones where value has a 1 */
+        greater |= same & planes[k] & ~digit;
+        same &= ~(planes[k] ^ digit);
     }
     return greater | same;
 }
@@ -177,32 +175,37 @@ static inline void mf_bitcount4_init(mf_bitcount4 *c) {
     c->total = 0;
 }
 
-/* out[0..bits] = a + b, for bit-sliced counts a and b of `bits` planes. */
-static inline void mf_sliced_add(const uint64_t *a, const uint64_t *b, int bits, uint64_t *out) {
+/* The four lanes' counts added, into `planes` + 2 planes of sum (the lanes use `planes`):
+ * lanes 0 and 1 plus lanes 2 and 3 on 128-bit halves, then the two halves. */
+static inline void mf_bitcount4_lane_sum(const mf_bitcount4 *c, int planes, uint64_t *sum) {
+    typedef uint64_t mf_u64x2 __attribute__((vector_size(16)));
+    mf_u64x2 halves[MF_PLANES4 + 1], carry2 = {0, 0};
     uint64_t carry = 0;
-    for (int k = 0; k < bits; k++) {
-        uint64_t u = a[k] ^ b[k];
-        out[k] = u ^ carry;
-        carry = (a[k] & b[k]) | (u & carry);
+    for (int k = 0; k < planes; k++) {
+        mf_u64x2 a, b, u;
+        memcpy(&a, &c->planes[k], sizeof(a));
+        memcpy(&b, (const char *)&c->planes[k] + sizeof(a), sizeof(b));
+        u = a ^ b;
+        halves[k] = u ^ carry2;
+        carry2 = (a & b) | (u & carry2);
     }
-    out[bits] = carry;
+    halves[planes] = carry2;
+    for (int k = 0; k <= planes; k++) {
+        uint64_t a = halves[k][0], b = halves[k][1], u = a ^ b;
+        sum[k] = u ^ carry;
+        carry = (a & b) | (u & carry);
+    }
+    sum[planes + 1] = carry;
 }
 
-/* The four lanes' counts added: MF_PLANES4 + 2 planes. */
-static inline void mf_bitcount4_lane_sum(const mf_bitcount4 *c, uint64_t *sum) {
-    uint64_t planes[MF_PLANES4][4], lanes[4][MF_PLANES4], pairs[2][MF_PLANES4 + 1];
-    memcpy(planes, c->planes, sizeof(planes));
-    for (int k = 0; k < MF_PLANES4; k++)
-        for (int lane = 0; lane < 4; lane++)
-            lanes[lane][k] = planes[k][lane];
-    mf_sliced_add(lanes[0], lanes[1], MF_PLANES4, pairs[0]);
-    mf_sliced_add(lanes[2], lanes[3], MF_PLANES4, pairs[1]);
-    mf_sliced_add(pairs[0], pairs[1], MF_PLANES4 + 1, sum);
+/* Planes that can be non-zero: a lane gains at most 8 (3 bits) a step. */
+static inline int mf_bitcount4_planes_used(const mf_bitcount4 *c) {
+    return c->steps ? 3 + (32 - __builtin_clz((unsigned)c->steps)) : 0;
 }
 
 static void mf_bitcount4_spill(mf_bitcount4 *c) {
     uint64_t sum[MF_PLANES4 + 2], carry = 0;
-    mf_bitcount4_lane_sum(c, sum);
+    mf_bitcount4_lane_sum(c, MF_PLANES4, sum);
     if (!c->spilled) {
         memset(c->wide, 0, sizeof(c->wide));
         c->spilled = 1;
@@ -266,8 +269,9 @@ static uint64_t mf_bitcount4_majority(mf_bitcount4 *c) {
         mf_bitcount4_spill(c);
         return mf_sliced_at_least(c->wide, MF_WIDE_PLANES, need);
     }
-    mf_bitcount4_lane_sum(c, sum);
-    return mf_sliced_at_least(sum, MF_PLANES4 + 2, need);     /* need <= 4 * 31 * 8 / 2 + 1 < 2^10 */
+    int planes = mf_bitcount4_planes_used(c);      /* the sum (< 32 steps) needs two more */
+    mf_bitcount4_lane_sum(c, planes, sum);
+    return mf_sliced_at_least(sum, planes + 2, need);
 }
 #endif
 
