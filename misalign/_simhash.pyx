@@ -767,15 +767,15 @@ cdef class HammingIndex:
             if buf.size == 0:
                 return (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64),
                         np.empty(0, dtype=np.uint8))
-            i = np.asarray(<int64_t[:buf.size]> buf.i).copy()
-            j = np.asarray(<int64_t[:buf.size]> buf.j).copy()
-            d = np.asarray(<uint8_t[:buf.size]> buf.d).copy()
+            i = np.asarray(<int64_t[:buf.size]> buf.i)
+            j = np.asarray(<int64_t[:buf.size]> buf.j)
+            d = np.asarray(<uint8_t[:buf.size]> buf.d)
+            order = np.argsort(i * self.size + j)     # one key per pair (i < j < size): no lexsort
+            return i[order], j[order], d[order]       # copies, made before the buffers are freed
         finally:
             free(buf.i)
             free(buf.j)
             free(buf.d)
-        order = np.lexsort((j, i))
-        return i[order], j[order], d[order]
 
     cdef int _join_block(self, int b, PairBuffer *buf) noexcept nogil:
         """Counting-sort the fingerprints by block b, then compare each bucket with every bucket
