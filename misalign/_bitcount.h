@@ -146,7 +146,7 @@ static uint64_t mf_bitcount_majority(mf_bitcount *c) {
  * compare of that sum with the need.  Used when the CPU has AVX2 (mf_cpu_has_avx2, asked at run
  * time): mf_bitcount4_add is compiled for AVX2 whatever the build's baseline, and only called
  * then. */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(_MSC_VER)
 #define MF_HAVE_BITCOUNT4 1
 #define MF_PLANES4 8
 #define MF_STEPS4 31                       /* 31 steps * 8 < 2^MF_PLANES4 */
@@ -155,7 +155,7 @@ static uint64_t mf_bitcount_majority(mf_bitcount *c) {
 typedef uint64_t mf_u64x4 __attribute__((vector_size(32)));
 typedef uint64_t mf_u64x4_unaligned __attribute__((vector_size(32), aligned(8)));
 
-typedef struct {
+typedef struct {                           /* 32-byte aligned, as a local variable is */
     mf_u64x4 planes[MF_PLANES4];
     uint64_t wide[MF_WIDE_PLANES];         /* the lanes' sum at the last spill, bit-sliced */
     int steps;                             /* since the last spill */
@@ -168,7 +168,7 @@ static inline int mf_cpu_has_avx2(void) {
 }
 
 static inline void mf_bitcount4_init(mf_bitcount4 *c) {
-    for (int k = 0; k < MF_PLANES4; k++)   /* not memset, which may be a slow rep stos here */
+    for (int k = 0; k < MF_PLANES4; k++)   /* not memset: gcc made that a rep stos */
         c->planes[k] = (mf_u64x4){0, 0, 0, 0};
     c->steps = 0;
     c->spilled = 0;
@@ -198,7 +198,8 @@ static inline void mf_bitcount4_lane_sum(const mf_bitcount4 *c, int planes, uint
     sum[planes + 1] = carry;
 }
 
-/* Planes that can be non-zero: a lane gains at most 8 (3 bits) a step. */
+/* Planes that can be non-zero: a lane gains at most 8 a step, so after s steps its count
+ * has at most 3 + bit_length(s) bits. */
 static inline int mf_bitcount4_planes_used(const mf_bitcount4 *c) {
     return c->steps ? 3 + (32 - __builtin_clz((unsigned)c->steps)) : 0;
 }
@@ -221,12 +222,14 @@ static void mf_bitcount4_spill(mf_bitcount4 *c) {
     c->steps = 0;
 }
 
-/* Count hashes[0..m); the array has room for m rounded up to 32, the rest set to zero here.
- * Not inlined: it is the only code compiled for AVX2, and the hashing around it is better off
- * not vectorised (AVX2's 2-lane inserts cost more than the scalar table lookups they replace).
- * The planes are worked on in locals, which the compiler keeps in registers. */
+/* Count hashes[0..m); the array must have room for m rounded up to 32 (the rest is set to
+ * zero here).  Not inlined: it is the only code compiled for AVX2, and the hashing around it is
+ * better off not vectorised (AVX2's 2-lane inserts cost more than the scalar table lookups they
+ * replace).  The planes and the step count are worked on in locals: through `c`, the compiler
+ * would have to assume that the loads of hashes and the spill call change them. */
 static __attribute__((target("avx2"))) void mf_bitcount4_add(mf_bitcount4 *c, uint64_t *hashes, size_t m) {
     mf_u64x4 p[MF_PLANES4];
+    int steps = c->steps;
     for (size_t i = m; i % 32; i++)
         hashes[i] = 0;
     c->total += m;
@@ -248,16 +251,18 @@ static __attribute__((target("avx2"))) void mf_bitcount4_add(mf_bitcount4 *c, ui
             p[k] ^= carry;
             carry = next;
         }
-        if (++c->steps == MF_STEPS4) {
+        if (++steps == MF_STEPS4) {
             for (int k = 0; k < MF_PLANES4; k++)
                 c->planes[k] = p[k];
             mf_bitcount4_spill(c);
             for (int k = 0; k < MF_PLANES4; k++)
                 p[k] = (mf_u64x4){0, 0, 0, 0};
+            steps = 0;
         }
     }
     for (int k = 0; k < MF_PLANES4; k++)
         c->planes[k] = p[k];
+    c->steps = steps;
 }
 
 static uint64_t mf_bitcount4_majority(mf_bitcount4 *c) {
@@ -267,7 +272,7 @@ static uint64_t mf_bitcount4_majority(mf_bitcount4 *c) {
         return 0;
     if (c->spilled) {
         mf_bitcount4_spill(c);
-        return mf_sliced_at_least(c->wide, MF_WIDE_PLANES, need);
+        return mf_sliced_at_least(c->wide, MF_WIDE_PLANES, need);   /* need < 2^48: total < 2^49 */
     }
     int planes = mf_bitcount4_planes_used(c);      /* the sum (< 32 steps) needs two more */
     mf_bitcount4_lane_sum(c, planes, sum);

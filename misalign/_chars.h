@@ -194,7 +194,8 @@ mf_hash_windows(const mf_char_hash *h, const uint8_t *bytes, const uint32_t *cps
         out[k] = mf_window_hash(h, bytes, cps, from + k, n, last_high);
 }
 
-#define MF_CHUNK 512
+#define MF_CHUNK 512       /* windows hashed before they are counted (4 KiB of hashes) */
+_Static_assert(MF_CHUNK % 32 == 0, "a chunk rounded up to 32 must fit in the chunk's buffer");
 
 /* Hash every n-character window and return the SimHash of the hashes.  The portable counter
  * takes them sixteen at a time as they are made.  The four-abreast one (AVX2) takes a chunk at
@@ -205,7 +206,7 @@ mf_count_ngrams(const mf_char_hash *h, const uint8_t *bytes, const uint32_t *cps
     Py_ssize_t last_high = mf_initial_last_high(bytes, cps, n), w = 0;
 #ifdef MF_HAVE_BITCOUNT4
     if (h->four_abreast) {
-        uint64_t hashes[MF_CHUNK + 32];
+        uint64_t hashes[MF_CHUNK];      /* room for any chunk rounded up to 32 */
         mf_bitcount4 c4;
         mf_bitcount4_init(&c4);
         for (; w < windows; w += MF_CHUNK) {

@@ -60,9 +60,10 @@ def test_char_fingerprint_matches_python_reference(n, vector):
     assert fingerprint(TEXTS, f"char{n}").tolist() == char_fingerprint(TEXTS, n)
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads the CPU's flags from /proc/cpuinfo (Linux)")
 def test_vector_counter_is_used_where_the_cpu_has_avx2():
-    flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
-    assert _simhash.counts_four_abreast() == ("avx2" in flags)
+    """Where it is not, the "vector" cases above and below run the portable counter twice."""
+    assert _simhash.counts_four_abreast() == ("avx2" in open("/proc/cpuinfo").read().split())
 
 
 # Characters where normalisation is context-sensitive: combining marks (which reorder and
@@ -92,6 +93,19 @@ def test_char_majority_is_exact_at_every_length(vector):
     texts += ["".join(rng.choice(list("abcd"), size=k)) for k in lengths]
     texts += ["a" * k for k in (992, 993, 3000)]              # every count at its maximum
     assert char_fingerprint(texts, 1, vector=vector) == [char_simhash(t, 1) for t in texts]
+
+
+@COUNTERS
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 8])
+def test_char_majority_is_exact_on_long_mixed_texts(n, vector):
+    """Longer than a chunk of hashes (512) and a spill (992): ASCII, non-ASCII characters read
+    in place (é, astral ones) and ones normalisation changes, so that hashes of both kinds
+    cross the boundaries."""
+    rng = np.random.default_rng(n)
+    alphabet = list("abc d") + ["é", "ß", "🙂", "中", "ﬁ"]
+    texts = ["".join(rng.choice(alphabet, size=k)) for k in (511 + n, 993 + n, 1100, 2100)]
+    texts += ["".join(rng.choice(list("abcd"), size=k)) for k in (512 + n - 1, 992 + n - 1, 1985 + n - 1)]
+    assert char_fingerprint(texts, n, 9, vector) == [char_simhash(t, n, 9) for t in texts]
 
 
 text_alphabet = st.characters(codec="utf-8", exclude_categories=("Cs",))
