@@ -143,8 +143,8 @@ static uint64_t mf_bitcount_majority(mf_bitcount *c) {
  * MF_PLANES4 planes (the 8s carry ripples up through the rest, two operations a plane); a lane
  * gains at most 8 a step, so every MF_STEPS4 steps the four lanes are summed with bit-sliced
  * ripple-carry adders into `wide`, itself a bit-sliced count.  The majority is a bit-sliced
- * compare of that sum with the need.  Used when the CPU has AVX2 (mf_cpu_has_avx2, asked at run
- * time): mf_bitcount4_add is compiled for AVX2 whatever the build's baseline, and only called
+ * compare of that sum with the need.  Used when the CPU has AVX2 (mf_bitcount4_available, asked
+ * at run time): mf_bitcount4_add is compiled for AVX2 whatever the build's baseline, and only called
  * then. */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(_MSC_VER)
 #define MF_HAVE_BITCOUNT4 1
@@ -163,7 +163,7 @@ typedef struct {                           /* 32-byte aligned, as a local variab
     uint64_t total;
 } mf_bitcount4;
 
-static inline int mf_cpu_has_avx2(void) {
+static inline int mf_bitcount4_available(void) {
     return __builtin_cpu_supports("avx2");
 }
 
@@ -277,6 +277,10 @@ static uint64_t mf_bitcount4_majority(mf_bitcount4 *c) {
     int planes = mf_bitcount4_planes_used(c);      /* the sum (< 32 steps) needs two more */
     mf_bitcount4_lane_sum(c, planes, sum);
     return mf_sliced_at_least(sum, planes + 2, need);
+}
+#else
+static inline int mf_bitcount4_available(void) {
+    return 0;
 }
 #endif
 

@@ -39,14 +39,6 @@ static inline uint64_t mf_splitmix64(uint64_t *state) {
     return z ^ (z >> 31);
 }
 
-static inline int mf_cpu_can_count_four_abreast(void) {
-#ifdef MF_HAVE_BITCOUNT4
-    return mf_cpu_has_avx2();
-#else
-    return 0;
-#endif
-}
-
 /* `vector`: count four hashes abreast where the CPU can (0: always the portable counter). */
 static inline void mf_char_hash_init(mf_char_hash *h, uint64_t seed, const uint8_t *long_secret, int vector) {
     uint64_t state = seed;
@@ -55,7 +47,7 @@ static inline void mf_char_hash_init(mf_char_hash *h, uint64_t seed, const uint8
             h->t[k][c] = mf_splitmix64(&state);
     h->seed = seed;
     h->long_secret = long_secret;
-    h->four_abreast = vector && mf_cpu_can_count_four_abreast();
+    h->four_abreast = vector && mf_bitcount4_available();
 }
 
 /* ASCII byte -> folded byte: A-Z lower-cased, Python's ASCII whitespace (\t \n \v \f \r,

@@ -41,13 +41,13 @@ cdef extern from "_bitcount.h" nogil:
     void mf_bitcount_add16(mf_bitcount *c, const uint64_t *h)
     void mf_bitcount_add_last(mf_bitcount *c, uint64_t *h, int m)
     uint64_t mf_bitcount_majority(mf_bitcount *c)
+    int mf_bitcount4_available()
 
 cdef extern from "_chars.h" nogil:
     ctypedef struct mf_char_hash:
         pass
     int MF_CHAR_MAX
     void mf_char_hash_init(mf_char_hash *h, uint64_t seed, const uint8_t *long_secret, int vector)
-    int mf_char_hash_four_abreast "mf_cpu_can_count_four_abreast"()
     uint64_t mf_char_simhash_ascii(const mf_char_hash *h, const uint8_t *s, Py_ssize_t length, int n,
                                    uint8_t *fold, int64_t *shingles)
     Py_ssize_t mf_find_inert(const void *data, int width, Py_ssize_t start, Py_ssize_t length,
@@ -525,7 +525,7 @@ cdef _fingerprint_arrow_chunk(chunk, int ngram, bint chars, uint64_t seed, int t
 
 def counts_four_abreast():
     """Whether character shingles are counted four abreast here (an x86-64 CPU with AVX2)."""
-    return bool(mf_char_hash_four_abreast())
+    return bool(mf_bitcount4_available())
 
 
 def xxh3_64(bytes data, uint64_t seed=0):
