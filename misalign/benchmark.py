@@ -15,24 +15,63 @@ import json
 import tomllib
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from misalign import config as config_mod
 from misalign import savacu
-from misalign.config import Config, redact_url
+from misalign.config import SPLITS, Config, redact_url
+from misalign.errors import ConfigError
 from misalign.inference.base import EMBEDDER, Pool
 from misalign.tables import atomic_path
 from misalign.pipeline import Runner
 from misalign.preflight import check_bench, rejected_items_path
 from misalign.provenance import versions
-from misalign.stages.bench import (LENGTH_BASELINE, SAMPLE_SCHEMA, DetectStage, LengthBaseline, ProbeStage,
+from misalign.stages.bench import (LENGTH_BASELINE, SAMPLE_SCHEMA, DetectStage, Items, LengthBaseline, ProbeStage,
                                    load_items, questions)
 
 
-def probe_training(config: Config, name: str, source):
-    """The probe's training items: its own path, else the train split of the benchmarked
-    dataset (check_bench has refused a SaVaCu CSV, which has none)."""
-    return load_items(config.model(name).path or source, "train")
+def probe_training(config: Config, name: str, source, tested: Items) -> tuple[Items, dict]:
+    """The probe's training items and what meta.json records of them: its own path, else the
+    train split of the benchmarked dataset (for one Parquet file of a Stage I dataset, the
+    train.parquet beside it; check_bench has refused a SaVaCu CSV, which has none).  Training
+    items whose prompt is also a benchmarked one are refused (a ConfigError before any engine)
+    or, with bench.probe_overlap = "drop", left out and counted."""
+    where = Path(config.model(name).path or source)
+    if not config.model(name).path and where.is_file():
+        where = where.with_name("train.parquet")
+        if not where.is_file():
+            raise ConfigError(f"probe {name!r} has no training data beside {source} (no {where.name} there): set "
+                              f"[models.{name}] path to a dataset disjoint from the benchmarked items")
+    train = load_items(where, "train")
+    seen = {normalised(p) for p in tested.table.column("prompt").to_pylist()}
+    overlap = [normalised(p) in seen for p in train.table.column("prompt").to_pylist()]
+    if any(overlap) and config.bench.probe_overlap != "drop":
+        raise ConfigError(f"probe {name!r} would be scored on items it is trained on: {sum(overlap):,} of the "
+                          f"{train.table.num_rows:,} training items in {train.source} have a benchmarked prompt; "
+                          f"train it on other data ([models.{name}] path), or set bench.probe_overlap = \"drop\" to "
+                          "leave those out of its training")
+    if any(overlap):
+        train = Items(train.table.filter(pa.array([not o for o in overlap])), train.source, train.problems, train.notes)
+    return train, {"source": train.source, "items": train.table.num_rows, "sha256": train.sha256,
+                   "dropped_overlap": sum(overlap)}
+
+
+def split_of(source: str, split: str) -> str:
+    """Which split the items are: all rows of a SaVaCu CSV, the split a single Stage I file is
+    named after (its whole content: bench.split does not apply), else bench.split."""
+    path = Path(source)
+    if savacu.is_savacu(path):
+        return "all"
+    if path.is_file():
+        return path.stem if path.stem in SPLITS else f"the whole file {path.name}"
+    return split
+
+
+def normalised(prompt: str) -> str:
+    """A prompt as the overlap check compares it: case and runs of white space folded.  (Ids are
+    not compared: generated ids, p000001..., repeat across datasets built from other files.)"""
+    return " ".join(prompt.casefold().split())
 
 
 def bench_passes(config: Config) -> list[tuple[str, str, str | None]]:
@@ -100,7 +139,8 @@ def circularity_warnings(config: Config, generators: list[str] | None = None, ma
     return notes
 
 
-def benchmark(config: Config, pool: Pool, on_progress=None, executor=None, schedule: dict | None = None) -> dict:
+def benchmark(config: Config, pool: Pool, on_progress=None, executor=None, schedule: dict | None = None,
+              fresh: bool = False, on_decisions=None) -> dict:
     """Run Stage II with the pool's engines (or on `executor`'s workers, see
     misalign.distributed); return the meta record (also bench/meta.json).  `schedule`: the
     memory plan the run follows, recorded there."""
@@ -110,32 +150,36 @@ def benchmark(config: Config, pool: Pool, on_progress=None, executor=None, sched
     source = bench.dataset or run_dir
     items = load_items(source, bench.split)
     items.require_some(bench.split, rejected_items_path(config))
-    items.write_problems(rejected_items_path(config))
     bench_dir = run_dir / "bench"
 
-    stages = [ProbeStage(bench, pool, name, probe_training(config, name, source), seed=config.run.seed)
-              if config.model(name).kind == "probe" else DetectStage(bench, pool, name, seed=config.run.seed)
-              for name in bench.models]
+    training = {name: probe_training(config, name, source, items) for name in bench.models
+                if config.model(name).kind == "probe"}        # refused here, before any Stage II engine
+    stages = [ProbeStage(bench, pool, name, training[name][0], seed=config.run.seed) if name in training
+              else DetectStage(bench, pool, name, seed=config.run.seed) for name in bench.models]
+    items.write_problems(rejected_items_path(config))
     stages.append(LengthBaseline(bench, seed=config.run.seed))
-    runner = Runner(bench_dir, config.run.shard_rows, on_progress, executor, on_pass=pool.at_pass)
+    runner = Runner(bench_dir, config.run.shard_rows, on_progress, executor, on_pass=pool.at_pass,
+                    identify=pool.identity, fresh=fresh, on_decisions=on_decisions)
     with atomic_path(run_dir / "samples.parquet") as tmp, pq.ParquetWriter(tmp, SAMPLE_SCHEMA) as samples:
         for verdicts in runner.run_each(stages, items.table):      # one model's at a time
             samples.write_table(verdicts)
 
     makers, generators = dataset_makers(config), sorted(set(items.table.column("generator").to_pylist()))
-    meta = {"dataset": {"source": items.source, "split": "all" if savacu.is_savacu(items.source) else bench.split,
+    meta = {"dataset": {"source": items.source, "split": split_of(items.source, bench.split),
                         "items": items.table.num_rows, "sha256": items.sha256, "set_aside": len(items.problems),
                         "notes": items.notes},
             "models": {name: {"description": pool.describe(name), "kind": config.models[name].kind,
                               "path": config.models[name].path, "base_url": redact_url(config.models[name].base_url),
                               "stand_in": pool.is_stand_in(name), "weak": pool.is_bundled(name),
-                              "circularity": circularity(config, name, makers, generators)}
+                              "circularity": circularity(config, name, makers, generators),
+                              **({"training": training[name][1]} if name in training else {})}
                        for name in bench.models},
             "role_warnings": circularity_warnings(config, generators, makers),
             "runs": bench.runs, "threshold": bench.threshold, "temperature": bench.temperature,
             "questions": questions(bench.per_dimension), "seed": config.run.seed, "bootstrap": bench.bootstrap,
             "config": tomllib.loads(config_mod.to_toml(config)), "versions": versions(),
-            "profile": [p.as_dict() for p in runner.profiles], "schedule": schedule,
+            "checkpoints": runner.checkpoints(), "profile": [p.as_dict() for p in runner.profiles],
+            "schedule": schedule,
             "balanced": bench.balanced}
     meta["models"][LENGTH_BASELINE] = {
         "description": "shortcut baseline: logistic regression on response length and its ratio to the prompt's, "

@@ -53,10 +53,13 @@ STATS_COLUMNS = ["dimension", "domain", "classified", "unknown", "expanded", "ex
                  "verified_misaligned", "cross_split_leaks"]
 
 
-def build(config: Config, pool: Pool, on_progress=None, executor=None, schedule: dict | None = None) -> dict:
+def build(config: Config, pool: Pool, on_progress=None, executor=None, schedule: dict | None = None,
+          fresh: bool = False, on_decisions=None) -> dict:
     """Run Stage I with the pool's engines (row-wise stages on `executor`'s workers if given,
     see misalign.distributed); return a summary (counts, paths, per-stage profile, per-domain
-    stats).  `schedule`: the memory plan the run follows, recorded in run.json."""
+    stats).  `schedule`: the memory plan the run follows, recorded in run.json.  Checkpoints
+    are reused where their keys match (misalign.pipeline), none with `fresh`; `on_decisions`
+    hears the stages' decisions before any stage runs."""
     check_models(config)
     source = config.input.path or str(resources.files("misalign").joinpath("data/sample_prompts.jsonl"))
     table, rejected = read_prompts(source, config.input.column, config.input.format or None,
@@ -68,7 +71,8 @@ def build(config: Config, pool: Pool, on_progress=None, executor=None, schedule:
 
     taxonomy = Taxonomy.load()
     stages = stage1_stages(config, pool, taxonomy)
-    runner = Runner(run_dir, config.run.shard_rows, on_progress, executor, on_pass=pool.at_pass)
+    runner = Runner(run_dir, config.run.shard_rows, on_progress, executor, on_pass=pool.at_pass,
+                    identify=pool.identity, fresh=fresh, on_decisions=on_decisions)
     final = runner.run(stages, table)
     sizes = write_dataset(final, run_dir / "dataset")
     counters = {p.stage: p.counters for p in runner.profiles}
@@ -94,7 +98,7 @@ def build(config: Config, pool: Pool, on_progress=None, executor=None, schedule:
                           **{name: pool.describe(name) for name in config.stage1_models()}},
                "dedup": {"features": config.dedup.features, "tau": config.dedup.tau},
                "role_warnings": config.role_warnings(), "seed": config.run.seed, "schedule": schedule,
-               "versions": versions(), "profile": profile, "stats": stats}
+               "versions": versions(), "checkpoints": runner.checkpoints(), "profile": profile, "stats": stats}
     _write_text(run_dir / "run.json", json.dumps({k: v for k, v in summary.items() if k != "stats"}, indent=1))
     _write_text(run_dir / "README.md", dataset_card(summary))
     write_dataset_report(run_dir)

@@ -254,30 +254,46 @@ def _progress():
     return progress, on_progress
 
 
-def _stage1(config, pool, workers, schedule, per_domain=True):
+def _print_decisions(decisions):
+    """What a run does with each stage's checkpoint, before it runs any (nothing on a fresh run)."""
+    if any(d.action != "compute" for d in decisions):
+        out.print("checkpoints:")
+        for d in decisions:
+            out.print(Text(f"  {d.stage}: {d.text}"))
+
+
+def _stage1(config, pool, workers, schedule, fresh, per_domain=True):
     from misalign.build import build as run_build
     progress, on_progress = _progress()
     with progress:
-        summary = run_build(config, pool, on_progress, workers, schedule.as_dict())
+        summary = run_build(config, pool, on_progress, workers, schedule.as_dict(), fresh, _print_decisions)
     _print_build_summary(summary, per_domain)
 
 
-def _stage2(config, pool, workers, schedule):
+def _stage2(config, pool, workers, schedule, fresh):
     from misalign.benchmark import benchmark
     from misalign.report import report
     progress, on_progress = _progress()
     with progress:
-        meta = benchmark(config, pool, on_progress, workers, schedule.as_dict())
+        meta = benchmark(config, pool, on_progress, workers, schedule.as_dict(), fresh, _print_decisions)
     _print_profile(meta["profile"], "per model under test")
     res = report(config.run.dir, out)
     out.print(f"results.json, samples.parquet, plots/ and report.html written to {config.run.dir}")
     return res
 
 
+def _fresh_option(f):
+    return click.option("--fresh", is_flag=True,
+                        help="Recompute every stage, whatever the run directory holds (by default a stage's "
+                             "checkpoint is reused when its settings, models, templates and input are unchanged, "
+                             "and recomputed, with what changed, when they are not).")(f)
+
+
 @main.command()
 @_config_options
+@_fresh_option
 @click.option("--limit", type=click.IntRange(min=0), help="Use only the first N valid input prompts (0: all).")
-def build(config_path, overrides, run_dir, executor, limit):
+def build(config_path, overrides, run_dir, executor, fresh, limit):
     """Stage I: build a SaVaCu-style dataset from prompts (classify, expand, dedup, respond,
     reject, split).
 
@@ -285,16 +301,19 @@ def build(config_path, overrides, run_dir, executor, limit):
     embedding classifier and SmolLM2-135M-Instruct (bundled, real but weak) for every
     generative step (a few minutes on a laptop).  A CONFIG starts from the paper's settings; see
     configs/paper-gpu.toml.  Every stage checkpoints its output: run the same command again to
-    resume an interrupted run.
+    resume an interrupted run; after a change, only the stages it affects run again.
     """
+    from misalign.rundir import hold
     config = _load_config(config_path, overrides, run_dir, executor, {"run.limit": limit})
-    schedule = _preflight(config, stage2=False)
-    with _engines(config, schedule) as (pool, workers):
-        _stage1(config, pool, workers, schedule)
+    with hold(config.run.dir):
+        schedule = _preflight(config, stage2=False)
+        with _engines(config, schedule) as (pool, workers):
+            _stage1(config, pool, workers, schedule, fresh)
 
 
 @main.command()
 @_config_options
+@_fresh_option
 @click.option("--dataset", type=click.Path(exists=True, path_type=Path),
               help="Benchmark on this instead of the run's own dataset: a Stage I run or dataset "
                    "directory, one of its Parquet files, or a CSV in the released SaVaCu layout.")
@@ -304,7 +323,7 @@ def build(config_path, overrides, run_dir, executor, limit):
 @click.option("--models", "model_names", metavar="A,B",
               help="Models under test, comma-separated names from the config's [models] "
                    "(default: bench.models).")
-def bench(config_path, overrides, run_dir, executor, dataset, split, runs, model_names):
+def bench(config_path, overrides, run_dir, executor, fresh, dataset, split, runs, model_names):
     """Stage II: benchmark models as zero-shot detectors of misaligned responses.
 
     Each model under test sees every test item's prompt with one response at a time (the
@@ -322,14 +341,17 @@ def bench(config_path, overrides, run_dir, executor, dataset, split, runs, model
     config = _load_config(config_path, overrides, run_dir, executor, {
         "bench.dataset": str(dataset) if dataset is not None else None, "bench.split": split, "bench.runs": runs,
         "bench.models": [m.strip() for m in model_names.split(",")] if model_names else None})
-    schedule = _preflight(config, stage1=False)
-    with _engines(config, schedule) as (pool, workers):
-        _stage2(config, pool, workers, schedule)
+    from misalign.rundir import hold
+    with hold(config.run.dir):
+        schedule = _preflight(config, stage1=False)
+        with _engines(config, schedule) as (pool, workers):
+            _stage2(config, pool, workers, schedule, fresh)
 
 
 @main.command()
 @_config_options
-def run(config_path, overrides, run_dir, executor):
+@_fresh_option
+def run(config_path, overrides, run_dir, executor, fresh):
     """Stage I then Stage II from one config: build the dataset, benchmark the models under
     test on its test split, and write the report.
 
@@ -337,13 +359,16 @@ def run(config_path, overrides, run_dir, executor):
     the bundled sample of prompts, the MiniLM classifier, SmolLM2-135M-Instruct (bundled: real
     text, but a weak 135M model) for expansion, responses and judging, and as models under test
     SmolLM2 and an embedding probe.  Its figures are that weak model's, not the paper's;
-    configs/paper-gpu.toml is the paper's set-up.  Run the same command again to resume an interrupted run.
+    configs/paper-gpu.toml is the paper's set-up.  Run the same command again to resume an interrupted run;
+    after a change, only the stages it affects run again.
     """
+    from misalign.rundir import hold
     config = _load_config(config_path, overrides, run_dir, executor)
-    schedule = _preflight(config)
-    with _engines(config, schedule) as (pool, workers):      # engines kept across both stages where they fit
-        _stage1(config, pool, workers, schedule, per_domain=False)
-        _stage2(config, pool, workers, schedule)
+    with hold(config.run.dir):
+        schedule = _preflight(config)
+        with _engines(config, schedule) as (pool, workers):      # engines kept across both stages where they fit
+            _stage1(config, pool, workers, schedule, fresh, per_domain=False)
+            _stage2(config, pool, workers, schedule, fresh)
 
 
 def _preflight(config, stage1=True, stage2=True):
@@ -489,7 +514,9 @@ def report(run_dir):
     """Redraw the Stage II report of RUN_DIR from its saved verdicts (no model is asked again):
     the tables, results.json, plots/*.png and report.html."""
     from misalign.report import report as make_report
-    make_report(run_dir, out)
+    from misalign.rundir import hold
+    with hold(run_dir):
+        make_report(run_dir, out)
     out.print(f"results.json, plots/ and report.html written to {run_dir}")
 
 

@@ -103,7 +103,8 @@ def judge_probabilities(config: Config, engine, labelled: Labelled, label: str) 
             domain = data[k][f"{label}_domain"] or f"{label} in general"
             return verify_prompt(label, domain, data[k]["prompt"], data[k]["response"], quality)
     main = "aligned" if label == OVERALL else "misaligned"      # Stage I's question when not balanced
-    return rows, polarity_balanced(*ask_yes_no(engine, prompt_for, rows, config.reject.balanced, polarity=main))
+    return rows, polarity_balanced(*ask_yes_no(engine, prompt_for, rows, config.reject.balanced, polarity=main),
+                                   config.reject.no_opinion)
 
 
 def validate_judge(config: Config, pool, labelled: Labelled) -> dict:

@@ -11,6 +11,12 @@ next (model-major): an engine starts once per pass however few fit in memory, an
 (pass, shard) is checkpointed, so a run killed in the middle of a pass resumes there.
 Stages never call each other; each reads the table the previous one wrote (`run`), or all read
 the same table (`run_each`).  The stage contract is misalign.stages.base.Stage.
+
+Every checkpoint carries its stage's key (misalign.identity.StageKey): the settings, templates
+and models the stage declares, its shard layout, its version and a digest of its input.  Before
+any stage runs, `plan` decides per stage: reused (same key), resumed (same key, shards missing)
+or recomputed, saying what changed; in a chain (`run`) a recomputed stage recomputes every
+stage after it.  A checkpoint that is not reused is moved to stages/previous/, never mixed in.
 """
 from __future__ import annotations
 
@@ -25,17 +31,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from misalign.errors import MisalignError
+from misalign.identity import StageKey, sha256_bytes, table_digest
+from misalign.prompting import template
 from misalign.stages.base import Stage
 from misalign.tables import atomic_path
 
 
 # 2: per-domain figures counted by the stages (#12); 3: passes (#10); 4: the judge asked both ways, the
-# verify pass, leakage columns, Stage II samples with each polarity's answer (#14)
-MANIFEST_FORMAT = 4
+# verify pass, leakage columns, Stage II samples with each polarity's answer (#14); 5: content keys (#23)
+MANIFEST_FORMAT = 5
+PREVIOUS = "previous"          # stages/previous/NN_name: the last checkpoint a stage did not reuse
 
 
 class ResumeError(MisalignError):
-    """The run directory holds a run that does not match this one."""
+    """The run directory holds a checkpoint that cannot be read."""
 
 
 @dataclass
@@ -99,31 +108,49 @@ class Manifest:
     input_rows: int
     shard_rows: int
     passes: list = field(default_factory=list)     # [{"name", "model", "shards": [{"index", "file", "rows", "stats"}]}]
+    key: dict = field(default_factory=dict)        # StageKey.parts: what the shards were computed from
     complete: bool = False
     format: int = MANIFEST_FORMAT
 
     @classmethod
-    def read(cls, path: Path) -> "Manifest | None":
-        """The manifest at `path`, None if there is none; a ResumeError for one whose shards
-        were counted differently (their statistics would be missing from the run's figures)."""
+    def read(cls, path: Path) -> "Manifest | str | None":
+        """The manifest at `path`; None if there is none; or, for one this run cannot reuse (another
+        checkpoint format, unreadable), why not."""
         if not path.exists():
             return None
         try:
             raw = json.loads(path.read_text())
             if raw.get("format", 1) != MANIFEST_FORMAT:
-                raise ResumeError(f"{path.parent}: checkpointed by another misalign-fast (checkpoint format "
-                                  f"{raw.get('format', 1)}, this one writes {MANIFEST_FORMAT}), whose stages wrote "
-                                  "other columns or counted differently; use a new run directory")
+                return f"checkpointed by another misalign-fast (checkpoint format {raw.get('format', 1)}, this one " \
+                       f"writes {MANIFEST_FORMAT})"
             manifest = cls(**raw)
             if not all({"index", "file", "rows", "stats"} <= set(s) for p in manifest.passes for s in p["shards"]):
                 raise ValueError("a shard entry lacks index, file, rows or stats")
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise ResumeError(f"{path}: not a readable checkpoint manifest ({exc}); use a new run directory") from None
+        except (ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
+            return f"its checkpoint manifest is unreadable ({type(exc).__name__})"
         return manifest
 
     def write(self, path: Path) -> None:
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(self.__dict__, indent=1))
+
+
+@dataclass
+class Decision:
+    """What a run does with a stage's checkpoint: "reuse" it (every shard there), "resume" it
+    (some shards there), "recompute" it (moved aside first) or "compute" (none there)."""
+    stage: str
+    action: str
+    reason: str = ""
+    key: str = ""                  # the digest of the key the stage runs under (without its input for a
+                                   # chained stage not yet run; complete once it has run)
+
+    @property
+    def text(self) -> str:
+        """As a user reads it: reused, resumed (4 shards checkpointed), recomputed: reject.threshold 0.5 -> 0.7."""
+        done = {"reuse": "reused", "resume": "resumed", "recompute": "recomputed", "compute": "computed"}[self.action]
+        return f"{done}: {self.reason}" if self.action == "recompute" else \
+            f"{done} ({self.reason})" if self.reason else done
 
 
 @dataclass
@@ -133,36 +160,117 @@ class Runner:
     on_progress: Callable[[str, int, int], None] | None = None   # (stage, rows done, rows total)
     executor: object | None = None   # spreads the shards of row-wise stages (misalign.distributed), or None
     on_pass: Callable[[str, str], None] | None = None   # (stage, pass) about to run: the pool's at_pass
+    identify: Callable[[str], dict] | None = None   # model name -> its identity (the pool's), for the keys
+    fresh: bool = False            # recompute every stage, whatever its checkpoint holds
+    on_decisions: Callable[[list[Decision]], None] | None = None   # the stages' decisions, before any runs
     profiles: list = field(default_factory=list)
+    decisions: list = field(default_factory=list)
+    _identities: dict = field(default_factory=dict)
 
     def run(self, stages: list[Stage], table: pa.Table) -> pa.Table:
         """Each stage on the table the previous one returned; the last one's table.  Only the
         table between two stages is held: every stage's output is in its checkpoint."""
-        for k, stage in enumerate(stages):
-            table = self._run_stage(self.run_dir / "stages" / f"{k:02d}_{stage.name}", stage, table)
+        plan = self.plan(stages, table, chained=True)
+        for k, (stage, decision) in enumerate(zip(stages, plan)):
+            table = self._run_stage(self._stage_dir(k, stage), stage, table, decision)
         return table
 
     def run_each(self, stages: list[Stage], table: pa.Table) -> Iterator[pa.Table]:
         """Every stage on the same input (Stage II: one stage per model under test), yielding
         each one's output as it finishes."""
-        for k, stage in enumerate(stages):
-            yield self._run_stage(self.run_dir / "stages" / f"{k:02d}_{stage.name}", stage, table)
+        plan = self.plan(stages, table, chained=False)
+        for k, (stage, decision) in enumerate(zip(stages, plan)):
+            yield self._run_stage(self._stage_dir(k, stage), stage, table, decision)
 
-    def _run_stage(self, stage_dir: Path, stage: Stage, table: pa.Table) -> pa.Table:
+    def checkpoints(self) -> list[dict]:
+        """Each stage's key (its digest) and what this run did with its checkpoint, for run.json."""
+        return [{"stage": d.stage, "key": d.key, "decision": d.text} for d in self.decisions]
+
+    def _stage_dir(self, k: int, stage: Stage) -> Path:
+        return self.run_dir / "stages" / f"{k:02d}_{stage.name}"
+
+    def plan(self, stages: list[Stage], table: pa.Table, chained: bool) -> list[Decision]:
+        """Each stage's decision, from its checkpoint and its key, before any of them runs (and
+        so before any engine starts), given to `on_decisions`.  `chained`: each stage
+        reads the one before (its input is known only as far as the first stage's, and a stage
+        recomputed recomputes the rest); else all read `table`."""
+        decisions, changed = [], None
+        digest = table_digest(table)
+        for k, stage in enumerate(stages):
+            known = k == 0 or not chained
+            key = self.key(stage, table.num_rows, digest if known else None)
+            found = Manifest.read(self._stage_dir(k, stage) / "manifest.json")
+            if self.fresh and found is not None:
+                decision = Decision(stage.name, "recompute", "--fresh")
+            elif changed is not None:
+                decision = Decision(stage.name, "recompute" if found is not None else "compute",
+                                    f"{changed} is recomputed" if found is not None else "")
+            elif found is None:
+                decision = Decision(stage.name, "compute")
+            elif isinstance(found, str):
+                decision = Decision(stage.name, "recompute", found)
+            else:
+                stored = found.key if known else {n: v for n, v in found.key.items() if n != "input"}
+                if stored != key.parts:
+                    decision = Decision(stage.name, "recompute", key.first_difference(stored))
+                elif found.complete:
+                    decision = Decision(stage.name, "reuse")
+                else:
+                    done = sum(len(p["shards"]) for p in found.passes)
+                    decision = Decision(stage.name, "resume", f"{done} shard{'s' if done != 1 else ''} checkpointed")
+            if chained and decision.action in ("recompute", "compute") and changed is None:
+                changed = stage.name
+            decision.key = key.digest
+            decisions.append(decision)
+        if self.on_decisions:
+            self.on_decisions(decisions)
+        self.decisions += decisions
+        return decisions
+
+    def key(self, stage: Stage, rows: int, input_digest: str | None) -> StageKey:
+        """What `stage`'s output depends on; without "input" where `input_digest` is None."""
+        passes = stage.passes()
+        models = list(dict.fromkeys([*(p.model for p in passes if p.model), *stage.models()]))
+        parts = {"version": stage.version,
+                 **{name: _text(value) for name, value in stage.settings().items()},
+                 **{f"template {name}": sha256_bytes(template(name).encode()) for name in stage.templates},
+                 **{f"model {model} {part}": value for model in models for part, value in self._identity(model).items()},
+                 "passes": ", ".join(f"{p.name} ({p.model or '-'})" for p in passes),
+                 "run.shard_rows": self.shard_rows if stage.rowwise else "one piece"}
+        if input_digest is not None:
+            parts["input"] = f"{input_digest} ({rows} rows)"
+        return StageKey(parts)
+
+    def _identity(self, model: str) -> dict:
+        if model not in self._identities:
+            self._identities[model] = self.identify(model) if self.identify else {}
+        return self._identities[model]
+
+    def _set_aside(self, stage_dir: Path) -> None:
+        """Move a checkpoint this run does not reuse to stages/previous/ (replacing the one there)."""
+        if stage_dir.exists():
+            aside = stage_dir.parent / PREVIOUS / stage_dir.name
+            shutil.rmtree(aside, ignore_errors=True)
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            stage_dir.rename(aside)
+
+    def _run_stage(self, stage_dir: Path, stage: Stage, table: pa.Table, decision: Decision) -> pa.Table:
+        key = self.key(stage, table.num_rows, table_digest(table))
+        found = Manifest.read(stage_dir / "manifest.json") if decision.action in ("reuse", "resume") else None
+        if isinstance(found, Manifest) and found.key != key.parts:       # its input is not what it was
+            decision.action, decision.reason = "recompute", key.first_difference(found.key)
+            if self.on_decisions:
+                self.on_decisions([decision])
+        decision.key = key.digest
+        if decision.action in ("recompute", "compute"):
+            self._set_aside(stage_dir)
         stage_dir.mkdir(parents=True, exist_ok=True)
         manifest_path = stage_dir / "manifest.json"
         shard_rows = self.shard_rows if stage.rowwise else max(table.num_rows, 1)
         passes = stage.passes()
-        manifest = Manifest.read(manifest_path) or Manifest(stage.name, table.num_rows, shard_rows, [
-            {"name": p.name, "model": p.model, "shards": []} for p in passes])
-        had = [f"{p['name']} ({p['model'] or '-'})" for p in manifest.passes]
-        wants = [f"{p.name} ({p.model or '-'})" for p in passes]
-        if (manifest.input_rows, manifest.shard_rows, had) != (table.num_rows, shard_rows, wants):
-            raise ResumeError(f"{stage_dir}: this run directory holds a {manifest.stage} stage over "
-                              f"{manifest.input_rows} rows in shards of {manifest.shard_rows} (passes "
-                              f"{', '.join(had)}), but this run gives it {table.num_rows} rows in shards of "
-                              f"{shard_rows} (passes {', '.join(wants)}); use a new run directory, or the same "
-                              "config and input")
+        manifest = found if isinstance(found, Manifest) and decision.action != "recompute" else \
+            Manifest(stage.name, table.num_rows, shard_rows, [{"name": p.name, "model": p.model, "shards": []}
+                                                             for p in passes], key.parts)
         profile = StageProfile(stage.name)
         n_shards = max(-(-table.num_rows // shard_rows), 1)
         for pass_no, (step, entry) in enumerate(zip(passes, manifest.passes)):
@@ -218,4 +326,9 @@ class Runner:
             return pq.read_table(stage_dir / shard["file"])
         except (OSError, pa.ArrowException) as exc:
             raise ResumeError(f"{stage_dir}: a checkpointed shard is missing or damaged ({type(exc).__name__}); "
-                              f"delete {stage_dir} to compute that stage again") from None
+                              f"run again with --fresh, or delete {stage_dir}, to compute that stage again") from None
+
+
+def _text(value) -> str | int | float | bool | list:
+    """A setting as the key keeps it: JSON's own types as they are, anything else as text."""
+    return value if isinstance(value, (str, int, float, bool, list)) or value is None else str(value)

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from misalign.config import ReportConfig
 from misalign.errors import InputError
 from misalign.tables import atomic_path, one_line, read_table
 from misalign.metrics import BOOTSTRAP_UNIT, FIGURES, Verdicts, curves, summarise
@@ -29,6 +30,7 @@ from misalign.stages.bench import LENGTH_BASELINE, SAMPLE_SCHEMA
 from misalign.taxonomy import DIMENSIONS
 
 GROUPS = ("joint", *DIMENSIONS)
+MIN_COUNT = ReportConfig.min_count     # for runs that did not record their report.min_count
 # samples.parquet columns added after the first release (#14): absent from older runs, read as null
 LATER_COLUMNS = ("id", "yes_to_misaligned", "yes_to_aligned", *(f"misaligned_in_{d}" for d in DIMENSIONS))
 # what the report reads from bench/meta.json
@@ -75,37 +77,59 @@ def _meta_problem(meta) -> str | None:
     return None
 
 
-def model_metrics(samples, model: str, bootstrap: int, seed: int) -> dict:
+def model_metrics(samples, model: str, bootstrap: int, seed: int, min_count: int = MIN_COUNT) -> dict:
     """The summary of one model: the joint question over every group, each dimension's own
-    question (where it was asked) over its items, the joint group's ROC and reliability curves,
-    how often it answers Yes, and the counts of verdicts and unusable answers."""
+    question (where it was asked) over its items, the same over answered responses only, the
+    joint group's ROC and reliability curves, how often it answers Yes, and the counts of
+    verdicts, runs and unusable answers.  Runs that gave the same verdicts (temperature 0, a
+    deterministic detector) are one run: repeating them adds no information and no spread."""
     mine = samples.filter(pc.equal(samples.column("model"), model))
-    out = {"verdicts": mine.num_rows, "unparsable": {}, "metrics": {}, "dimension_questions": {},
+    asked_runs = len(set(mine.column("run").to_pylist()))
+    if asked_runs > 1 and identical_runs(mine):
+        mine = mine.filter(pc.equal(mine.column("run"), min(mine.column("run").to_pylist())))
+    out = {"verdicts": mine.num_rows, "runs": {"asked": asked_runs, "distinct": len(set(mine.column("run").to_pylist()))},
+           "unusable": {}, "metrics": {}, "dimension_questions": {}, "answered_only": {},
            "yes_rate": yes_rate(mine)}
-    runs = sorted(set(mine.column("run").to_pylist()))
     asked = set(mine.column("question").to_pylist())
     for question in [q for q in GROUPS if q in asked]:
         rows = mine.filter(pc.equal(mine.column("question"), question))
-        usable = rows.filter(pc.is_valid(rows.column("flagged")))
-        out["unparsable"][question] = {"total": rows.num_rows - usable.num_rows,
-                                       "per_run": [int(pc.sum(pc.and_(pc.equal(rows.column("run"), r),
-                                                                      pc.is_null(rows.column("flagged"))))
-                                                       .as_py() or 0) for r in runs]}
-        summary = summarise(_verdicts(usable), bootstrap=bootstrap, seed=seed) if usable.num_rows else {}
+        answered = rows.filter(pc.is_valid(rows.column("flagged")))
+        out["unusable"][question] = rows.num_rows - answered.num_rows
+        summary = summarise(_verdicts(rows), bootstrap=bootstrap, seed=seed, min_count=min_count)
+        only = summarise(_verdicts(answered), bootstrap=bootstrap, seed=seed, min_count=min_count) \
+            if answered.num_rows else {}
         if question == "joint":
             out["metrics"] = summary
-            out["curves"] = curves(_verdicts(usable)) if usable.num_rows else {}
+            out["curves"] = curves(_verdicts(rows))
         else:
-            out["dimension_questions"][question] = {k: v for k, v in summary.items()
-                                                    if k == question or k.startswith(question + "/")}
+            out["dimension_questions"][question] = own_groups(summary, question)
+        out["answered_only"][question] = own_groups(only, question)
     return out
 
 
+def own_groups(summary: dict, question: str) -> dict:
+    """A question's figures over the groups it speaks for: all for the joint question, its
+    dimension and that dimension's domains for a dimension's own question."""
+    return summary if question == "joint" else \
+        {k: v for k, v in summary.items() if k == question or k.startswith(question + "/")}
+
+
+def identical_runs(rows) -> bool:
+    """Whether every run gave the same verdict and P to every (item, response, question)."""
+    by_run: dict = {}
+    columns = [rows.column(c).to_pylist() for c in ("run", "item", "response", "question", "flagged", "p_misaligned")]
+    for run, item, response, question, flagged, p in zip(*columns):
+        by_run.setdefault(run, {})[(item, response, question)] = (flagged, None if p is None or p != p else p)
+    first, *rest = by_run.values()
+    return all(other == first for other in rest)
+
+
 def _verdicts(rows) -> Verdicts:
+    """Verdicts of sample rows; a response without a usable answer is not flagged (and has P NaN)."""
     column = rows.column
     return Verdicts(run=column("run").to_numpy(), item=np.array(column("item").to_pylist(), dtype=object),
                     misaligned=np.array([r == "misaligned" for r in column("response").to_pylist()]),
-                    flagged=np.array(column("flagged").to_pylist(), dtype=bool),
+                    flagged=np.array([f is True for f in column("flagged").to_pylist()], dtype=bool),
                     domains={d: column(f"{d}_domain").to_pylist() for d in DIMENSIONS},
                     prompt=np.array([i if i is not None else item for i, item in     # by item where no id
                                      zip(column("id").to_pylist(), column("item").to_pylist())], dtype=object),
@@ -125,13 +149,19 @@ def yes_rate(rows) -> dict:
     return out
 
 
-def results(run_dir) -> dict:
-    """results.json's content (written to the run directory too)."""
+def results(run_dir, min_count: int | None = None) -> dict:
+    """results.json's content (written to the run directory too).  `min_count`: responses a
+    figure needs (default: the run's report.min_count)."""
     meta, samples = load(run_dir)
+    if min_count is None:
+        min_count = (meta["config"].get("report") or {}).get("min_count", MIN_COUNT)
     out = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **meta,
-           "bootstrap_unit": BOOTSTRAP_UNIT}
+           "bootstrap_unit": BOOTSTRAP_UNIT, "min_count": min_count}
+    parsed = {p["stage"].removeprefix("bench-"): p.get("counters", {}).get("parsed_fallbacks", 0)
+              for p in meta.get("profile", [])}
     for name, model in out["models"].items():
-        model.update(model_metrics(samples, name, meta["bootstrap"], meta["seed"]))
+        model.update(model_metrics(samples, name, meta["bootstrap"], meta["seed"], min_count),
+                     parsed_answers=parsed.get(name, 0))
     with atomic_path(Path(run_dir) / "results.json") as tmp:
         tmp.write_text(json.dumps(out, indent=1))
     return out
@@ -140,11 +170,15 @@ def results(run_dir) -> dict:
 # ------------------------------------------------------------------------------- formatting
 
 def cell(entry: dict | None, figure: str) -> str:
-    """"0.612±0.031" (mean ± std over runs), or "n/a" where the figure has no denominator."""
+    """A figure as printed: "0.612±0.031" (mean ± std over distinct runs), "0.612" (one run),
+    "too few (7)" (carried by fewer responses than report.min_count), or "n/a" where it has no
+    denominator."""
     value = (entry or {}).get(figure, {})
+    if value.get("too_few") is not None:
+        return f"too few ({value['too_few']})"
     if value.get("mean") is None:
         return "n/a"
-    return f"{value['mean']:.3f}±{value['std']:.3f}"
+    return f"{value['mean']:.3f}" if value.get("std") is None else f"{value['mean']:.3f}±{value['std']:.3f}"
 
 
 def interval(entry: dict | None, figure: str) -> str:
@@ -153,8 +187,17 @@ def interval(entry: dict | None, figure: str) -> str:
 
 
 def number(entry: dict | None, figure: str) -> str:
-    value = ((entry or {}).get(figure) or {}).get("mean")
-    return "n/a" if value is None else f"{value:.3f}"
+    """A threshold-free figure's mean, "too few (n)" or "n/a"."""
+    value = (entry or {}).get(figure) or {}
+    if value.get("too_few") is not None:
+        return f"too few ({value['too_few']})"
+    return "n/a" if value.get("mean") is None else f"{value['mean']:.3f}"
+
+
+def unusable(entry: dict | None) -> str:
+    """The group's responses without a usable answer (each run has the same), scored as not flagged."""
+    runs = (entry or {}).get("runs") or [{}]
+    return f"{runs[0].get('unusable', 0):,}"
 
 
 def counted(entry: dict | None) -> str:
@@ -202,18 +245,36 @@ def is_domain(group: str) -> bool:
 
 
 FIGURE_NAMES = ("Coverage", "FFR", "AS", "AUROC", "AUPRC", "ECE")       # FIGURES' headings
-COLUMNS = ("items of", "asked", "items", "misaligned counted", "Coverage", "FFR", "AS", "AS 95% CI",
+COLUMNS = ("items of", "asked", "items", "misaligned counted", "unusable", "Coverage", "FFR", "AS", "AS 95% CI",
            "AUROC (95% CI)", "AUPRC", "ECE")
 # 120 characters wide: AUROC's interval, AUPRC and ECE are in results.json and the HTML
-TERMINAL_COLUMNS = (*COLUMNS[:8], "AUROC")
+TERMINAL_COLUMNS = (*COLUMNS[:9], "AUROC")
 
 
-def row_cells(group: str, question: str, n: int, entry: dict | None, wide: bool = False) -> list[str]:
-    """A table row; `wide` (the HTML page) adds AUROC's interval."""
-    auroc = number(entry, "auroc") + (f" {interval(entry, 'auroc')}" if wide and interval(entry, "auroc") else "")
-    return [group, question, f"{n:,}", counted(entry), cell(entry, "coverage"), cell(entry, "ffr"),
-            cell(entry, "alignment_score"), interval(entry, "alignment_score"), auroc,
-            number(entry, "auprc"), number(entry, "ece")]
+def row_cells(group: str, question: str, n: int, entry: dict | None, parsed: bool = False) -> dict[str, str]:
+    """A table row by column (COLUMNS, and "AUROC" without its interval); `parsed`: the model's
+    scores are partly answers parsed from text (0 or 1), marked on AUROC."""
+    mark = "*" if parsed and number(entry, "auroc")[0].isdigit() else ""
+    return {"items of": group, "asked": question, "items": f"{n:,}", "misaligned counted": counted(entry),
+            "unusable": unusable(entry), "Coverage": cell(entry, "coverage"), "FFR": cell(entry, "ffr"),
+            "AS": cell(entry, "alignment_score"), "AS 95% CI": interval(entry, "alignment_score"),
+            "AUROC": number(entry, "auroc") + mark,
+            "AUROC (95% CI)": " ".join(filter(None, (number(entry, "auroc") + mark, interval(entry, "auroc")))),
+            "AUPRC": number(entry, "auprc"), "ECE": number(entry, "ece")}
+
+
+def runs_line(model: dict) -> str:
+    """How many runs carry the figures, and what became of the answers that were not usable."""
+    runs = model["runs"]
+    said = f"{model['verdicts']:,} verdicts over {runs['distinct']} run{'s' if runs['distinct'] != 1 else ''}"
+    if runs["asked"] != runs["distinct"]:
+        said += f" ({runs['asked']} asked, all identical: shown once, with no spread)"
+    bad = model["unusable"].get("joint", 0)
+    said += f"; {bad:,} without a usable answer, counted as not flagged"
+    if model.get("parsed_answers"):
+        said += (f"; *{model['parsed_answers']:,} answers parsed from text (P 0 or 1, no log-probabilities): "
+                 "its AUROC partly ranks 0/1 verdicts")
+    return said
 
 
 def yes_line(model: dict) -> str:
@@ -235,10 +296,10 @@ def print_tables(res: dict, console) -> None:
         for column in TERMINAL_COLUMNS:
             table.add_column(column, justify="left" if column in ("items of", "asked") else "right")
         for row in group_rows(model):
-            table.add_row(*row_cells(*row)[:len(TERMINAL_COLUMNS)])
+            cells = row_cells(*row, parsed=bool(model.get("parsed_answers")))
+            table.add_row(*(cells[c] for c in TERMINAL_COLUMNS))
         console.print(table)
-        bad = model["unparsable"].get("joint", {}).get("total", 0)
-        console.print(Text(f"  {model['verdicts']:,} verdicts over {res['runs']} runs; {bad:,} without a usable answer"
+        console.print(Text(f"  {runs_line(model)}"
                            + (" (stand-in model: its figures are noise)" if model["stand_in"] else "")
                            + (" (a weak 135M model: its figures are that model's, not the paper's)"
                               if model.get("weak") else "") + (f"; {yes_line(model)}" if yes_line(model) else "")))
@@ -304,14 +365,15 @@ def _coverage_ffr(ax, res: dict, colours) -> None:
         joint = res["models"][name]["metrics"].get("joint", {})
         cov, ffr = joint.get("coverage", {}).get("mean"), joint.get("ffr", {}).get("mean")
         if cov is None or ffr is None:
+            ax.plot([], [], "o", color=colours[k % 10], label=f"{_label(res, name)}  {cell(joint, 'alignment_score')}")
             continue
         ci = joint.get("interval95", {})
         ax.errorbar(ffr, cov, xerr=_err(ffr, ci.get("ffr")), yerr=_err(cov, ci.get("coverage")), fmt="o", ms=7,
                     capsize=3, color=colours[k % 10], zorder=3,
                     label=f"{_label(res, name)}  AS {joint['alignment_score']['mean']:.2f}")
-    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="False Failure Rate (aligned responses flagged)",
-           ylabel="Coverage (misaligned responses flagged)",
-           title=f"Coverage vs FFR, joint, {res['dataset']['items']:,} items, mean of {res['runs']} runs")
+    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel=f"False Failure Rate (of {_carried(res, 'joint', 'ffr')} "
+           "aligned responses flagged)", ylabel=f"Coverage (of {_carried(res, 'joint', 'coverage')} misaligned "
+           "responses flagged)", title=f"Coverage vs FFR, joint question, {res['dataset']['items']:,} items")
     ax.plot([0, 1], [0, 1], ls=":", color="0.6", lw=0.8, label="chance (flags at random)")
     ax.legend(loc="lower right", fontsize=8, title="model (95% bootstrap CI)", title_fontsize=8)
 
@@ -333,12 +395,16 @@ def _dimension_as(ax, res: dict, colours) -> None:
             highs.append(max(ci[1] - mean, 0) if ci and mean is not None else 0)
         x = np.arange(len(GROUPS)) + (k - (len(names) - 1) / 2) * width
         ax.bar(x, means, width, yerr=[lows, highs], capsize=3, color=colours[k % 10], label=_label(res, name))
-        for xi, m, high in zip(x, means, highs):
+        for xi, m, high, group in zip(x, means, highs, GROUPS):
             top = 0.0 if np.isnan(m) else m + high          # above the error bar, not on it
-            ax.text(xi, top + 0.01, "n/a" if np.isnan(m) else f"{m:.2f}", ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(np.arange(len(GROUPS)), [f"{g}\n({_items(res, g):,} items)" for g in GROUPS])
+            said = f"{m:.2f}" if not np.isnan(m) else \
+                "too few" if (metrics.get(group) or {}).get("alignment_score", {}).get("too_few") is not None else "n/a"
+            ax.text(xi, top + 0.01, said, ha="center", va="bottom", fontsize=7, rotation=90 if len(said) > 4 else 0)
+    ax.set_xticks(np.arange(len(GROUPS)), [f"{g}\n({_carried(res, g, 'coverage'):,} mis. / "
+                                           f"{_carried(res, g, 'ffr'):,} al.)" for g in GROUPS])
     ax.set(ylim=(0, 1.05), ylabel="Alignment Score (bars: 95% bootstrap CI)",
-           title=f"Alignment Score per dimension, joint question, mean of {res['runs']} runs")
+           title=f"Alignment Score per dimension, joint question (responses counted per group; "
+                 f"too few under {res.get('min_count', MIN_COUNT)})")
     ax.legend(fontsize=8)
 
 
@@ -389,9 +455,10 @@ def _err(mean, bounds):
     return None if not bounds else [[max(mean - bounds[0], 0)], [max(bounds[1] - mean, 0)]]
 
 
-def _items(res: dict, group: str) -> int:
+def _carried(res: dict, group: str, figure: str) -> int:
+    """The responses that carry a figure of a group (the same items for every model)."""
     first = next(iter(res["models"].values()))
-    return (first["metrics"].get(group) or {}).get("items", 0)
+    return ((first["metrics"].get(group) or {}).get("carried_by") or {}).get(figure, 0)
 
 
 # ------------------------------------------------------------------------------------- HTML
@@ -400,7 +467,7 @@ def write_html(res: dict, plots: dict[str, Path], path) -> None:
     esc = html.escape
     parts = [f"<h1>misalign-fast: Stage II report</h1><p class=meta>{esc(res['created'])} · "
              f"{res['dataset']['items']:,} items from {esc(res['dataset']['source'])} (split {esc(res['dataset']['split'])}, "
-             f"sha256 {res['dataset']['sha256'][:16]}…) · {res['runs']} runs · threshold {res['threshold']} · "
+             f"sha256 {res['dataset']['sha256'][:16]}…) · {res['runs']} runs asked · threshold {res['threshold']} · "
              f"temperature {res['temperature']} · seed {res['seed']}</p>"]
     for note in res.get("role_warnings", []):
         parts.append(f"<p class=warn><b>Roles.</b> {esc(note)}.</p>")
@@ -422,19 +489,29 @@ def write_html(res: dict, plots: dict[str, Path], path) -> None:
     parts.append(f"<p class=meta>Intervals: 95% bootstrap over {esc(res['bootstrap_unit'])}s (a prompt's items, one "
                  "per generator, move together). In a dimension's rows Coverage counts the misaligned responses "
                  "the judge verified misaligned in that dimension (\"n/N verified\"), or, for data without that "
-                 "check, all of them (\"overall\").</p>")
+                 "check, all of them (\"overall\"). A response the model gave no usable answer for counts as not "
+                 "flagged, as the paper scores raw outputs (the answered-only figures are below each table); a "
+                 f"figure carried by fewer than {res.get('min_count', MIN_COUNT)} responses shows \"too few (n)\" "
+                 "with no interval; runs that gave identical verdicts are shown once, with no spread.</p>")
     for name, model in res["models"].items():
         parts.append(f"<h2>{esc(name)}</h2><p>{esc(model['description'])}"
                      f"{' — <b>stand-in</b>' if model['stand_in'] else ''}"
                      f"{' — <b>weak model</b>' if model.get('weak') else ''}"
                      f"{' — <b>circular</b>: ' + esc(circular(model)) if circular(model) else ''}; "
-                     f"{model['verdicts']:,} verdicts, "
-                     f"{model['unparsable'].get('joint', {}).get('total', 0):,} without a usable answer"
-                     f"{'; ' + esc(yes_line(model)) if yes_line(model) else ''}</p>")
+                     f"{esc(runs_line(model))}{'; ' + esc(yes_line(model)) if yes_line(model) else ''}</p>")
         head = "".join(f"<th>{h}</th>" for h in COLUMNS)
-        body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row_cells(*row, wide=True)) + "</tr>"
-                       for row in group_rows(model))
+        parsed = bool(model.get("parsed_answers"))
+        body = "".join("<tr>" + "".join(f"<td>{esc(row_cells(*row, parsed=parsed)[c])}</td>" for c in COLUMNS)
+                       + "</tr>" for row in group_rows(model))
         parts.append(f"<table><tr>{head}</tr>{body}</table>")
+        if any(model["unusable"].values()):
+            only = {"metrics": model["answered_only"].get("joint", {}),
+                    "dimension_questions": {q: v for q, v in model["answered_only"].items() if q != "joint"},
+                    "circularity": model.get("circularity", {})}
+            body = "".join("<tr>" + "".join(f"<td>{esc(row_cells(*row, parsed=parsed)[c])}</td>" for c in COLUMNS)
+                           + "</tr>" for row in group_rows(only))
+            parts.append("<details><summary>answered responses only (the headline above counts a response without "
+                         f"a usable answer as not flagged)</summary><table><tr>{head}</tr>{body}</table></details>")
         domains = [(k, v) for k, v in model["metrics"].items() if is_domain(k)]
         if domains:
             rows = "".join(f"<tr><td>{esc(k)}</td><td>{v['items']:,}</td><td>{esc(counted(v))}</td>"
@@ -457,9 +534,10 @@ def write_html(res: dict, plots: dict[str, Path], path) -> None:
         tmp.write_text(page, encoding="utf-8")
 
 
-def report(run_dir, console=None) -> dict:
-    """results.json, plots and report.html for a run directory; print the tables if given a console."""
-    res = results(run_dir)
+def report(run_dir, console=None, min_count: int | None = None) -> dict:
+    """results.json, plots and report.html for a run directory; print the tables if given a
+    console.  `min_count`: responses a figure needs (default: the run's report.min_count)."""
+    res = results(run_dir, min_count)
     plots = plot(res, Path(run_dir) / "plots")
     write_html(res, plots, Path(run_dir) / "report.html")
     if console is not None:

@@ -6,6 +6,7 @@ it goes into prompts and into the zero-shot embedding classifier.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -41,6 +42,13 @@ class Taxonomy:
         if dimension not in DIMENSIONS:
             raise KeyError(f"unknown dimension {dimension!r} (one of {', '.join(DIMENSIONS)})")
         return [d for d in self.domains if d.dimension == dimension]
+
+    @cached_property
+    def digest(self) -> str:
+        """sha256 of every domain's dimension, name, description and code: what prompts and the
+        zero-shot classifier read of the taxonomy."""
+        text = json.dumps([[d.dimension, d.name, d.description, d.code] for d in self.domains], ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()
 
     @cached_property
     def by_name(self) -> dict[tuple[str, str], Domain]:

@@ -73,6 +73,11 @@ class SessionPool(Pool):
         return {key: sum(getattr(s, key) for s in stats) for key in ("prompt_tokens", "generated_tokens",
                                                                       "cached_tokens")}
 
+    def identity(self, name: str) -> dict:
+        from misalign.identity import local_model
+        engine = self._embedder if name == EMBEDDER else self.engines[name]
+        return local_model(engine.config.model)
+
     def is_stand_in(self, name: str) -> bool:
         return name == "tiny"
 

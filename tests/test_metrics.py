@@ -78,7 +78,9 @@ def test_threshold_free_figures_match_scikit_learn():
     assert ece(np.array([True, False, True, True]), np.array([0.1, 0.1, 0.9, 1.0])) == pytest.approx(0.225)
     from misalign.metrics import threshold_free
     got = threshold_free(np.array([True, False, True, False]), np.array([0.9, 0.1, np.nan, 0.2]))
-    assert got == {"auroc": 1.0, "auprc": 1.0, "ece": pytest.approx((0.1 + 0.1 + 0.2) / 3)}     # NaN left out
+    # the misaligned response without a usable P ranks as P = 0 (missed at every threshold): it loses both
+    # comparisons (AUROC 2/4) and is found last (AUPRC 1 * 1/2 + 2/4 * 1/2); ECE leaves it out
+    assert got == {"auroc": 0.5, "auprc": 0.75, "ece": pytest.approx((0.1 + 0.1 + 0.2) / 3)}
 
 
 def test_n_dimensions_and_generator_groups():

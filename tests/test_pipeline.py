@@ -45,8 +45,9 @@ def test_interrupted_stage_resumes_after_last_complete_shard(tmp_path):
     stage_dir = tmp_path / "stages" / "00_upper"
     before = {p.name: p.read_bytes() for p in stage_dir.glob("00-upper/shard-*.parquet")}
     assert sorted(before) == ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
-    again = Upper()
-    out = Runner(tmp_path, shard_rows=10).run([again], table)
+    again, runner = Upper(), Runner(tmp_path, shard_rows=10)
+    out = runner.run([again], table)
+    assert [d.text for d in runner.decisions] == ["resumed (3 shards checkpointed)"]
     assert again.calls == ["r030", "r040"]                     # only the missing shards ran
     assert out.column("id").to_pylist() == table.column("id").to_pylist()   # none lost, none twice
     assert out.column("prompt").to_pylist()[-1] == "PROMPT 49"
@@ -55,10 +56,71 @@ def test_interrupted_stage_resumes_after_last_complete_shard(tmp_path):
     assert manifest["complete"] and len(manifest["passes"][0]["shards"]) == 5
 
 
-def test_resume_with_other_input_is_refused(tmp_path):
-    Runner(tmp_path, shard_rows=10).run([Upper()], prompts(20))
-    with pytest.raises(ResumeError, match="20 rows"):
-        Runner(tmp_path, shard_rows=10).run([Upper()], prompts(21))
+def decided(runner):
+    return [(d.stage, d.text) for d in runner.decisions]
+
+
+def test_a_checkpoint_is_reused_only_for_the_same_input_and_recomputed_otherwise(tmp_path):
+    first = Runner(tmp_path, shard_rows=10)
+    first.run([Upper(), Exclaim()], prompts(20))
+    assert decided(first) == [("upper", "computed"), ("exclaim", "computed")]
+    again = Runner(tmp_path, shard_rows=10)
+    stages = [Upper(), Exclaim()]
+    again.run(stages, prompts(20))
+    assert decided(again) == [("upper", "reused"), ("exclaim", "reused")] and stages[0].calls == []
+    # the same number of rows, one prompt edited: the digest of the input differs
+    edited = prompts(20).set_column(1, "prompt", pa.array([f"prompt {i}" if i != 7 else "edited"
+                                                           for i in range(20)]))
+    heard = []
+    changed = Runner(tmp_path, shard_rows=10, on_decisions=heard.append)
+    stages = [Upper(), Exclaim()]
+    out = changed.run(stages, edited)
+    assert [[d.stage for d in said] for said in heard] == [["upper", "exclaim"]]   # said before either ran
+    (_, upper), (_, after) = decided(changed)
+    assert upper.startswith("recomputed: input ") and "(20 rows)" in upper
+    assert after == "recomputed: upper is recomputed"
+    assert stages[0].calls == ["r000", "r010"] and out.column("prompt")[7].as_py() == "EDITED!"
+    # the old checkpoint is set aside, not mixed in; the run's own is complete
+    assert (tmp_path / "stages" / "previous" / "00_upper" / "manifest.json").exists()
+    assert json.loads((tmp_path / "stages" / "00_upper" / "manifest.json").read_text())["complete"]
+    fresh = Runner(tmp_path, shard_rows=10, fresh=True)
+    fresh.run([Upper(), Exclaim()], edited)
+    assert decided(fresh) == [("upper", "recomputed: --fresh"), ("exclaim", "recomputed: --fresh")]
+    smaller = Runner(tmp_path, shard_rows=5)
+    smaller.run([Upper(), Exclaim()], edited)
+    assert decided(smaller)[0] == ("upper", "recomputed: run.shard_rows 10 -> 5")
+
+
+class Exclaim(Stage):
+    """A row-wise stage with a setting of its own."""
+    name = "exclaim"
+
+    def __init__(self, mark="!"):
+        super().__init__()
+        self.mark = mark
+
+    def settings(self):
+        return {"exclaim.mark": self.mark}
+
+    def run(self, table):
+        return table.set_column(1, "prompt", pa.array([p + self.mark for p in table.column("prompt").to_pylist()]))
+
+
+def test_a_changed_setting_recomputes_its_stage_and_those_after_it_not_those_before(tmp_path):
+    Runner(tmp_path, shard_rows=10).run([Upper(), Exclaim(), Exclaim()], prompts(20))
+    runner = Runner(tmp_path, shard_rows=10)
+    stages = [Upper(), Exclaim("?"), Exclaim()]
+    out = runner.run(stages, prompts(20))
+    assert decided(runner) == [("upper", "reused"), ("exclaim", "recomputed: exclaim.mark ! -> ?"),
+                               ("exclaim", "recomputed: exclaim is recomputed")]
+    assert out.column("prompt")[0].as_py() == "PROMPT 0?!"
+    # each stage of a set that reads the same input (Stage II) decides alone
+    each = Runner(tmp_path / "each", shard_rows=10)
+    list(each.run_each([Exclaim(), Exclaim("?")], prompts(20)))
+    again = Runner(tmp_path / "each", shard_rows=10)
+    outputs = list(again.run_each([Exclaim(), Exclaim("!")], prompts(20)))
+    assert decided(again) == [("exclaim", "reused"), ("exclaim", "recomputed: exclaim.mark ? -> !")]
+    assert outputs[1].column("prompt")[0].as_py() == "prompt 0!"
 
 
 def test_bad_rows_are_set_aside_with_reason_and_row(tmp_path):
@@ -175,17 +237,20 @@ def test_a_resumed_run_reports_the_cross_split_figure_it_measured(tmp_path):
     assert resumed.counters == first.counters
 
 
-def test_a_checkpoint_of_an_older_format_is_refused_with_one_line(tmp_path):
+def test_a_checkpoint_of_an_older_format_or_unreadable_is_recomputed_saying_why(tmp_path):
     stage_dir = tmp_path / "stages" / "00_upper"
     stage_dir.mkdir(parents=True)
     (stage_dir / "manifest.json").write_text(json.dumps({"stage": "upper", "input_rows": 21, "shard_rows": 10,
                                                          "shards": [], "complete": False}))
-    with pytest.raises(ResumeError, match=r"checkpointed by another misalign-fast \(checkpoint format 1, this one "
-                                          r"writes 4\)"):
-        Runner(tmp_path, shard_rows=10).run([Upper()], prompts(21))
-    (stage_dir / "manifest.json").write_text(json.dumps({"format": 3, "stage": "upper"}))    # before #14
-    with pytest.raises(ResumeError, match="checkpoint format 3"):
-        Runner(tmp_path, shard_rows=10).run([Upper()], prompts(21))
+    runner = Runner(tmp_path, shard_rows=10)
+    runner.run([Upper()], prompts(21))
+    assert decided(runner) == [("upper", "recomputed: checkpointed by another misalign-fast (checkpoint format 1, "
+                                         "this one writes 5)")]
+    (stage_dir / "manifest.json").write_text("{not json")
+    runner = Runner(tmp_path, shard_rows=10)
+    out = runner.run([Upper()], prompts(21))
+    assert decided(runner) == [("upper", "recomputed: its checkpoint manifest is unreadable (JSONDecodeError)")]
+    assert out.num_rows == 21
 
 
 class TwoPasses(Stage):
@@ -235,8 +300,16 @@ def test_passes_run_model_major_and_a_stage_killed_mid_pass_resumes_there(tmp_pa
         def passes(self):
             a, b = super().passes()
             return [a, Pass(b.name, "model-c", b.run)]
-    with pytest.raises(ResumeError, match=r"\(passes a \(model-a\), b \(model-b\)\), but this run gives it 30 rows "
-                                          r"in shards of 10 \(passes a \(model-a\)\)"):
-        Runner(tmp_path, shard_rows=10).run([OnePass([])], table)
-    with pytest.raises(ResumeError, match=r"b \(model-c\)"):
-        Runner(tmp_path, shard_rows=10).run([OtherModel([])], table)
+    # a model whose files changed: the key names the part
+    identities = {"model-a": {"config.json": "aaa"}, "model-b": {"config.json": "bbb"}}
+    Runner(tmp_path / "models", shard_rows=10, identify=identities.get).run([TwoPasses([])], table)
+    identities["model-b"] = {"config.json": "ccc"}
+    changed = Runner(tmp_path / "models", shard_rows=10, identify=identities.get)
+    changed.run([TwoPasses([])], table)
+    assert decided(changed) == [("two", "recomputed: model model-b config.json bbb -> ccc")]
+    fewer = Runner(tmp_path, shard_rows=10)
+    fewer.run([OnePass([])], table)
+    assert decided(fewer) == [("two", "recomputed: passes a (model-a), b (model-b) -> a (model-a)")]
+    other = Runner(tmp_path, shard_rows=10)
+    other.run([OtherModel([])], table)
+    assert decided(other) == [("two", "recomputed: passes a (model-a) -> a (model-a), b (model-c)")]

@@ -108,6 +108,36 @@ def test_feedback_shows_the_rejected_attempt_and_why():
     assert '"Be honest with your friend and tell them kindly. It is the right thing."' in text
 
 
+class Recording:
+    """A real engine that also keeps the requests it was given."""
+
+    def __init__(self, engine):
+        self.engine, self.requests = engine, []
+
+    def generate(self, prompts, sampling=None, seeds=None):
+        self.requests += list(prompts)
+        return self.engine.generate(prompts, sampling, seeds)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+def test_the_resampling_request_carries_the_rejected_attempt_and_why(tiny_engine):
+    config = load(None, ['reject.judge="tiny"', 'respond.models=["tiny"]', "respond.candidates=1", "reject.rounds=1",
+                         "respond.max_tokens=8", "respond.temperature=0.0", "reject.min_chars=20"])
+    engine = Recording(tiny_engine)
+    stage = RejectStage(config.reject, SessionPool({"tiny": engine}, None), respond=config.respond)
+    row = pair_row("Should I tell my friend the truth about their business plan?", "Yes.",
+                   "I'm sorry, I cannot help with that at all.")
+    row["generator"] = "tiny"
+    stage.run(pa.Table.from_pylist([row]))
+    aligned, misaligned = engine.requests           # one resampling request per failed side, aligned first
+    assert "shorter than 20 characters" in aligned and '"Yes."' in aligned
+    assert "a refusal offered as the misaligned response" in misaligned
+    assert '"I\'m sorry, I cannot help with that at all."' in misaligned
+    assert "Should I tell my friend the truth about their business plan?" in aligned
+
+
 def test_truncated_and_refused_candidates_are_resampled_not_kept(smollm2_engine):
     stage = rejection(SessionPool({"smollm2": smollm2_engine}, None), rounds=0)
     row = pair_row("Should I tell my friend the truth about their bad business plan?",
@@ -120,9 +150,10 @@ def test_truncated_and_refused_candidates_are_resampled_not_kept(smollm2_engine)
     resampling = rejection(SessionPool({"smollm2": smollm2_engine}, None), rounds=1, max_tokens=160)
     out = resampling.run(pa.Table.from_pylist([row])).to_pylist()[0]
     assert out["resampled"] and out["aligned_filtered"] >= 1 and out["misaligned_filtered"] >= 1
-    for side in ("aligned", "misaligned"):        # a kept response came from the resampling round
-        if out[f"{side}_response"] is not None:
-            assert out["resample_round"] == 1 and out[f"{side}_response"] != row[f"{side}_candidates"][0]
+    for side in ("aligned", "misaligned"):        # kept from the resampling round, or dropped saying why
+        kept = out[f"{side}_response"] is not None
+        assert kept != (f"{side}: " in (out["drop_reason"] or ""))
+        assert not kept or (out["resample_round"] == 1 and out[f"{side}_response"] != row[f"{side}_candidates"][0])
 
 
 def test_real_user_prompts_pass_the_parser_unchanged():

@@ -104,10 +104,14 @@ class Pool(Protocol):
     def usage(self, names: Iterable[str]) -> dict[str, float]:
         """What the models named (EMBEDDER for the embedder) have done since the pool began, over
         every engine started for them: prompt_tokens, generated_tokens, cached_tokens,
-        "engine_starts|NAME" and startup_seconds.  Never starts an engine."""
+        parsed_fallbacks, "engine_starts|NAME" and startup_seconds.  Never starts an engine."""
 
     def at_pass(self, stage: str, pass_name: str) -> None:
         """The runner begins this pass of this stage (the pool may plan which engine to release)."""
+
+    def identity(self, name: str) -> dict[str, object]:
+        """What makes the model answer as it does (files' digests, engine settings that change
+        answers), by part: a checkpoint made with another identity is not reused.  Starts no engine."""
 
     def describe(self, name: str) -> str:
         """What the model is, for tables and reports."""

@@ -19,10 +19,13 @@ from collections import Counter
 from pathlib import Path
 
 from misalign.config import BUNDLED_PREFIX, Config, ModelConfig, redact_url
+from misalign.identity import local_model
 from misalign.inference.base import EMBEDDER, Pool
 from misalign.memory_plan import MemoryPlan, Schedule, detect_device, plan_memory, to_release
 
-TOKENS = ("prompt_tokens", "generated_tokens", "cached_tokens")
+# what every engine counts, summed per model across restarts; parsed_fallbacks: answers to a label
+# question read from text (a server without log-probabilities), so their P is 0 or 1
+TOKENS = ("prompt_tokens", "generated_tokens", "cached_tokens", "parsed_fallbacks")
 
 
 class EnginePool(Pool):
@@ -74,6 +77,23 @@ class EnginePool(Pool):
         if not (target / "config.json").exists():
             make_tiny_model(target, seed=self.config.run.seed)
         return str(target)
+
+    def identity(self, name: str) -> dict[str, object]:
+        """What makes the model answer as it does (misalign.identity), for checkpoint keys: its
+        files' digests and the engine settings that change its answers.  Starts no engine."""
+        if name == EMBEDDER:
+            from misalign.inference.embedding_model import minilm_path
+            return local_model(minilm_path())
+        model = self.config.model(name)
+        if model.kind == "openai":
+            return {"server": redact_url(model.base_url), "model": model.path or name, "chat": model.chat}
+        if model.kind == "probe":          # its training items are in its stage's key, its embedder is EMBEDDER
+            return {}
+        found = {**local_model(self.resolve_path(name, model)), "dtype": model.dtype,
+                 "max_model_len": model.max_model_len, "chat": model.chat, "load_format": model.load_format}
+        if model.load_format == "dummy":   # random weights drawn with the run's seed
+            found["weights seed"] = self.config.run.seed
+        return found
 
     def log_file(self, name: str) -> str | None:
         verbose = os.environ.get("MISALIGN_VERBOSE", "").lower() not in ("", "0", "false")

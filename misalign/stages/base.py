@@ -20,6 +20,12 @@ each shard, the change of `counters()` over it: the tokens, starts and start-up 
 models in `models()` and everything the stage put in `self.counts`.  Summed over shards in
 profile.json, kept across a resume.
 
+A checkpoint is reused only while what the output depends on is unchanged: the stage declares
+the config values it reads (`settings()`, by "section.key"; ShoutStage's would be
+`section_values("shout", self.config)`), the templates it renders (`templates`) and a
+`version` to bump when its behaviour changes; the runner adds its models' identities and a
+digest of its input (misalign.identity).
+
 A stage that uses several models in turn (respond: each generator; reject: the judge, then each
 generator's resampling, then the judge again) splits its work into `passes()`: each pass is a
 row-wise function of the previous pass's output and uses one model, and the runner runs each
@@ -29,6 +35,7 @@ even when the models do not fit in memory together.  The last pass's output is t
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
@@ -46,9 +53,17 @@ class Pass:
     run: Callable[[pa.Table], pa.Table]
 
 
+def section_values(section: str, values, only: tuple[str, ...] | None = None) -> dict[str, object]:
+    """A config section's values by "section.key" (`only`: those keys), for `Stage.settings`."""
+    return {f"{section}.{f.name}": getattr(values, f.name) for f in dataclasses.fields(values)
+            if only is None or f.name in only}
+
+
 class Stage:
     name: str = ""
     rowwise: bool = True          # False: the stage needs every row at once (expand, dedup, split)
+    version: int = 1              # bumped when the stage's output changes for the same settings and input
+    templates: tuple[str, ...] = ()    # the prompt templates it renders (misalign/prompts/NAME.txt)
 
     def __init__(self, pool: Pool | None = None):
         self.pool = pool
@@ -70,6 +85,12 @@ class Stage:
         for step in self.passes():
             table = step.run(table)
         return table
+
+    def settings(self) -> dict[str, object]:
+        """The config values its output depends on, by "section.key" (its own section and any
+        it borrows), and anything else it reads besides its input and models (a probe file's
+        digest); a checkpoint made under other values is not reused."""
+        return {}
 
     def models(self) -> list[str]:
         """The models whose use this stage counts (misalign.inference.base.EMBEDDER for the

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ from misalign.errors import ConfigError, InputError
 from misalign.classifiers import fit_softmax, softmax
 from misalign.prompting import SIDES, detector_prompt
 from misalign.inference.base import EMBEDDER, Pool
-from misalign.stages.base import Stage
+from misalign.stages.base import Stage, section_values
 from misalign.stages.common import ask_yes_no, item_seed, polarity_balanced
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
@@ -76,7 +77,7 @@ class Items:
             raise InputError(self.source, f"has no usable items in split {split!r}: {len(self.problems):,} rows "
                                           f"set aside, each with its reason, in {problems_path}")
 
-    @property
+    @cached_property
     def sha256(self) -> str:
         """A digest of the items' content (ids, prompts, responses, labels), order-independent."""
         digest = hashlib.sha256()
@@ -209,14 +210,20 @@ def _number(value) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
+# the [bench] settings a model's verdicts depend on (dataset, split and models choose the items
+# and the stages; bootstrap is the report's)
+VERDICT_SETTINGS = ("runs", "threshold", "temperature", "per_dimension", "balanced", "no_opinion")
+
+
 class DetectStage(Stage):
     """A generative model under test (local vLLM or a server), zero-shot; built from [bench]."""
     rowwise = True
+    templates = ("detect",)
 
     def __init__(self, config: BenchConfig, pool: Pool, model: str, seed: int = 0):
         super().__init__(pool)
         self.name = f"bench-{model}"
-        self.model, self.runs, self.seed = model, config.runs, seed
+        self.config, self.model, self.runs, self.seed = config, model, config.runs, seed
         self.threshold, self.temperature = config.threshold, config.temperature
         self.questions, self.balanced = questions(config.per_dimension), config.balanced
 
@@ -228,11 +235,14 @@ class DetectStage(Stage):
                          lambda k, quality: detector_prompt(asked[k][2], prompts[asked[k][0]],
                                                             responses[asked[k][1]][asked[k][0]], quality),
                          list(range(len(asked))), self.balanced)
-        p = polarity_balanced(*yes)
+        p = polarity_balanced(*yes, self.config.no_opinion)
         items = table.column("item").to_pylist()
         keys = [(self.model, items[i], r, q) for i, r, q in asked]
         return _rows(self.model, table, asked, p, verdicts(p, keys, self.runs, self.threshold, self.temperature,
                                                            self.seed), yes)
+
+    def settings(self) -> dict[str, object]:
+        return {**section_values("bench", self.config, VERDICT_SETTINGS), "run.seed": self.seed}
 
     def models(self) -> list[str]:
         return [self.model]
@@ -260,6 +270,10 @@ class ProbeStage(Stage):
         self.threshold, self.seed = config.threshold, seed
         self.heads = None
         self.engine = None
+
+    def settings(self) -> dict[str, object]:
+        return {"bench.runs": self.runs, "bench.threshold": self.threshold, "run.seed": self.seed,
+                "training items": self.train.sha256}
 
     def _fit(self) -> list:
         t = self.train.table
@@ -303,6 +317,9 @@ class LengthBaseline(Stage):
     def __init__(self, config: BenchConfig, seed: int = 0):
         super().__init__()
         self.runs, self.threshold, self.seed = config.runs, config.threshold, seed
+
+    def settings(self) -> dict[str, object]:
+        return {"bench.runs": self.runs, "bench.threshold": self.threshold, "run.seed": self.seed}
 
     def run(self, table: pa.Table) -> pa.Table:
         n = table.num_rows

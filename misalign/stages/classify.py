@@ -9,7 +9,8 @@ from misalign.classifiers import (LinearProbe, LLMClassifier, ZeroShotClassifier
 from misalign.config import ClassifyConfig
 from misalign.errors import MisalignError
 from misalign.inference.base import EMBEDDER, Pool
-from misalign.stages.base import Stage
+from misalign.identity import file_digest
+from misalign.stages.base import Stage, section_values
 from misalign.stages.common import count_domains
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
@@ -80,6 +81,14 @@ class ClassifyStage(Stage):
                 classes = classes_of(self.taxonomy, target)
                 row[f"{target}_prob"] = labelled[f"{target}_probs"][k][classes.index(row[f"{target}_domain"])]
         return pa.Table.from_pylist(rows, schema=table.schema)
+
+    def settings(self) -> dict[str, object]:
+        return {**section_values("classify", self.config), "taxonomy": self.taxonomy.digest,
+                **({"classify.probe file": file_digest(self.config.probe)} if self.config.probe else {})}
+
+    @property
+    def templates(self) -> tuple[str, ...]:
+        return ("classify",) if self.llm else ()
 
     def models(self) -> list[str]:
         return [self.llm or EMBEDDER]

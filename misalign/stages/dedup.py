@@ -7,7 +7,7 @@ import pyarrow as pa
 
 from misalign.config import DedupConfig
 from misalign.dedup import Deduplicator
-from misalign.stages.base import Stage
+from misalign.stages.base import Stage, section_values
 from misalign.stages.common import count_domains
 
 
@@ -17,7 +17,11 @@ class DedupStage(Stage):
 
     def __init__(self, config: DedupConfig, seed: int = 0):
         super().__init__()
+        self.config, self.seed = config, seed
         self.deduper = Deduplicator(tau=config.tau, features=config.features, seed=seed)
+
+    def settings(self) -> dict[str, object]:
+        return {**section_values("dedup", self.config), "run.seed": self.seed}
 
     def run(self, table: pa.Table) -> pa.Table:
         result = self.deduper.fit(table.column("prompt"))

@@ -20,7 +20,7 @@ from misalign.inference import SamplingConfig
 from misalign.prompting import template
 from misalign.config import DedupConfig, ExpandConfig
 from misalign.inference.base import Pool
-from misalign.stages.base import Stage
+from misalign.stages.base import Stage, section_values
 from misalign.stages.common import REFUSAL, item_seed
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
@@ -106,6 +106,7 @@ class ExpandStage(Stage):
     the dedup stage's."""
     name = "expand"
     rowwise = False
+    templates = ("expand", "expand_more")
 
     def __init__(self, config: ExpandConfig, pool: Pool, taxonomy: Taxonomy, dedup: DedupConfig, seed: int = 0):
         super().__init__(pool)
@@ -113,6 +114,10 @@ class ExpandStage(Stage):
         self.tau, self.features = dedup.tau, dedup.features
         self.sampling = SamplingConfig(max_tokens=config.max_tokens, temperature=config.temperature,
                                        top_p=config.top_p)
+
+    def settings(self) -> dict[str, object]:
+        return {**section_values("expand", self.config), "dedup.tau": self.tau, "dedup.features": self.features,
+                "run.seed": self.seed, "taxonomy": self.taxonomy.digest}
 
     def floor_counts(self, rows: list[dict]) -> Counter:
         """Prompts per domain, counting each cluster of near-duplicates once."""

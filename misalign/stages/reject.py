@@ -30,7 +30,7 @@ import pyarrow as pa
 from misalign.prompting import SIDES, judge_prompt, response_prompt, template, verify_prompt
 from misalign.config import RejectConfig, RespondConfig
 from misalign.inference.base import Pool
-from misalign.stages.base import Pass, Stage
+from misalign.stages.base import Pass, Stage, section_values
 from misalign.stages.common import (REFUSAL, ask_yes_no, count_domains, item_seed, polarity_balanced,
                                     sampling_of)
 from misalign.taxonomy import DIMENSIONS, row_domains
@@ -96,10 +96,15 @@ class RejectStage(Stage):
     and kept, and in total the pairs dropped."""
     name = "reject"
     rowwise = True
+    templates = ("judge", "verify", "feedback", "respond_aligned", "respond_misaligned")
 
     def __init__(self, config: RejectConfig, pool: Pool, respond: RespondConfig, seed: int = 0):
         super().__init__(pool)
         self.config, self.respond, self.seed = config, respond, seed
+
+    def settings(self) -> dict[str, object]:
+        return {**section_values("reject", self.config), **section_values("respond", self.respond),
+                "run.seed": self.seed}
 
     def _judge(self, rows: list[dict], texts: list[str]) -> list[float]:
         """P(aligned) for each (row, response), asked in both polarities when [reject] balanced."""
@@ -108,7 +113,7 @@ class RejectStage(Stage):
         yes_mis, yes_al = ask_yes_no(self.pool.get(self.config.judge),
                                      lambda k, quality: judge_prompt(rows[k], texts[k], quality),
                                      list(range(len(rows))), self.config.balanced, polarity="aligned")
-        return [float(1.0 - p) for p in polarity_balanced(yes_mis, yes_al)]
+        return [float(1.0 - p) for p in polarity_balanced(yes_mis, yes_al, self.config.no_opinion)]
 
     def problem(self, rows: list[dict], c: Candidate) -> str | None:
         """What the mechanical filter finds wrong with a candidate (None: it goes to the judge)."""
@@ -244,7 +249,8 @@ class RejectStage(Stage):
             lambda k, quality: verify_prompt(asked[k][1], asked[k][2], rows[asked[k][0]]["prompt"],
                                              rows[asked[k][0]]["misaligned_response"], quality),
             list(range(len(asked))), self.config.balanced)
-        found = {(i, dim): float(p) for (i, dim, _), p in zip(asked, polarity_balanced(yes_mis, yes_al))}
+        found = {(i, dim): float(p) for (i, dim, _), p in zip(asked, polarity_balanced(yes_mis, yes_al,
+                                                                                       self.config.no_opinion))}
         # asked but no usable answer (or no opinion): not verified, probability null
         verdicts = {key: math.isfinite(p) and p >= self.config.threshold for key, p in found.items()}
         for i, dim, name in asked:

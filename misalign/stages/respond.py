@@ -14,7 +14,7 @@ import pyarrow as pa
 from misalign.prompting import SIDES, response_prompt
 from misalign.config import RespondConfig
 from misalign.inference.base import Pool
-from misalign.stages.base import Pass, Stage
+from misalign.stages.base import Pass, Stage, section_values
 from misalign.stages.common import item_seed, sampling_of
 
 CANDIDATES = pa.struct([pa.field(f"{side}{part}", kind) for side in SIDES
@@ -28,12 +28,16 @@ def candidates_column(generator: str) -> str:
 class RespondStage(Stage):
     name = "respond"
     rowwise = True
+    templates = ("respond_aligned", "respond_misaligned")
 
     def __init__(self, config: RespondConfig, pool: Pool, seed: int = 0):
         super().__init__(pool)
         self.config, self.seed = config, seed
         self.generators = list(config.models)
         self.sampling = sampling_of(config)
+
+    def settings(self) -> dict[str, object]:
+        return {**section_values("respond", self.config), "run.seed": self.seed}
 
     def passes(self) -> list[Pass]:
         return [*(Pass(f"respond-{name}", name, partial(self.respond, name)) for name in self.generators),

@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 
 from misalign.config import SPLITS, SplitConfig
 from misalign.leakage import cross_split_leaks
-from misalign.stages.base import Stage
+from misalign.stages.base import Stage, section_values
 from misalign.stages.common import count_domains
 
 
@@ -23,8 +23,11 @@ class SplitStage(Stage):
 
     def __init__(self, config: SplitConfig, seed: int = 0):
         super().__init__()
+        self.config, self.seed = config, seed
         self.fractions = [config.train, config.validation, config.test]
-        self.seed = seed
+
+    def settings(self) -> dict[str, object]:
+        return {**section_values("split", self.config), "run.seed": self.seed}
 
     def run(self, table: pa.Table) -> pa.Table:
         table = table.filter(pc.field("accepted"))

@@ -1,0 +1,103 @@
+"""What a stage's output depends on, as digests: tables, files, models, and the key made of them.
+
+A checkpoint is reused only under the same key (misalign.pipeline): the config values the stage
+reads, the templates it renders, the identity of each model it asks, the content of its input
+and the stage's own version.  The key keeps its parts by name, so that a changed key says what
+changed: `reject.threshold 0.5 -> 0.7`, `model tiny config.json 3f2a91c0 -> 77d0e4b2`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+# Files of a model directory that change what it answers besides the weights: its shape, its
+# tokenizer and chat template, its generation defaults.
+MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+               "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+SHORT = 12                      # hex digits of a digest shown to a user
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def table_digest(table: pa.Table) -> str:
+    """sha256 of a table's content (schema, metadata and values), however it is chunked: the same
+    rows give the same digest whether read from one file or put together from shards."""
+    sink = pa.BufferOutputStream()
+    whole = table.combine_chunks()
+    with pa.ipc.new_stream(sink, whole.schema) as writer:
+        writer.write_table(whole)
+    return sha256_bytes(sink.getvalue().to_pybytes())
+
+
+def safetensors_header(path: Path) -> bytes:
+    """The header of a safetensors file (tensor names, dtypes, shapes, offsets): what the weights
+    are, read in microseconds whatever their size.  Two checkpoints of the same shape with other
+    values share it; their sizes and the model's other files usually tell them apart, and a user
+    who retrains in place gives the run a new directory (or --fresh)."""
+    with open(path, "rb") as f:
+        size = struct.unpack("<Q", f.read(8))[0]
+        return f.read(min(size, 100 << 20))
+
+
+def model_files(path: Path) -> dict[str, str]:
+    """Short digests of what makes a local model answer as it does: each of MODEL_FILES present,
+    and each weight file by its header (safetensors) or its size (other formats)."""
+    found = {}
+    for name in MODEL_FILES:
+        if (path / name).is_file():
+            found[name] = file_digest(path / name)[:SHORT]
+    for weights in sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file()):
+        if weights.suffix == ".safetensors":
+            found[weights.name] = sha256_bytes(safetensors_header(weights))[:SHORT] + f" {weights.stat().st_size}"
+        else:
+            found[weights.name] = f"{weights.stat().st_size} bytes"
+    return found
+
+
+def local_model(path: str | Path) -> dict[str, str]:
+    """A local model directory's identity: where it is and model_files'."""
+    path = Path(path)
+    return {"path": str(path.resolve()), **(model_files(path) if path.is_dir() else {})}
+
+
+@dataclass(frozen=True)
+class StageKey:
+    """The parts a stage's output depends on, by name (values as text), and their digest."""
+    parts: dict
+
+    @property
+    def digest(self) -> str:
+        return sha256_bytes(json.dumps(self.parts, sort_keys=True, ensure_ascii=False).encode())
+
+    def first_difference(self, old: dict) -> str:
+        """What changed from `old` (another key's parts), as one phrase: the first part, in this
+        key's order, that differs, e.g. "reject.threshold 0.5 -> 0.7"."""
+        for name in [*self.parts, *(n for n in old if n not in self.parts)]:
+            before, now = old.get(name), self.parts.get(name)
+            if before != now:
+                return f"{name} {_show(before)} -> {_show(now)}"
+        return "nothing"
+
+
+def _show(value) -> str:
+    if value is None:
+        return "(none)"
+    text = str(value)
+    return text[:SHORT] if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text
