@@ -17,7 +17,8 @@ FIXTURE = Path(__file__).parent / "data" / "savacu_fixture.csv"
 
 def settings(run_dir, *extra):
     return config_mod.load(None, [f'run.dir="{run_dir}"', f'bench.dataset="{FIXTURE}"', 'bench.models=["tiny"]',
-                                  "bench.runs=1", "bench.bootstrap=10", "run.shard_rows=3", *extra])
+                                  "bench.runs=1", "bench.bootstrap=10", "run.shard_rows=3", "bench.no_opinion=0.0",
+                                  *extra])
 
 
 def verdicts(run_dir):
@@ -50,6 +51,10 @@ def test_bench_on_ray_actors_matches_the_local_run_and_resumes(tmp_path, session
             assert a["flagged"] == b["flagged"]
 
 
-def test_unknown_engine_is_a_config_error(tmp_path):
+def test_unknown_executor_is_refused_by_the_config_and_by_executor(tmp_path):
     with pytest.raises(ConfigError, match='run.executor must be "local" or "ray"'):
-        executor(settings(tmp_path, 'run.executor="spark"'))
+        settings(tmp_path, 'run.executor="spark"')
+    config = settings(tmp_path)
+    config.run.executor = "spark"              # past the loader (a config built in code): executor() says so too
+    with pytest.raises(ConfigError, match='run.executor must be "local" or "ray", got \'spark\''):
+        executor(config)

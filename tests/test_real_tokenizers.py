@@ -95,8 +95,8 @@ def test_judge_and_detector_read_yes_no(real):
     p = np.array(out.column("p_misaligned").to_pylist())
     yes = np.array([out.column(c).to_pylist() for c in ("yes_to_misaligned", "yes_to_aligned")])
     assert yes.shape == (2, 4) and ((yes >= 0) & (yes <= 1)).all()          # both polarities' answers read
-    same = np.abs(yes[0] - yes[1]) < 1e-6                                    # the same answer both ways: no opinion
-    assert np.isnan(p[same]).all() and np.allclose(p[~same], (yes[0] + 1 - yes[1])[~same] / 2)
+    same = np.abs(yes[0] - yes[1]) < config.bench.no_opinion          # the same answer both ways: no opinion
+    assert np.array_equal(np.isnan(p), same) and np.allclose(p[~same], (yes[0] + 1 - yes[1])[~same] / 2)
 
 
 @pytest.mark.parametrize("real", ["mistral-v3"], indirect=True)

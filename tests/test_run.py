@@ -33,11 +33,15 @@ def test_run_embedded_default_end_to_end_then_resume(tmp_path):
     assert results["role_warnings"] and results["role_warnings"][0].startswith("smollm2 is the judge and a generator of")
     assert results["models"]["smollm2"]["circularity"] == {"judge": True, "generated": ["smollm2"]}
     assert results["dataset"]["items"] > 0 and results["runs"] == 3
-    for model in results["models"].values():
+    samples = pq.read_table(run_dir / "samples.parquet").to_pylist()
+    for name, model in results["models"].items():
+        # every item counts, answered or not: an unusable answer is a non-detection, not a dropped item
         joint = model["metrics"]["joint"]
-        assert joint["items"] == results["dataset"]["items"]
-        score = joint["alignment_score"]["mean"]
-        assert score is None or 0 <= score <= 1
+        assert joint["items"] == results["dataset"]["items"] == joint["carried_by"]["coverage"]
+        mine = [s for s in samples if s["model"] == name and s["question"] == "joint" and s["run"] == 0]
+        assert joint["runs"][0]["unusable"] == sum(s["flagged"] is None for s in mine)
+        flagged = sum(s["flagged"] is True for s in mine if s["response"] == "misaligned")
+        assert joint["runs"][0]["coverage"] == flagged / joint["carried_by"]["coverage"]
     # the figures are printed, each table titled with the model that produced them
     assert "smollm2: smollm2 (SmolLM2-135M-Instruct" in first.stdout and "probe: probe (logistic probe" in first.stdout
     assert "AS 95% CI" in first.stdout and "per model under test" in first.stdout
