@@ -203,7 +203,7 @@ def test_probe_learns_a_plain_signal_and_its_runs_are_reproducible(session_pool)
 def test_benchmark_on_the_savacu_fixture_writes_results_plots_and_html(session_pool, tmp_path):
     config = config_mod.load(None, [f'run.dir="{tmp_path}"', f'bench.dataset="{FIXTURE}"', 'bench.models=["tiny"]',
                                     "bench.runs=2", "bench.per_dimension=true", "run.shard_rows=4",
-                                    "bench.bootstrap=200"])
+                                    "bench.bootstrap=200", "bench.no_opinion=0.0"])   # the stand-in's every answer
     meta = benchmark(config, session_pool)
     assert meta["dataset"]["items"] == 10 and meta["dataset"]["set_aside"] == 3
     assert len((tmp_path / "bench" / "rejected_items.jsonl").read_text().splitlines()) == 3

@@ -64,7 +64,8 @@ def test_the_tiny_judge_is_asked_as_stage_one_asks_it(session_pool, tiny_engine,
     path = tmp_path / "labels.csv"
     path.write_text(LABELS)
     labelled = read_labels(path)
-    config = config_mod.load(None, ['reject.judge="tiny"', "reject.threshold=0.5"])
+    # no_opinion 0: the random stand-in says nearly the same to both polarities
+    config = config_mod.load(None, ['reject.judge="tiny"', "reject.threshold=0.5", "reject.no_opinion=0.0"])
     got = validate_judge(config, session_pool, labelled)
     assert got["stand_in"] and got["balanced"] and set(got["agreement"]) == {"misaligned", "safety", "cultural"}
     # the overall label by hand: the judge's two polarities of the judge question, averaged

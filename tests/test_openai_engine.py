@@ -84,7 +84,8 @@ def test_a_server_model_under_test_through_the_pool(server, tmp_path):
     with_password = url.replace("http://", "http://user:hunter2@")      # sent as basic auth, never written
     config = config_mod.load(None, [f'run.dir="{tmp_path}"', f'bench.dataset="{fixture}"', 'bench.models=["remote"]',
                                     'models.remote.kind="openai"', f'models.remote.base_url="{with_password}"',
-                                    'models.remote.path="tiny"', "bench.runs=2", "bench.bootstrap=20"])
+                                    'models.remote.path="tiny"', "bench.runs=2", "bench.bootstrap=20",
+                                    "bench.no_opinion=0.0"])     # the stand-in says nearly the same both ways
     pool = EnginePool(config, tmp_path)
     try:
         meta = benchmark(config, pool)
@@ -92,7 +93,8 @@ def test_a_server_model_under_test_through_the_pool(server, tmp_path):
         pool.close()
     assert url.replace("http://", "http://***@") in meta["models"]["remote"]["description"]
     remote = results(tmp_path)["models"]["remote"]
-    assert remote["verdicts"] == 10 * 2 * 2 and remote["unparsable"]["joint"]["total"] == 0
+    assert remote["runs"] == {"asked": 2, "distinct": 1} and remote["verdicts"] == 10 * 2       # temperature 0
+    assert remote["unusable"]["joint"] == 0 and remote["parsed_answers"] == 0
     assert remote["metrics"]["joint"]["items"] == 10
     from misalign.report import report
     report(tmp_path)
