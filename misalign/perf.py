@@ -271,7 +271,6 @@ models = ["shape"]
 [models.shape]
 path = "{path}"
 load_format = "dummy"
-enforce_eager = {eager}
 dtype = "{dtype}"
 max_model_len = 2048
 """
@@ -289,7 +288,7 @@ def pipeline_config(work_dir: Path, limit: int, expand: bool) -> Config:
     shape = json.loads((SHAPES / PIPELINE_SHAPE / "config.json").read_text())
     model = shape_checkpoint(shape, work_dir / "model", mistral_v3_tokenizer(), layers=None if gpu else 1)
     path = work_dir / "perf.toml"
-    path.write_text(PIPELINE_SETTINGS.format(limit=limit, floor=int(expand), path=model, eager="false" if gpu else "true",
+    path.write_text(PIPELINE_SETTINGS.format(limit=limit, floor=int(expand), path=model,
                                              dtype="auto" if gpu else "float32"))
     return config_mod.load(path)
 

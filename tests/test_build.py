@@ -101,10 +101,10 @@ def models_of(tmp_path):
     """Three different tiny models: two generators ("tiny", the stand-in, and "tinyb") and a judge."""
     from misalign.inference.tiny import make_tiny_model
     settings = ['respond.models=["tiny","tinyb"]', 'reject.judge="judge"', "expand.floor=0",
-                "models.tiny.enforce_eager=true"]
+                'models.tiny.compile="never"']
     for name, seed in (("tinyb", 1), ("judge", 2)):
         path = make_tiny_model(tmp_path / name, seed=seed)
-        settings += [f'models.{name}.path="{path}"', f"models.{name}.enforce_eager=true"]
+        settings += [f'models.{name}.path="{path}"', f'models.{name}.compile="never"']
     return settings
 
 

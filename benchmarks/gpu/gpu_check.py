@@ -51,7 +51,7 @@ def overrides(dirs: dict[str, Path], graphs: bool) -> list[str]:
     sets = list(SETTINGS)
     for name, path in dirs.items():
         sets += [f'models.{name}.path="{path}"', f'models.{name}.load_format="dummy"',
-                 f"models.{name}.enforce_eager={'false' if graphs else 'true'}"]
+                 f"models.{name}.compile=\"{'always' if graphs else 'never'}\""]
     return [arg for item in sets for arg in ("--set", item)]
 
 

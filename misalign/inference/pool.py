@@ -90,7 +90,8 @@ class EnginePool(Pool):
         if model.kind == "probe":          # its training items are in its stage's key, its embedder is EMBEDDER
             return {}
         found = {**local_model(self.resolve_path(name, model)), "dtype": model.dtype,
-                 "max_model_len": model.max_model_len, "chat": model.chat, "load_format": model.load_format}
+                 "max_model_len": model.max_model_len, "chat": model.chat, "load_format": model.load_format,
+                 "compile": model.compile}
         if model.load_format == "dummy":   # random weights drawn with the run's seed
             found["weights seed"] = self.config.run.seed
         return found
@@ -117,7 +118,8 @@ class EnginePool(Pool):
             model=self.resolve_path(name, model), dtype=model.dtype, max_model_len=model.max_model_len,
             gpu_memory_utilization=model.gpu_memory_utilization or plan.gpu_share(name),
             tensor_parallel_size=model.tensor_parallel_size, seed=self.config.run.seed, chat=model.chat,
-            enforce_eager=model.enforce_eager, load_format=model.load_format, log_file=self.log_file(name)))
+            enforce_eager={"auto": None, "never": True, "always": False}[model.compile],
+            load_format=model.load_format, log_file=self.log_file(name)))
         self._started(name, began)
         self._engines[name] = engine
         return engine

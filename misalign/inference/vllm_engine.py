@@ -9,9 +9,17 @@ worker processes print (FutureWarnings, NUMA notices, checkpoint-loading bars) g
 instead of the terminal: the redirection lasts while the engine starts, and the worker processes
 started meanwhile keep it for good (this process's own terminal, and progress bars, come back).
 Scripts that start an engine need an `if __name__ == "__main__":` guard (vLLM spawns workers).
+
+On a CPU the engine core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0 while it is made,
+unless the user set it): vLLM's default spawns an engine process and a worker process that each
+import torch and vLLM again, which on 2 cores made SmolLM2's start 150 s instead of 15 (eager) and
+its generation 55 tokens/s instead of 84-102, the three processes contending for the cores
+(measured; misalign-fast's RESULTS.md has the commands).  Engines then also end with this process,
+however it ends.  On a GPU vLLM's own processes stay, as vLLM intends.
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from contextlib import contextmanager
@@ -37,7 +45,8 @@ class EngineConfig:
     seed: int = 0
     cpu_kv_cache_gib: int = 1                   # whole GiB: vLLM parses it as an integer
     kv_cache_blocks: int | None = None          # cap the KV cache at this many blocks (benchmarks)
-    enforce_eager: bool = False                 # skip graph compilation: faster start, slower steps
+    enforce_eager: bool | None = None           # skip graph compilation: faster start, slower steps; None:
+                                                # on a CPU only (compiling SmolLM2 there: +140 s, 1.2x the steps)
     load_format: str = "auto"                   # "dummy": random weights, from config.json alone
     chat: bool | None = None                    # None: use the chat template when the model has one
     order_by_prefix: bool = True                # send requests sharing a prefix together
@@ -76,6 +85,21 @@ def output_to(path: str | None):
             os.close(copy)
 
 
+@contextmanager
+def in_process(wanted: bool):
+    """Make vLLM's engine core run in this process while an engine is made (unless the user set
+    VLLM_ENABLE_V1_MULTIPROCESSING), then leave the environment as it was."""
+    key = "VLLM_ENABLE_V1_MULTIPROCESSING"
+    if not wanted or key in os.environ:
+        yield
+        return
+    os.environ[key] = "0"
+    try:
+        yield
+    finally:
+        del os.environ[key]
+
+
 class VLLMEngine:
     def __init__(self, config: EngineConfig):
         self.config = config
@@ -102,14 +126,16 @@ class VLLMEngine:
         self.gpu = gpu
         utilisation = config.gpu_memory_utilization or (0.9 if gpu else 0.3)
         try:
-            self.llm = LLM(model=config.model, runner=config.runner, dtype=config.dtype,
-                           max_model_len=config.max_model_len, max_num_seqs=config.max_num_seqs,
-                           gpu_memory_utilization=utilisation, tensor_parallel_size=config.tensor_parallel_size,
-                           seed=config.seed, enforce_eager=config.enforce_eager, load_format=config.load_format,
-                           num_gpu_blocks_override=config.kv_cache_blocks,
-                           # encoder-only pooling models keep no KV cache to share
-                           enable_prefix_caching=config.runner == "generate",
-                           disable_log_stats=False)
+            with in_process(not gpu):
+                self.llm = LLM(model=config.model, runner=config.runner, dtype=config.dtype,
+                               max_model_len=config.max_model_len, max_num_seqs=config.max_num_seqs,
+                               gpu_memory_utilization=utilisation, tensor_parallel_size=config.tensor_parallel_size,
+                               seed=config.seed, load_format=config.load_format,
+                               enforce_eager=not gpu if config.enforce_eager is None else config.enforce_eager,
+                               num_gpu_blocks_override=config.kv_cache_blocks,
+                               # encoder-only pooling models keep no KV cache to share
+                               enable_prefix_caching=config.runner == "generate",
+                               disable_log_stats=False)
         except Exception as exc:   # vLLM raises many kinds; the user needs the model and the reason
             log = f" (vLLM's output: {config.log_file})" if config.log_file else ""
             raise EngineError(f"cannot load model {config.model!r} with vLLM: {exc}{log}") from exc
@@ -229,3 +255,5 @@ class VLLMEngine:
         core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
         if core is not None:
             core.shutdown()
+        self.llm = None                  # an engine in this process frees its weights and KV cache now
+        gc.collect()
