@@ -95,3 +95,12 @@ def test_a_prompt_longer_than_the_context_is_left_out_and_counted(tiny_engine):
     short, too_long = tiny_engine.generate(["Hello there", long], SamplingConfig(max_tokens=4))
     assert too_long.text == "" and too_long.completion_tokens == 0 and short.prompt_tokens > 0
     assert tiny_engine.stats().too_long == before + 2
+
+
+def test_closing_an_engine_leaves_the_other_engines_of_this_process_working(tiny_model, tiny_engine):
+    """On a CPU engines run in this process, and vLLM's own shutdown of one would tear down the
+    distributed state every other one runs on (seen: the next request looped for ever)."""
+    other = VLLMEngine(EngineConfig(model=str(tiny_model), max_model_len=1024, max_num_seqs=4, seed=1))
+    assert other.generate(["hello"], SamplingConfig(max_tokens=2))[0].completion_tokens == 2
+    other.close()
+    assert tiny_engine.generate(["hello there"], SamplingConfig(max_tokens=3))[0].completion_tokens == 3

@@ -251,9 +251,21 @@ class VLLMEngine:
 
     def close(self) -> None:
         """Stop vLLM's engine process now rather than at interpreter exit (when its log
-        streams may already be closed)."""
-        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
-        if core is not None:
-            core.shutdown()
-        self.llm = None                  # an engine in this process frees its weights and KV cache now
+        streams may already be closed); an engine in this process frees its weights and KV cache
+        now, and leaves the other engines of this process working."""
+        client = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        core = getattr(client, "engine_core", None)
+        if core is not None and getattr(client, "_finalizer", None) is not None:
+            # In this process vLLM's EngineCore.shutdown() would also tear down the process-wide
+            # distributed state (cleanup_dist_env_and_memory) that every other engine here still
+            # runs on (measured: the next engine then stops on "pipeline model parallel group is
+            # not initialized", or loops): release this engine's own executor and scheduler only.
+            client._finalizer.detach()
+            core.structured_output_manager.clear_backend()
+            core.model_executor.shutdown()
+            core.scheduler.shutdown()
+            gc.unfreeze()
+        elif client is not None:
+            client.shutdown()
+        self.llm = None
         gc.collect()
