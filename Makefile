@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(VENV)/bin/misalign-fast run
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest --durations=25
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_simhash.py

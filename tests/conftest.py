@@ -2,8 +2,19 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from misalign.inference.base import EMBEDDER, Engine, Pool
+
+# Property tests: 50 examples each by default (CI, `make test`); `pytest --hypothesis-profile=thorough`
+# gives each the 300 it had before the suite was trimmed.
+settings.register_profile("ci", max_examples=50)
+settings.register_profile("thorough", max_examples=300)
+
+
+def pytest_configure(config):
+    if not config.getoption("hypothesis_profile", None):
+        settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MISALIGN_SHARED_DATA", REPO.parent / "shared" / "data"))

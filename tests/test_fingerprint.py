@@ -74,7 +74,7 @@ TRICKY = list("aeEo AZ.\t\n") + ["\u0301", "\u0308", "\u0327", "\u0338", "\u0323
                                 "…", "，", "Ａ", "\u00a0", "\u3000", "İ", "Σ", "ς", "\U0001d15e", "🙂"]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(st.lists(st.text(alphabet=st.sampled_from(TRICKY), max_size=40), max_size=8), st.integers(1, 8))
 def test_char_fingerprint_normalises_only_what_it_must(texts, n):
     """Text is normalised stretch by stretch (around the characters that are not inert): the
@@ -111,14 +111,14 @@ def test_char_majority_is_exact_on_long_mixed_texts(n, vector):
 text_alphabet = st.characters(codec="utf-8", exclude_categories=("Cs",))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(st.lists(st.text(alphabet=text_alphabet, max_size=80), max_size=12),
        st.integers(1, 4), st.integers(0, 2**64 - 1))
 def test_word_fingerprint_property(texts, ngram, seed):
     assert fingerprint(texts, f"word{ngram}", seed=seed).tolist() == [simhash(t, ngram, seed) for t in texts]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(st.lists(st.text(alphabet=text_alphabet, max_size=80), max_size=12),
        st.integers(1, 8), st.integers(0, 2**64 - 1), st.booleans())
 def test_char_fingerprint_property(texts, n, seed, vector):

@@ -36,13 +36,13 @@ def near(base, k, rng):
     return int(base) ^ int(sum(1 << int(b) for b in bits))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(deadline=None)
 @given(st.lists(U64, max_size=60), st.integers(0, 16))
 def test_random_fingerprints_match_brute_force(fps, tau):
     assert pairs_of(fps, tau) == brute_pairs(fps, tau)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(deadline=None)
 @given(st.data(), st.integers(0, 16), st.integers(0, 2**32))
 def test_adversarial_fingerprints_match_brute_force(data, tau, seed):
     """Many identical fingerprints and many at distance exactly tau and tau + 1, on any plan."""
@@ -65,7 +65,7 @@ def test_larger_random_set_with_planted_neighbours():
         assert pairs_of(fps, tau) == brute_pairs(fps, tau)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(deadline=None)
 @given(st.lists(U64, max_size=40), st.lists(U64, max_size=20), st.integers(0, 14))
 def test_query_finds_the_nearest_within_tau(stored, queries, tau):
     index = HammingIndex(tau, plan_blocks(tau, 1000))
@@ -77,7 +77,7 @@ def test_query_finds_the_nearest_within_tau(stored, queries, tau):
         assert (got, dist) == ((min(within)[1], min(within)[0]) if within else (-1, -1))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(deadline=None)
 @given(st.lists(U64, max_size=50), st.integers(0, 14))
 def test_add_unique_is_sequential_insert_and_query(fps, tau):
     index = HammingIndex(tau, plan_blocks(tau, 1000))
