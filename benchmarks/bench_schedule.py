@@ -11,7 +11,8 @@ from pathlib import Path
 
 from misalign.config import load
 from misalign.memory_plan import GIB, SHAPES, Device, schedule
-from misalign.preflight import plan_run, run_passes
+from misalign.run import passes as run_passes
+from misalign.run import plan as plan_run
 
 ROOT = Path(__file__).resolve().parents[1]
 BOXES = {"paper-gpu.toml": [("1 x H100 80GB", 1, 79.6), ("1 x H200", 1, 140.4)],

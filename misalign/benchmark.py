@@ -27,8 +27,8 @@ from misalign.tables import atomic_path
 from misalign.pipeline import Runner
 from misalign.preflight import check_bench, rejected_items_path
 from misalign.provenance import versions
-from misalign.stages.bench import (LENGTH_BASELINE, SAMPLE_SCHEMA, DetectStage, Items, LengthBaseline, ProbeStage,
-                                   load_items, questions)
+from misalign.items import LENGTH_BASELINE, SAMPLE_SCHEMA, Items, load_items
+from misalign.stages.bench import DetectStage, LengthBaseline, ProbeStage, questions
 
 
 def probe_training(config: Config, name: str, source, tested: Items) -> tuple[Items, dict]:

@@ -9,6 +9,7 @@ prompt and response, trained on `path` (a dataset file; "" = the run's train spl
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import math
 import re
@@ -23,6 +24,7 @@ from misalign.errors import ConfigError
 from misalign.features import parse_features
 
 BUNDLED_PREFIX = "bundled:"
+EMBEDDER = "MiniLM embedder"    # the embedder's name where models are counted (model names have no spaces)
 BUNDLED_MODELS = ("smollm2",)
 
 
@@ -149,6 +151,17 @@ class RayConfig:
 
 
 @dataclass
+class StageSection:
+    """A Stage I stage of the user's own, from a [stages.NAME] section: `use = "module:Class"` (a
+    misalign.stages.base.Stage subclass built as Class(settings, pool)), `after = "respond"` (the
+    stage it follows), and the stage's own settings, read and checked by its `Settings` dataclass."""
+    use: str
+    after: str
+    stage: type
+    settings: object
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     input: InputConfig = field(default_factory=InputConfig)
@@ -162,6 +175,7 @@ class Config:
     report: ReportConfig = field(default_factory=ReportConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     models: dict = field(default_factory=lambda: {"tiny": ModelConfig()})
+    stages: dict = field(default_factory=dict)     # NAME -> StageSection: the user's own stages, [stages.NAME]
 
     def roles(self) -> dict[str, list[str]]:
         """What each model does in a run: classifier, expander, generator, judge, model under test."""
@@ -255,6 +269,7 @@ def from_dict(raw: dict) -> Config:
     """A validated Config from a parsed TOML document."""
     raw = dict(raw)
     models = raw.pop("models", {})
+    stages = raw.pop("stages", {})
     if isinstance(raw.get("run"), dict) and "engine" in raw["run"]:
         run = raw["run"] = dict(raw["run"])
         warnings.warn("run.engine is now run.executor (--executor): the old name still works, for now",
@@ -275,8 +290,40 @@ def from_dict(raw: dict) -> Config:
             spec = {**spec, "compile": "never" if spec["enforce_eager"] else "auto"}
             del spec["enforce_eager"]
         config.models[name] = _build(ModelConfig, spec, f"models.{name}")
+    if not isinstance(stages, dict):
+        raise ConfigError(f"[stages] must hold one [stages.NAME] section per stage, got {_show(stages)}")
+    config.stages = {name: _stage_section(name, spec) for name, spec in stages.items()}
     validate(config)
     return config
+
+
+def _stage_section(name: str, spec) -> StageSection:
+    """A [stages.NAME] section: its class imported, its settings built and checked now, before
+    anything runs."""
+    where = f"stages.{name}"
+    if not isinstance(spec, dict):
+        raise ConfigError(f"[{where}] must be a section of settings, got {_show(spec)}")
+    spec = dict(spec)
+    use, after = spec.pop("use", None), spec.pop("after", None)
+    _check(isinstance(use, str) and use.count(":") == 1, f"{where}.use", 'a "module:Class" to import', use)
+    _check(isinstance(after, str) and bool(after), f"{where}.after", "the name of the stage it follows", after)
+    module_name, class_name = use.split(":")
+    try:
+        stage = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{where}.use = {use!r}: cannot import it ({type(exc).__name__}: {exc})") from None
+    kind = getattr(stage, "Settings", None)
+    if not (isinstance(stage, type) and dataclasses.is_dataclass(kind)):
+        raise ConfigError(f"{where}.use = {use!r} is not a stage with a Settings dataclass (see "
+                          "misalign.stages.base)")
+    settings = _build(kind, spec, where)
+    check = getattr(settings, "validate", None)
+    if check is not None:
+        try:
+            check()
+        except ValueError as exc:
+            raise ConfigError(f"[{where}] {exc}") from None
+    return StageSection(use, after, stage, settings)
 
 
 def _check(ok: bool, key: str, rule: str, value) -> None:
@@ -481,10 +528,13 @@ def to_toml(config: Config) -> str:
         lines.append("")
 
     for f in dataclasses.fields(Config):
-        if f.name != "models":
+        if f.name not in ("models", "stages"):
             emit(f.name, getattr(config, f.name))
     for name, model in config.models.items():
         emit(f"models.{name}", model)
+    for name, section in config.stages.items():
+        emit(f"stages.{name}", section.settings)
+        lines[-1:-1] = [f"use = {_toml_value(section.use)}", f"after = {_toml_value(section.after)}"]
     return "\n".join(lines)
 
 

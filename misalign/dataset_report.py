@@ -19,7 +19,7 @@ from misalign.tables import atomic_path, one_line
 from misalign.taxonomy import DIMENSIONS
 
 # stats.csv's count columns this page knows, in the order the pipeline fills them; a run may lack
-# some (older runs) or carry others (newer ones): only known columns that are present are shown.
+# some (older runs) or carry others (a stage of the user's own): those follow, in the file's order.
 KNOWN_COLUMNS = ("classified", "unknown", "expanded", "expansion_near_duplicates", "expansion_unusable",
                  "removed_by_dedup", "sent_to_generation", "aligned_filtered", "misaligned_filtered", "truncated",
                  "resampled", "recovered_by_resampling", "final_pairs", "verified_misaligned", "cross_split_leaks")
@@ -53,10 +53,11 @@ def _read_stats(path: Path) -> tuple[list[dict], list[str], list[str]]:
         raise InputError(path, "has no dimension or domain column: it is not a misalign-fast stats.csv")
     known = [c for c in KNOWN_COLUMNS if c in header]
     extra = [c for c in header if c not in KNOWN_COLUMNS and c not in ("dimension", "domain")]
+    counted = known + extra
     rows = []
     for number, record in enumerate(raw, 1):
         row = {"dimension": record["dimension"] or "", "domain": record["domain"] or ""}
-        for column in known:
+        for column in counted:
             value = (record.get(column) or "0").strip()
             try:
                 row[column] = int(value)
@@ -186,18 +187,18 @@ def _warnings(run: dict) -> list[str]:
 
 
 def _domain_table(rows: list[dict], known: list[str], extra: list[str]) -> str:
+    """Every count column per domain: the pipeline's, then those of the user's own stages."""
     order = {d: k for k, d in enumerate(DIMENSIONS)}
-    shown = [r for r in rows if any(r[c] for c in known)]
+    columns = known + extra
+    shown = [r for r in rows if any(r[c] for c in columns)]
     shown.sort(key=lambda r: (order.get(r["dimension"], len(order)), r["dimension"], -r.get("final_pairs", 0),
                               r["domain"]))
-    body = [[r["dimension"], r["domain"], *(f"{r[c]:,}" for c in known)] for r in shown]
+    body = [[r["dimension"], r["domain"], *(f"{r[c]:,}" for c in columns)] for r in shown]
     note = f"{len(rows) - len(shown):,} domains with nothing counted left out"
-    if extra:
-        note += f"; columns this page does not know, not shown: {', '.join(extra)}"
     return (f"<details><summary>per domain ({len(shown):,} domains; {html.escape(note)})</summary>"
             # some fifteen columns: a smaller font, and a scroll bar of its own rather than the page's
-            + "<div class=wide>" + _table(["dimension", "domain", *(c.replace("_", " ") for c in known)], body, text=2)
-            + "</div></details>")
+            + "<div class=wide>" + _table(["dimension", "domain", *(c.replace("_", " ") for c in columns)], body,
+                                          text=2) + "</div></details>")
 
 
 def _rejections(run: dict) -> str:

@@ -24,9 +24,8 @@ from dataclasses import asdict, dataclass, field
 from itertools import accumulate
 from pathlib import Path
 
-from misalign.config import BUNDLED_PREFIX, Config, ModelConfig
+from misalign.config import BUNDLED_PREFIX, EMBEDDER, Config, ModelConfig
 from misalign.errors import ConfigError
-from misalign.inference.base import EMBEDDER
 
 GIB = 1024 ** 3
 GPU_BUDGET = 0.9            # of each card, for all engines together: vLLM's own default for one engine
@@ -174,14 +173,6 @@ def safetensors_size(model_dir: Path) -> tuple[int, int] | None:
     return params, nbytes
 
 
-def model_dir(model: ModelConfig) -> Path | None:
-    """Where a local model's files are now, without building or converting anything."""
-    if model.path.startswith(BUNDLED_PREFIX):
-        from misalign.inference.smollm2 import checkpoint_dir
-        return checkpoint_dir()
-    return Path(model.path) if model.path else None
-
-
 def estimate(name: str, model: ModelConfig, directory: Path | None, device: Device) -> ModelMemory:
     """A local model's memory from its files (see the module docstring).  With dtype = "auto",
     vLLM keeps a checkpoint's own 16-bit type, and on a GPU loads a float32 one in 16 bits."""
@@ -246,19 +237,18 @@ class MemoryPlan:
 def plan_memory(config: Config, device: Device, names: list[str], embedder: bool = False,
                 directories: dict | None = None) -> MemoryPlan:
     """The plan for the local models among `names` (servers and probes take no memory here),
-    and the embedder if the run uses it; `directories` overrides where a model's files are."""
+    and the embedder if the run uses it.  `directories`: where each model's files are now, by
+    name (EMBEDDER's too; the inference layer knows where the bundled ones live), else its path."""
     directories = directories or {}
     models = {}
     for name in dict.fromkeys(names):
         model = config.model(name)
         if model.kind == "vllm":
-            models[name] = estimate(name, model, directories.get(name) or model_dir(model), device)
+            found = directories.get(name) or (Path(model.path) if model.path and not model.path.startswith(
+                BUNDLED_PREFIX) else None)
+            models[name] = estimate(name, model, found, device)
     if embedder:
-        from misalign.inference.embedding_model import minilm_path
-        try:
-            path = minilm_path()
-        except Exception:          # not installed: the preflight says so
-            path = None
+        path = directories.get(EMBEDDER)
         models[EMBEDDER] = estimate(EMBEDDER, ModelConfig(path=str(path or ""), max_model_len=256), path, device)
     plan = MemoryPlan(device, models, config.run.resident_models)
     gpu = device.kind == "gpu"

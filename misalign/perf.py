@@ -276,6 +276,26 @@ max_model_len = 2048
 """
 
 
+def run_suite(suite: str, config_path: Path | None, repeat: int, only: str | None, output: Path) -> list[Benchmark]:
+    """`misalign-fast perf run`: the core suite and Stage I's (quick: 12 prompts, full: 75 with
+    expansion), on `config_path`'s models or the built-in shape, written to `output`."""
+    import tempfile
+
+    from misalign import config as config_mod
+    from misalign.inference.tiny import bundled_prompts
+    limit = 12 if suite == "quick" else 75
+    benchmarks = []
+    with tempfile.TemporaryDirectory(prefix="misalign-perf-") as work:
+        config = config_mod.load(config_path, settings={"run.limit": limit}) if config_path else \
+            pipeline_config(Path(work), limit, expand=suite == "full")
+        if only != "pipeline":
+            benchmarks += core_suite(repeat, bundled_prompts())
+        if only != "core":
+            benchmarks += pipeline_suite(repeat, config, Path(work))
+    write(output, suite, environment(config_mod.to_toml(config), sorted(config.roles())), benchmarks)
+    return benchmarks
+
+
 def pipeline_config(work_dir: Path, limit: int, expand: bool) -> Config:
     """Stage I on the first `limit` bundled prompts, greedy, with the MiniLM classifier and
     Mistral-7B's shape on random weights in every generative role: its whole shape on a GPU, one
@@ -300,8 +320,8 @@ def pipeline_suite(times: int, config: Config, work_dir: Path) -> list[Benchmark
     of raw vLLM's on the same requests in the same batches (the pipeline's own cost)."""
     import dataclasses
 
-    from misalign.build import build
     from misalign.inference.pool import EnginePool
+    from misalign.run import stage1
     samples: dict[tuple, list] = {}
     startup = 0.0
     pool = EnginePool(config, work_dir)
@@ -309,7 +329,7 @@ def pipeline_suite(times: int, config: Config, work_dir: Path) -> list[Benchmark
         for k in range(times):
             pool.reset_prefix_caches()          # every sample starts cold, as the first did
             run = dataclasses.replace(config, run=dataclasses.replace(config.run, dir=str(work_dir / f"run-{k}")))
-            for p in build(run, pool)["profile"]:
+            for p in stage1(run, pool)["profile"]:
                 startup += p["startup_seconds"]
                 tokenless = not (p["prompt_tokens"] or p["generated_tokens"]) and p["stage"] not in ("dedup", "split")
                 if not p["items_out"] or not p["seconds"] or tokenless:    # no work: rows passed through
@@ -336,7 +356,6 @@ def stage_efficiency(config: Config, pool, run_dir: Path, times: int) -> dict[st
     before each.  The judge reads, as candidates, other prompts of the run: plain text that passes
     the mechanical filter (a random-weight model's own answers rarely do)."""
     import pyarrow as pa
-    from vllm import SamplingParams
 
     from misalign.prompting import POLARITIES, SIDES, judge_prompt, response_prompt
     from misalign.stages.reject import RejectStage
@@ -354,13 +373,13 @@ def stage_efficiency(config: Config, pool, run_dir: Path, times: int) -> dict[st
     cases = {
         "respond": (generator, lambda t: respond.respond(generator_name, t), rows,
                     lambda part: [response_prompt(kind, row) for kind in SIDES for row in part],
-                    SamplingParams(max_tokens=config.respond.max_tokens, temperature=0.0)),
+                    (config.respond.max_tokens, None)),
         "judge": (judge, lambda t: reject.judge(0, t), candidates,
                   lambda part: [judge_prompt(part[c.row], c.text, quality) for quality in asked
                                 for c in reject.pending(part) if not reject.problem(part, c)],
-                  SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=judge.first_tokens(["Yes", "No"])))}
+                  (1, judge.first_tokens(["Yes", "No"])))}
     ratios = {}
-    for name, (engine, stage_pass, items, requests, params) in cases.items():
+    for name, (engine, stage_pass, items, requests, (max_tokens, answers)) in cases.items():
         parts = [items[i:i + shard] for i in range(0, n, shard)]
         ratios[name] = []
         stage_pass(pa.Table.from_pylist(parts[0]))          # warm up: the first call of a kind is slower
@@ -379,7 +398,7 @@ def stage_efficiency(config: Config, pool, run_dir: Path, times: int) -> dict[st
             for part in parts:
                 texts = [engine.render(r) for r in requests(part)]
                 if texts:
-                    engine.llm.generate(texts, params, use_tqdm=False)
+                    engine.generate_raw(texts, max_tokens, answers)
             raw_seconds = time.perf_counter() - began
             if tokens:
                 ratios[name].append(raw_seconds / stage_seconds)    # same tokens: speed over raw's

@@ -11,7 +11,7 @@ from misalign.cli import main
 from misalign.config import load
 from misalign.memory_plan import (GIB, SHAPES, Device, PlanError, plan_memory, safetensors_size, schedule,
                                   shape_parameters)
-from misalign.preflight import plan_run
+from misalign.run import plan as plan_run
 
 ROOT = Path(__file__).resolve().parents[1]
 H100, H200 = 79.6 * GIB, 140.4 * GIB

@@ -85,7 +85,7 @@ def test_judge_and_detector_read_yes_no(real):
     judged = RejectStage(one_way, pool, respond=config.respond)._judge(rows, ["Use saffron and good rice.", "Just eat."])
     assert all(0 <= p <= 1 for p in judged)
     import pyarrow as pa
-    from misalign.stages.bench import ITEM_SCHEMA
+    from misalign.items import ITEM_SCHEMA
     items = pa.Table.from_pylist([{"item": f"i{k}", "id": f"i{k}", "prompt": p, "safety_domain": None,
                                    "value_domain": None, "cultural_domain": None, "generator": "g",
                                    "aligned_response": "A kind, careful answer.",
@@ -101,14 +101,14 @@ def test_judge_and_detector_read_yes_no(real):
 
 @pytest.mark.parametrize("real", ["mistral-v3"], indirect=True)
 def test_a_build_whose_classifier_has_mistral_s_tokenizer_finishes(real, tiny_engine, minilm_engine, tmp_path):
-    from misalign.build import build
+    from misalign.run import stage1
     name, engine = real
     pool = SessionPool({"tiny": tiny_engine, name: engine}, minilm_engine)
     config = load(None, [f'run.dir="{tmp_path}"', 'classify.method="llm"', f'classify.model="{name}"',
                          f'models.{name}.path="{engine.model}"', "classify.min_mass=0.0", "run.limit=12",
                          "expand.floor=0", "respond.candidates=1", "respond.max_tokens=16", "respond.temperature=0.0",
                          "reject.rounds=1", "reject.min_chars=1"])
-    summary = build(config, pool)
+    summary = stage1(config, pool)
     assert summary["models"]["classifier"] == f"LLM answer probabilities ({name})"
     classify = next(p for p in summary["profile"] if p["stage"] == "classify")
     assert classify["items_out"] == 12 and classify["prompt_tokens"] > 0

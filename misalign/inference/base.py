@@ -9,9 +9,9 @@ from typing import Iterable, Protocol, Sequence, Union
 
 import numpy as np
 
+from misalign.config import EMBEDDER  # noqa: F401  (the embedder's name, where engines are asked for by name)
 from misalign.errors import MisalignError
 
-EMBEDDER = "MiniLM embedder"    # the embedder's name where models are counted (model names have no spaces)
 Messages = list[dict]            # OpenAI-style chat messages: [{"role": "user", "content": "..."}]
 Prompt = Union[str, Messages]
 

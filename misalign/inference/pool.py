@@ -28,6 +28,21 @@ from misalign.memory_plan import MemoryPlan, Schedule, detect_device, plan_memor
 TOKENS = ("prompt_tokens", "generated_tokens", "cached_tokens", "parsed_fallbacks")
 
 
+def model_directories(config: Config) -> dict:
+    """Where the files of the models that live in packages are now (the bundled SmolLM2's
+    checkpoint, prepared or not; the embedder), by name, for the memory plan: nothing is built or
+    converted, nor any engine started."""
+    from misalign.inference import smollm2
+    from misalign.inference.embedding_model import minilm_path
+    found = {name: smollm2.checkpoint_dir() for name, model in config.models.items()
+             if model.path.startswith(BUNDLED_PREFIX)}
+    try:
+        found[EMBEDDER] = minilm_path()
+    except Exception:          # not installed: the preflight says so
+        pass
+    return found
+
+
 class EnginePool(Pool):
     def __init__(self, config: Config, run_dir: Path, schedule: Schedule | None = None):
         """`schedule`: the run's memory plan and passes; None: this machine's plan, for every
@@ -49,7 +64,8 @@ class EnginePool(Pool):
 
     def memory_plan(self) -> MemoryPlan:
         if self.plan is None:
-            self.plan = plan_memory(self.config, detect_device(), list(self.config.models), embedder=True)
+            self.plan = plan_memory(self.config, detect_device(), list(self.config.models), embedder=True,
+                                    directories=model_directories(self.config))
         return self.plan
 
     def is_stand_in(self, name: str) -> bool:
@@ -158,7 +174,7 @@ class EnginePool(Pool):
     def reset_prefix_caches(self) -> None:
         """Empty the running engines' prefix caches (a benchmark's samples start alike)."""
         for engine in [*self._engines.values(), self._embedder]:
-            reset = getattr(getattr(engine, "llm", None), "reset_prefix_cache", None)
+            reset = getattr(engine, "reset_prefix_cache", None)       # engines that keep a prefix cache
             if reset:
                 reset()
 

@@ -244,6 +244,18 @@ class VLLMEngine:
     def stats(self) -> EngineStats:
         return self._stats
 
+    def generate_raw(self, texts: list[str], max_tokens: int, answer_token_ids: list[int] | None = None) -> None:
+        """vLLM's own `LLM.generate` on rendered `texts` as given, greedy, with nothing of ours
+        around it (no ordering, counting or parsing): the baseline perf measures stages against.
+        `answer_token_ids`: also read those tokens' log-probabilities, as label_probs does."""
+        from vllm import SamplingParams
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, logprob_token_ids=answer_token_ids)
+        self.llm.generate(texts, params, use_tqdm=False)
+
+    def reset_prefix_cache(self) -> None:
+        """Empty the prefix cache (a benchmark's samples start alike)."""
+        self.llm.reset_prefix_cache()
+
     def cache_tokens(self) -> int:
         """How many tokens the KV cache holds."""
         cache = self.llm.llm_engine.vllm_config.cache_config

@@ -26,6 +26,13 @@ the config values it reads (`settings()`, by "section.key"; ShoutStage's would b
 `version` to bump when its behaviour changes; the runner adds its models' identities and a
 digest of its input (misalign.identity).
 
+A stage of a user's own joins Stage I from its config section alone: [stages.NAME] names the
+class (`use = "module:Class"`) and the stage it follows (`after = "dedup"`); the class declares a
+`Settings` dataclass for the rest of the section (checked when the config loads, with a
+`validate()` of its own if it has one), is built as Class(settings, pool), and declares the
+`columns` it adds to the dataset and the per-domain `domain_counts` it counts (count_domains),
+which become columns of stats.csv and dataset.html (README "Adding a stage"; tests/toy_stage.py).
+
 A stage that uses several models in turn (respond: each generator; reject: the judge, then each
 generator's resampling, then the judge again) splits its work into `passes()`: each pass is a
 row-wise function of the previous pass's output and uses one model, and the runner runs each
@@ -64,6 +71,8 @@ class Stage:
     rowwise: bool = True          # False: the stage needs every row at once (expand, dedup, split)
     version: int = 1              # bumped when the stage's output changes for the same settings and input
     templates: tuple[str, ...] = ()    # the prompt templates it renders (misalign/prompts/NAME.txt)
+    columns: tuple[str, ...] = ()      # Stage I: columns it adds that the dataset keeps (beyond Stage I's own)
+    domain_counts: tuple[str, ...] = ()    # Stage I: what it counts per domain (count_domains), for stats.csv
 
     def __init__(self, pool: Pool | None = None):
         self.pool = pool
