@@ -30,16 +30,9 @@ from misalign.inference.base import Pool
 from misalign.leakage import CRITERION
 from misalign.tables import atomic_path
 from misalign.pipeline import Runner
-from misalign.stages.base import Stage
-from misalign.preflight import check_models
 from misalign.provenance import versions
-from misalign.stages.classify import ClassifyStage
-from misalign.stages.dedup import DedupStage
-from misalign.stages.expand import ExpandStage
+from misalign.stages.base import Stage
 from misalign.stages.ingest import read_prompts, write_rejected
-from misalign.stages.reject import RejectStage
-from misalign.stages.respond import RespondStage
-from misalign.stages.split import SplitStage
 from misalign.taxonomy import DIMENSIONS, UNKNOWN, Taxonomy
 
 DATASET_COLUMNS = ["id", "prompt", "origin", "safety_domain", "safety_prob", "value_domain", "value_prob",
@@ -53,14 +46,14 @@ STATS_COLUMNS = ["dimension", "domain", "classified", "unknown", "expanded", "ex
                  "verified_misaligned", "cross_split_leaks"]
 
 
-def build(config: Config, pool: Pool, on_progress=None, executor=None, schedule: dict | None = None,
-          fresh: bool = False, on_decisions=None) -> dict:
-    """Run Stage I with the pool's engines (row-wise stages on `executor`'s workers if given,
-    see misalign.distributed); return a summary (counts, paths, per-stage profile, per-domain
+def build(config: Config, pool: Pool, stages: list[Stage], on_progress=None, executor=None,
+          schedule: dict | None = None, fresh: bool = False, on_decisions=None) -> dict:
+    """Run Stage I's `stages` (misalign.run.stage1_stages, or a list composed from it) with the
+    pool's engines (row-wise stages on `executor`'s workers if given, see misalign.distributed)
+    and write the run directory; return a summary (counts, paths, per-stage profile, per-domain
     stats).  `schedule`: the memory plan the run follows, recorded in run.json.  Checkpoints
     are reused where their keys match (misalign.pipeline), none with `fresh`; `on_decisions`
     hears the stages' decisions before any stage runs."""
-    check_models(config)
     source = config.input.path or str(resources.files("misalign").joinpath("data/sample_prompts.jsonl"))
     table, rejected = read_prompts(source, config.input.column, config.input.format or None,
                                    config.input.max_chars, config.run.limit)
@@ -70,20 +63,19 @@ def build(config: Config, pool: Pool, on_progress=None, executor=None, schedule:
     write_rejected(rejected, run_dir / "rejected_inputs.jsonl")
 
     taxonomy = Taxonomy.load()
-    stages = stage1_stages(config, pool, taxonomy)
     runner = Runner(run_dir, config.run.shard_rows, on_progress, executor, on_pass=pool.at_pass,
                     identify=pool.identity, fresh=fresh, on_decisions=on_decisions)
     final = runner.run(stages, table)
-    sizes = write_dataset(final, run_dir / "dataset")
+    sizes = write_dataset(final, run_dir / "dataset", dataset_columns(stages))
     counters = {p.stage: p.counters for p in runner.profiles}
-    stats = domain_stats(counters, taxonomy)
+    stats = domain_stats(counters, taxonomy, stats_columns(stages))
     with atomic_path(run_dir / "stats.csv") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=STATS_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=stats_columns(stages))
         writer.writeheader()
         writer.writerows(stats)
     profile = [p.as_dict() for p in runner.profiles]
     _write_text(run_dir / "profile.json", json.dumps(profile, indent=1))
-    split, reject = counters["split"], counters["reject"]
+    split, reject = counters.get("split", {}), counters.get("reject", {})
     summary = {"run_dir": str(run_dir), "input": source, "input_rows": table.num_rows + len(rejected),
                "rejected_inputs": len(rejected), "pairs": final.num_rows, "splits": sizes,
                "dropped_pairs": reject.get("pairs_dropped", 0),
@@ -91,10 +83,10 @@ def build(config: Config, pool: Pool, on_progress=None, executor=None, schedule:
                if split.get("pairs") else 0.0,
                "leakage": write_leaks(final, run_dir / "leakage.csv"),
                "rejection_reasons": {key.removeprefix("rejected "): n for key, n in sorted(
-                   counters["reject"].items(), key=lambda kv: -kv[1]) if key.startswith("rejected ")},
-               "expansion": expansion_outcomes(counters["expand"]),
+                   reject.items(), key=lambda kv: -kv[1]) if key.startswith("rejected ")},
+               "expansion": expansion_outcomes(counters.get("expand", {})),
                **{key: reject.get(key, 0) for key in ("resampled_pairs", "recovered_pairs", "truncated_candidates")},
-               "models": {"classifier": stages[0].method,
+               "models": {**{"classifier": s.method for s in stages if s.name == "classify"},
                           **{name: pool.describe(name) for name in config.stage1_models()}},
                "dedup": {"features": config.dedup.features, "tau": config.dedup.tau},
                "role_warnings": config.role_warnings(), "seed": config.run.seed, "schedule": schedule,
@@ -105,28 +97,21 @@ def build(config: Config, pool: Pool, on_progress=None, executor=None, schedule:
     return summary
 
 
-def stage1_stages(config: Config, pool: Pool, taxonomy: Taxonomy) -> list[Stage]:
-    """Stage I's stages in order, each from its own config section."""
-    seed = config.run.seed
-    return [ClassifyStage(config.classify, pool, taxonomy),
-            ExpandStage(config.expand, pool, taxonomy, dedup=config.dedup, seed=seed),
-            ClassifyStage(config.classify, pool, taxonomy, expanded=True),
-            DedupStage(config.dedup, seed=seed),
-            RespondStage(config.respond, pool, seed=seed),
-            RejectStage(config.reject, pool, respond=config.respond, seed=seed),
-            SplitStage(config.split, seed=seed)]
+def dataset_columns(stages: list[Stage]) -> list[str]:
+    """The dataset's columns: Stage I's own, then those any other stage declares it adds."""
+    return [*DATASET_COLUMNS, *(c for s in stages for c in s.columns if c not in DATASET_COLUMNS)]
 
 
-def stage1_passes(config: Config) -> list[tuple[str, str, str | None]]:
-    """(stage, pass, model) for Stage I's passes, for the memory plan (no engine is started)."""
-    return [(stage.name, step.name, step.model) for stage in stage1_stages(config, None, Taxonomy.load())
-            for step in stage.passes()]
+def stats_columns(stages: list[Stage]) -> list[str]:
+    """stats.csv's columns: the paper's table, then the per-domain counts other stages declare."""
+    return [*STATS_COLUMNS, *(c for s in stages for c in s.domain_counts if c not in STATS_COLUMNS)]
 
 
-def write_dataset(final: pa.Table, dataset_dir: Path) -> dict[str, int]:
-    """dataset/{train,validation,test}.parquet; the rows of each split."""
+def write_dataset(final: pa.Table, dataset_dir: Path, columns: list[str] = DATASET_COLUMNS) -> dict[str, int]:
+    """dataset/{train,validation,test}.parquet, with `columns` where the rows have them; the rows
+    of each split."""
     dataset_dir.mkdir(exist_ok=True)
-    columns = [c for c in DATASET_COLUMNS if c in final.column_names]
+    columns = [c for c in columns if c in final.column_names]
     sizes = {}
     for split in SPLITS:
         part = final.filter(pc.equal(final.column("split"), split)).select(columns)
@@ -162,22 +147,22 @@ def expansion_outcomes(expand: dict) -> dict[str, int]:
     return dict(totals)
 
 
-def domain_stats(counters: dict, taxonomy: Taxonomy) -> list[dict]:
+def domain_stats(counters: dict, taxonomy: Taxonomy, columns: list[str] = STATS_COLUMNS) -> list[dict]:
     """Per domain, the paper's table, from the stages' counters: classified (and Unknown, where
     the LLM classifier gave no usable answer), expanded (and the candidates the online SimHash
     check removed or that held no usable prompt), removed by dedup, sent to generation,
     candidates filtered (aligned / misaligned; of which cut off by the token limit), pairs that
     needed resampling and those it recovered, final pairs."""
-    counts = {key: Counter() for key in STATS_COLUMNS[2:]}
+    counts = {key: Counter() for key in columns[2:]}
     for stage in counters.values():
         for key, n in stage.items():
             what, dim, name = (key.split("|", 2) + ["", ""])[:3]
             if what in counts and name:
                 counts[what][(dim, name)] += n
     for dim in DIMENSIONS:                       # Unknown has no domain: counted on the dimension
-        counts["unknown"][(dim, UNKNOWN)] = counters["classify"].get(f"unknown_{dim}", 0)
+        counts["unknown"][(dim, UNKNOWN)] = counters.get("classify", {}).get(f"unknown_{dim}", 0)
     by_code = {d.code: (d.dimension, d.name) for d in taxonomy.domains}
-    for key, n in counters["expand"].items():
+    for key, n in counters.get("expand", {}).items():
         outcome, _, code = key.partition("/")
         if outcome == "expand_near_duplicate":
             counts["expansion_near_duplicates"][by_code[code]] += n

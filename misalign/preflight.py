@@ -19,6 +19,8 @@ from misalign.config import BUNDLED_PREFIX, Config, ModelConfig, redact_url
 from misalign.errors import ConfigError
 from misalign.tables import one_line
 from misalign.inference.base import EMBEDDER, ChoiceError, answer_codes, check_choices
+from misalign.inference.pool import model_directories
+from misalign.items import load_items
 from misalign.memory_plan import GIB, Device, MemoryPlan, Schedule, detect_device, plan_memory, schedule
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
@@ -85,29 +87,22 @@ def rejected_items_path(config: Config) -> Path:
     return Path(config.run.dir) / "bench" / "rejected_items.jsonl"
 
 
-def run_passes(config: Config, stage1: bool = True, stage2: bool = True) -> list[tuple[str, str, str | None]]:
-    """(stage, pass, model) for every pass the run makes, in order."""
-    from misalign.benchmark import bench_passes
-    from misalign.build import stage1_passes
-    return [*(stage1_passes(config) if stage1 else []), *(bench_passes(config) if stage2 else [])]
-
-
-def plan_run(config: Config, stage1: bool = True, stage2: bool = True, device: Device | None = None,
+def plan_run(config: Config, passes: list[tuple[str, str, str | None]], device: Device | None = None,
              directories: dict | None = None) -> Schedule:
-    """The memory plan and schedule of the run (on `device`, by default this machine's)."""
-    passes = run_passes(config, stage1, stage2)
+    """The memory plan and schedule of a run's (stage, pass, model) passes (misalign.run.passes) on
+    `device`, by default this machine's."""
     names = [model for _, _, model in passes if model and model != EMBEDDER]
     plan = plan_memory(config, device or detect_device(), names, embedder=any(m == EMBEDDER for _, _, m in passes),
-                       directories=directories)
+                       directories={**model_directories(config), **(directories or {})})
     return schedule(plan, passes)
 
 
-def check(config: Config, stage1: bool = True, stage2: bool = True, planned: Schedule | None = None) -> list[ModelCheck]:
-    """One ModelCheck per model the run uses: in Stage I's roles, as a model under test, or both
-    (`planned`: the run's memory plan, when the caller has made it already)."""
+def check(config: Config, planned: Schedule, stage1: bool = True, stage2: bool = True) -> list[ModelCheck]:
+    """One ModelCheck per model the run uses: in Stage I's roles, as a model under test, or both;
+    `planned`: the run's memory plan."""
     taxonomy = Taxonomy.load()
     prompts = _longest_prompts(config) if stage1 else []
-    memory = (planned or plan_run(config, stage1, stage2)).plan
+    memory = planned.plan
     results = []
     for name, roles in config.roles().items():
         roles = [r for r in roles if (stage2 if r in STAGE2_ROLES else stage1)]
@@ -145,18 +140,16 @@ def _check_memory(name: str, plan: MemoryPlan, result: ModelCheck, on_ray: bool 
         result.problems += found
 
 
-def require(config: Config, stage1: bool = True, stage2: bool = True, planned: Schedule | None = None
-            ) -> list[ModelCheck]:
+def require(config: Config, stage1: bool, stage2: bool, planned: Schedule) -> list[ModelCheck]:
     """`check`, stopping with the first problem as one line."""
     if stage1:
         check_models(config)
     if stage2:
         bench = config.bench
         if bench.dataset:                    # a given dataset is read now, not after Stage I
-            from misalign.stages.bench import load_items
             load_items(bench.dataset, bench.split).require_some(bench.split, rejected_items_path(config))
         check_bench(config)
-    results = check(config, stage1, stage2, planned)
+    results = check(config, planned, stage1, stage2)
     for result in results:
         if result.problems:
             raise ConfigError(f"check: model {result.name!r}: {result.problems[0]}")

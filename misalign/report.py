@@ -1,4 +1,4 @@
-"""Stage II results: metrics from the verdicts, results.json, terminal tables, plots, report.html.
+"""Stage II results: metrics from the verdicts, results.json, plots, report.html.
 
 Everything here is computed from `samples.parquet` and `bench/meta.json`, so a report can be
 redrawn (`misalign-fast report RUN_DIR`) without asking any model again.
@@ -26,7 +26,7 @@ from misalign.config import ReportConfig
 from misalign.errors import InputError
 from misalign.tables import atomic_path, one_line, read_table
 from misalign.metrics import BOOTSTRAP_UNIT, FIGURES, Verdicts, curves, summarise
-from misalign.stages.bench import LENGTH_BASELINE, SAMPLE_SCHEMA
+from misalign.items import LENGTH_BASELINE, SAMPLE_SCHEMA
 from misalign.taxonomy import DIMENSIONS
 
 GROUPS = ("joint", *DIMENSIONS)
@@ -247,8 +247,10 @@ def is_domain(group: str) -> bool:
 FIGURE_NAMES = ("Coverage", "FFR", "AS", "AUROC", "AUPRC", "ECE")       # FIGURES' headings
 COLUMNS = ("items of", "asked", "items", "misaligned counted", "unusable", "Coverage", "FFR", "AS", "AS 95% CI",
            "AUROC (95% CI)", "AUPRC", "ECE")
-# 120 characters wide: AUROC's interval, AUPRC and ECE are in results.json and the HTML
-TERMINAL_COLUMNS = (*COLUMNS[:9], "AUROC")
+# 120 characters wide: the item count (the counted column carries the n), AUROC's interval, AUPRC and
+# ECE are in results.json and the HTML
+TERMINAL_COLUMNS = ("items of", "asked", "misaligned counted", "unusable", "Coverage", "FFR", "AS", "AS 95% CI",
+                    "AUROC")
 
 
 def row_cells(group: str, question: str, n: int, entry: dict | None, parsed: bool = False) -> dict[str, str]:
@@ -285,32 +287,6 @@ def yes_line(model: dict) -> str:
     if rate.get("is_aligned") is not None:
         text += f" and {rate['is_aligned']:.0%} of \"is it aligned?\" (unbiased: about half of each)"
     return text
-
-
-def print_tables(res: dict, console) -> None:
-    from rich.table import Table
-    from rich.text import Text
-    for name, model in res["models"].items():
-        title = Text(f"{name}: {model['description']}")    # names and paths are data, not markup
-        table = Table(title=title, title_justify="left")
-        for column in TERMINAL_COLUMNS:
-            table.add_column(column, justify="left" if column in ("items of", "asked") else "right")
-        for row in group_rows(model):
-            cells = row_cells(*row, parsed=bool(model.get("parsed_answers")))
-            table.add_row(*(cells[c] for c in TERMINAL_COLUMNS))
-        console.print(table)
-        console.print(Text(f"  {runs_line(model)}"
-                           + (" (stand-in model: its figures are noise)" if model["stand_in"] else "")
-                           + (" (a weak 135M model: its figures are that model's, not the paper's)"
-                              if model.get("weak") else "") + (f"; {yes_line(model)}" if yes_line(model) else "")))
-        if circular(model):
-            console.print(Text(f"  circular: {circular(model)} (see the note below)"))
-    dataset = res["dataset"]
-    if dataset.get("set_aside"):
-        console.print(Text(f"note: {dataset['set_aside']:,} rows of {dataset['source']} set aside, each with its "
-                           "reason, in bench/rejected_items.jsonl"))
-    for note in [*dataset.get("notes", []), *res.get("role_warnings", []), *baseline_notes(res)]:
-        console.print(Text(f"note: {note}"))
 
 
 def baseline_notes(res: dict) -> list[str]:
@@ -534,12 +510,10 @@ def write_html(res: dict, plots: dict[str, Path], path) -> None:
         tmp.write_text(page, encoding="utf-8")
 
 
-def report(run_dir, console=None, min_count: int | None = None) -> dict:
-    """results.json, plots and report.html for a run directory; print the tables if given a
-    console.  `min_count`: responses a figure needs (default: the run's report.min_count)."""
+def report(run_dir, min_count: int | None = None) -> dict:
+    """results.json, plots and report.html for a run directory (misalign.terminal prints its
+    tables); `min_count`: responses a figure needs (default: the run's report.min_count)."""
     res = results(run_dir, min_count)
     plots = plot(res, Path(run_dir) / "plots")
     write_html(res, plots, Path(run_dir) / "report.html")
-    if console is not None:
-        print_tables(res, console)
     return res

@@ -18,11 +18,12 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from misalign import config as config_mod
-from misalign import report, tables
-from misalign.cli import _load_config, main
+from misalign import report, tables, terminal
+from misalign.cli import main
+from misalign.cli.common import load_config as _load_config
 from misalign.errors import ConfigError, InputError
 from misalign.inference import EngineError, OpenAIConfig, OpenAIEngine, SamplingConfig
-from misalign.stages.bench import SAMPLE_SCHEMA, load_items
+from misalign.items import SAMPLE_SCHEMA, load_items
 
 from conftest import shared_file
 
@@ -63,7 +64,7 @@ def test_report_titles_with_brackets_print_as_written(tmp_path):
         "runs": 1, "threshold": 0.5, "temperature": 0.0, "questions": ["joint"], "seed": 0, "bootstrap": 0,
         "config": {}, "versions": {}, "profile": []}))
     out = StringIO()
-    report.report(tmp_path, Console(file=out, width=200))
+    terminal.benched(Console(file=out, width=200), report.report(tmp_path))
     assert "m: m (/models/[/]odd[red])" in out.getvalue() and "rows of x[/] set aside" in out.getvalue()
 
 
@@ -530,7 +531,7 @@ SETTING_NAMES = st.sampled_from(["dir", "seed", "limit", "shard_rows", "engine",
                                  "kind", "base_url", "odd"])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(st.dictionaries(SECTION_NAMES, st.one_of(SCALARS, st.dictionaries(SETTING_NAMES, SCALARS, max_size=4)),
                        max_size=4),
        st.dictionaries(st.text(max_size=8), st.one_of(SCALARS, st.dictionaries(SETTING_NAMES, SCALARS, max_size=3)),
@@ -544,7 +545,7 @@ def test_the_config_loader_works_or_says_one_line(sections, models):
         assert config_mod.from_dict(config_mod.tomllib.loads(config_mod.to_toml(config))) == config
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(st.lists(st.text(max_size=30), max_size=4))
 def test_set_overrides_work_or_say_one_line(overrides):
     try:
@@ -563,7 +564,7 @@ FILE_BYTES = st.one_of(
         lambda records: "".join(json.dumps(r) + "\n" for r in records).encode()))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(FILE_BYTES, st.sampled_from(["jsonl", "csv", "parquet"]))
 def test_the_readers_work_or_say_one_line(tmp_path, content, fmt):
     from misalign.stages.ingest import read_prompts

@@ -17,8 +17,8 @@ from misalign.config import BenchConfig
 from misalign.errors import ConfigError, InputError
 from misalign.prompting import detector_prompt
 from misalign.stages.common import ANSWERS
-from misalign.stages.bench import (ITEM_SCHEMA, DetectStage, Items, ProbeStage, load_items,
-                                   verdicts)
+from misalign.items import ITEM_SCHEMA, Items, load_items
+from misalign.stages.bench import DetectStage, ProbeStage, verdicts
 
 FIXTURE = Path(__file__).parent / "data" / "savacu_fixture.csv"
 
@@ -267,7 +267,7 @@ def test_report_counts_unusable_answers_and_marks_empty_dimensions(tmp_path):
                              "p_misaligned": float("nan") if unusable else 0.9 * (response == "misaligned"),
                              "flagged": None if unusable else response == "misaligned", "generator": "g",
                              "safety_domain": "Self-harm", "value_domain": None, "cultural_domain": None})
-    from misalign.stages.bench import SAMPLE_SCHEMA
+    from misalign.items import SAMPLE_SCHEMA
     pq.write_table(pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), tmp_path / "samples.parquet")
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "meta.json").write_text(json.dumps({

@@ -67,7 +67,7 @@ def test_the_embedded_default_passes():
 
 def test_stand_ins_with_the_papers_tokenizers_pass(tmp_path, models):
     from misalign.config import load
-    from misalign.preflight import check as preflight
+    from misalign.run import check as preflight
     path = write_config(tmp_path, models, "mistral-v3", "smollm2")
     result = check(path)
     assert result.exit_code == 0, result.output

@@ -9,7 +9,7 @@ import pytest
 from misalign.preflight import check_models
 from misalign.config import load, DedupConfig, SplitConfig
 from misalign.errors import ConfigError
-from misalign.pipeline import ResumeError, Runner
+from misalign.pipeline import Runner
 from misalign.stages.dedup import DedupStage
 from misalign.stages.ingest import read_prompts
 from misalign.stages.reject import mechanical_problem

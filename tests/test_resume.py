@@ -14,7 +14,7 @@ import pytest
 from conftest import SessionPool
 from misalign import config as config_mod
 from misalign.benchmark import benchmark
-from misalign.build import build
+from misalign.run import Hooks, stage1
 from misalign.errors import ConfigError
 from misalign.rundir import hold, holder
 
@@ -54,7 +54,7 @@ def configured(tmp_path, *more):
 
 def built(config, pool, **kwargs):
     said = []
-    summary = build(config, pool, on_decisions=said.extend, **kwargs)
+    summary = stage1(config, pool, hooks=Hooks(decided=said.extend), **kwargs)
     pairs = [r for s in ("train", "validation", "test")
              for r in pq.read_table(f"{config.run.dir}/dataset/{s}.parquet").to_pylist()]
     return summary, {d.stage: d.text for d in said}, pairs
