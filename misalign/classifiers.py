@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from misalign.errors import InputError
 from misalign.inference.base import answer_codes
+from misalign.tables import atomic_path
 from misalign.taxonomy import DIMENSIONS, UNKNOWN, Taxonomy
 
 NONE = "none"
@@ -99,12 +100,14 @@ class LinearProbe:
                                      delta) for dim in self.weights}
 
     def save(self, path) -> None:
+        """Write the probe to `path` as named (numpy would add .npz to a bare name), atomically."""
         arrays = {}
         for dim in self.weights:
             arrays[f"{dim}.weights"] = self.weights[dim]
             arrays[f"{dim}.biases"] = self.biases[dim]
             arrays[f"{dim}.classes"] = np.array(self.classes[dim])
-        np.savez(path, embedding_model=np.array(self.embedding_model), **arrays)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, embedding_model=np.array(self.embedding_model), **arrays)
 
     @classmethod
     def load(cls, path) -> "LinearProbe":

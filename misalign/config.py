@@ -294,6 +294,8 @@ def from_dict(raw: dict) -> Config:
         raise ConfigError(f"[stages] must hold one [stages.NAME] section per stage, got {_show(stages)}")
     config.stages = {name: _stage_section(name, spec) for name, spec in stages.items()}
     validate(config)
+    # "~/runs/x" is the user's home, as a shell would read it (pyarrow expands it, os.mkdir does not)
+    config.run.dir = str(Path(config.run.dir).expanduser())
     return config
 
 

@@ -26,3 +26,8 @@ class InputError(MisalignError):
 
 class ConfigError(MisalignError):
     """A configuration value is out of range or inconsistent."""
+
+
+class OutputError(MisalignError):
+    """An output path is not ours to write: an existing device, FIFO, socket, directory or
+    symbolic link where a file would go, or a directory that is not a run directory."""

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import secrets
+import stat
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +25,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from misalign.errors import InputError
+from misalign.errors import InputError, OutputError
 
 FORMATS = ("jsonl", "csv", "parquet")
 MAX_BLOCK = 2**31 - 1          # pyarrow's largest block: a record up to 2 GiB
@@ -269,6 +270,26 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def check_output(path) -> None:
+    """OutputError unless `path` is absent or a regular file: the rename that writes an output
+    would replace whatever is there, and a device, a FIFO, a socket, a directory or a symbolic
+    link (a file elsewhere) is not ours to replace."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISLNK(mode):
+        raise OutputError(f"{path} is a symbolic link (to {os.readlink(path)}): name the file itself to write "
+                          "there, or another path; nothing was written")
+    kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
+            "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file")
+    raise OutputError(f"{path} is {kind}: outputs are written as regular files and replace nothing else; "
+                      "name a file path; nothing was written")
+
+
 @contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
@@ -278,6 +299,7 @@ def atomic_path(path):
     the next write of `path` removes what a killed process left behind.
     """
     path = Path(path)
+    check_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(path)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"

@@ -3,6 +3,7 @@ engine starts, nothing lost; and the paper's own conventions accepted.  No engin
 import csv
 import json
 import os
+import stat
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,10 +19,10 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from misalign import config as config_mod
-from misalign import report, tables, terminal
+from misalign import report, rundir, tables, terminal
 from misalign.cli import main
 from misalign.cli.common import load_config as _load_config
-from misalign.errors import ConfigError, InputError
+from misalign.errors import ConfigError, InputError, OutputError
 from misalign.inference import EngineError, OpenAIConfig, OpenAIEngine, SamplingConfig
 from misalign.items import SAMPLE_SCHEMA, load_items
 
@@ -170,10 +171,56 @@ def test_dedup_refuses_to_write_over_its_input(tmp_path):
     before = src.read_bytes()
     (tmp_path / "link.jsonl").symlink_to(src)
     one_line_error(cli("dedup", src, src), "INPUT and OUTPUT name the same file")
-    one_line_error(cli("dedup", src, tmp_path / "link.jsonl"), "INPUT and OUTPUT name the same file")
+    one_line_error(cli("dedup", src, tmp_path / "link.jsonl"), "is a symbolic link")
     one_line_error(cli("dedup", src, tmp_path / "out.jsonl", "--clusters", src), "--clusters")
     one_line_error(cli("dedup", src, tmp_path / "out.jsonl", "--clusters", tmp_path / "out.jsonl"), "--clusters")
     assert src.read_bytes() == before and not (tmp_path / "out.jsonl").exists()
+
+
+def test_outputs_replace_only_regular_files(tmp_path):
+    """A FIFO, a symbolic link or a directory where an output would go is refused before the
+    command reads anything, and is still there, as it was, afterwards."""
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "a b c"}\n')
+    fifo, target, link = tmp_path / "fifo", tmp_path / "mine.txt", tmp_path / "link.jsonl"
+    os.mkfifo(fifo)
+    target.write_text("the user's own file")
+    link.symlink_to(target)
+    one_line_error(cli("dedup", src, fifo), "is a FIFO", "nothing was written")
+    one_line_error(cli("dedup", src, link), "is a symbolic link (to ")
+    one_line_error(cli("dedup", src, tmp_path / "out.jsonl", "--clusters", fifo), "is a FIFO")
+    one_line_error(cli("perf", "run", "-o", fifo), "is a FIFO")
+    one_line_error(cli("classify", src, link), "is a symbolic link")
+    with pytest.raises(OutputError, match="is a directory"):
+        tables.write_table(pa.table({"text": ["a"]}), tmp_path, "parquet")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and link.is_symlink() and target.read_text() == "the user's own file"
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_directory_that_is_not_a_run_directory_is_refused_whole(tmp_path):
+    """--run-dir on a project folder (or '', which is the current one) writes nothing there; a run
+    directory made by a run, or an empty one, is taken."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "README.md").write_text("mine")
+    one_line_error(cli("build", "--run-dir", project), "is not a misalign-fast run directory", "nothing was written")
+    one_line_error(cli("bench", "--run-dir", project), "is not a misalign-fast run directory")
+    one_line_error(cli("build", "--set", f"run.dir={project / 'README.md'}"), "is not a directory")
+    assert [p.name for p in project.iterdir()] == ["README.md"] and (project / "README.md").read_text() == "mine"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with rundir.hold(empty):
+        (empty / "run.json").write_text("{}")
+    rundir.check(empty)                          # now a run directory: recognised by its marker
+    assert (empty / rundir.MARKER).exists()
+
+
+def test_make_tiny_leaves_a_folder_with_files_alone_unless_forced(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model-00001-of-00002.safetensors").write_bytes(b"weights")
+    one_line_error(cli("models", "make-tiny", model), "holds files", "--force")
+    assert [p.name for p in model.iterdir()] == ["model-00001-of-00002.safetensors"]
 
 
 # 6 ------------------------------------------------------------------- the user's umask

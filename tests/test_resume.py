@@ -107,11 +107,11 @@ def test_a_second_process_on_the_same_run_directory_is_refused_in_one_line(tmp_p
         f"error: {run_dir} is in use by another misalign-fast (process {os.getpid()}): wait for it to finish, or "
         "give this run another directory (--run-dir)"]
     assert "check:" not in result.stdout                  # refused before the preflight, let alone an engine
-    assert holder(run_dir) == os.getpid() and [p.name for p in run_dir.iterdir()] == [".lock"]
+    assert holder(run_dir) == os.getpid() and [p.name for p in run_dir.iterdir()] == [".misalign-run"]
     # a lock file left by a process that is gone is taken over
-    (run_dir / ".lock").write_text("999999999\n")
+    (run_dir / ".misalign-run").write_text("999999999\n")
     with hold(run_dir):
-        assert (run_dir / ".lock").read_text() == f"{os.getpid()}\n"
+        assert (run_dir / ".misalign-run").read_text() == f"{os.getpid()}\n"
     # a directory created only to be refused is not left behind
     with pytest.raises(RuntimeError), hold(tmp_path / "never"):
         raise RuntimeError("refused")

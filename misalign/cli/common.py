@@ -38,6 +38,23 @@ class Group(click.Group):
             sys.exit(2)
 
 
+class OutputFile(click.Path):
+    """A file the command will write: refused while the arguments are parsed, before anything
+    runs, if it exists and is not a regular file (misalign.tables.check_output)."""
+
+    def __init__(self):
+        super().__init__(dir_okay=False, path_type=Path)
+
+    def convert(self, value, param, ctx):
+        from misalign.tables import check_output
+        path = super().convert(value, param, ctx)
+        try:
+            check_output(path)
+        except MisalignError as exc:
+            self.fail(str(exc), param, ctx)
+        return path
+
+
 def config_options(f):
     """The options every command that takes a run CONFIG shares."""
     f = click.option("--executor", "--engine", "executor", type=click.Choice(["local", "ray"]),

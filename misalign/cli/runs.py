@@ -8,7 +8,7 @@ import click
 from rich.text import Text
 
 from misalign import terminal
-from misalign.cli.common import Display, config_options, fresh_option, load_config, out
+from misalign.cli.common import Display, OutputFile, config_options, fresh_option, load_config, out
 from misalign.errors import MisalignError
 
 
@@ -155,7 +155,7 @@ def report(run_dir, min_count):
 
 @click.command("validate-judge")
 @click.argument("labels_path", metavar="LABELS", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", type=OutputFile(),
               help="Also write the figures to this JSON file.")
 @config_options
 def validate_judge(labels_path, output, config_path, overrides, run_dir, executor):

@@ -10,8 +10,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
 from misalign import tables, terminal
-from misalign.cli.common import console, out
+from misalign.cli.common import OutputFile, console, out
 from misalign.dedup import DEFAULT_FEATURES, DEFAULT_TAU, FEATURES_HELP, parse_features
+from misalign.errors import OutputError
 from misalign.inference.tiny import REAL_TOKENIZERS
 
 PROGRESS_ROWS = 200_000   # below this a run takes well under a second: no bar
@@ -27,7 +28,7 @@ def _features_option(ctx, param, value):
 
 @click.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("output_path", metavar="OUTPUT", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("output_path", metavar="OUTPUT", type=OutputFile())
 @click.option("--column", default="text", show_default=True, help="Column holding the text to compare.")
 @click.option("--tau", default=DEFAULT_TAU, show_default=True, type=click.IntRange(0, 63),
               help="Largest Hamming distance (of 64 bits) still counted as a near-duplicate.")
@@ -40,7 +41,7 @@ def _features_option(ctx, param, value):
               help="Threads for fingerprinting.")
 @click.option("--format", "fmt", type=click.Choice(tables.FORMATS),
               help="Input and output format; by default taken from each file's extension.")
-@click.option("--clusters", "clusters_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--clusters", "clusters_path", type=OutputFile(),
               help="Also write every row's cluster: row, cluster, representative, distance, and the features "
                    "and tau it was found with.")
 @click.option("--merge-empty", is_flag=True,
@@ -94,14 +95,14 @@ def taxonomy(dimension, as_json):
 
 @click.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("output_path", metavar="OUTPUT", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("output_path", metavar="OUTPUT", type=OutputFile())
 @click.option("--column", default="prompt", show_default=True, help="Column holding the prompt.")
 @click.option("--probe", "probe_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Label with a probe saved by --train instead of zero-shot similarity.")
 @click.option("--train", "train_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Train a probe on this labelled file (columns safety, value, cultural: a domain "
                    "name, or empty for none), save it, and label INPUT with it.")
-@click.option("--save-probe", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--save-probe", type=OutputFile(),
               help="Where --train saves the probe (default: OUTPUT with .probe.npz).")
 @click.option("--reference-columns", default="safety,value,cultural", show_default=True,
               help="Columns of INPUT with reference labels; where present, agreement is reported.")
@@ -141,7 +142,7 @@ def perf():
                    "shape on random weights).")
 @click.option("--repeat", type=click.IntRange(1, 50), default=3, show_default=True, help="Samples per benchmark.")
 @click.option("--only", type=click.Choice(["core", "pipeline"]), help="Run one part of the suite.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+@click.option("-o", "--output", type=OutputFile(), required=True,
               help="The result file (JSON).")
 def perf_run(suite, config_path, repeat, only, output):
     """Run the perf suite: the C core (fingerprint MB/s on ASCII and non-ASCII prompts, exact
@@ -216,13 +217,17 @@ def prepare():
 @click.option("--tokenizer", "real_tokenizer", type=click.Choice(sorted(REAL_TOKENIZERS)),
               help="Use this real model family's tokenizer and chat template (shipped in installed "
                    "packages) instead of training one: answer tokens and prompts as that model sees them.")
-def make_tiny(out_dir, seed, corpus, real_tokenizer):
-    """Build a tiny random-weight Llama model (a few MB) in DIR.
+@click.option("--force", is_flag=True, help="Write into DIR even if it holds files (a model there is replaced).")
+def make_tiny(out_dir, seed, corpus, real_tokenizer, force):
+    """Build a tiny random-weight Llama model (a few MB) in DIR, a new or empty directory.
 
     It is a stand-in so that every LLM step can run on a laptop CPU: its outputs are noise, and
     everything that reports them says so.  Same seed, same files.
     """
     from misalign.inference.tiny import make_tiny_model
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise OutputError(f"{out_dir} holds files, which the model's would replace: name a new or empty "
+                          "directory, or pass --force; nothing was written")
     prompts = None
     if corpus is not None:
         fmt = tables.detect_format(corpus)
