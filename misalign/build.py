@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
-from importlib import resources
 from pathlib import Path
 
 import pyarrow as pa
@@ -32,7 +31,7 @@ from misalign.tables import atomic_path
 from misalign.pipeline import Runner
 from misalign.provenance import versions
 from misalign.stages.base import Stage
-from misalign.stages.ingest import read_prompts, write_rejected
+from misalign.stages.ingest import input_source, read_input, write_rejected
 from misalign.taxonomy import DIMENSIONS, UNKNOWN, Taxonomy
 
 DATASET_COLUMNS = ["id", "prompt", "origin", "safety_domain", "safety_prob", "value_domain", "value_prob",
@@ -54,9 +53,7 @@ def build(config: Config, pool: Pool, stages: list[Stage], on_progress=None, exe
     stats).  `schedule`: the memory plan the run follows, recorded in run.json.  Checkpoints
     are reused where their keys match (misalign.pipeline), none with `fresh`; `on_decisions`
     hears the stages' decisions before any stage runs."""
-    source = config.input.path or str(resources.files("misalign").joinpath("data/sample_prompts.jsonl"))
-    table, rejected = read_prompts(source, config.input.column, config.input.format or None,
-                                   config.input.max_chars, config.run.limit)
+    table, rejected = read_input(config)
     run_dir = Path(config.run.dir)          # written only once the input has been read
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_text(run_dir / "config.resolved.toml", config_mod.to_toml(config))
@@ -76,7 +73,7 @@ def build(config: Config, pool: Pool, stages: list[Stage], on_progress=None, exe
     profile = [p.as_dict() for p in runner.profiles]
     _write_text(run_dir / "profile.json", json.dumps(profile, indent=1))
     split, reject = counters.get("split", {}), counters.get("reject", {})
-    summary = {"run_dir": str(run_dir), "input": source, "input_rows": table.num_rows + len(rejected),
+    summary = {"run_dir": str(run_dir), "input": input_source(config), "input_rows": table.num_rows + len(rejected),
                "rejected_inputs": len(rejected), "pairs": final.num_rows, "splits": sizes,
                "dropped_pairs": reject.get("pairs_dropped", 0),
                "cross_split_near_duplicate_rate": split.get("cross_split_leaks", 0) / split["pairs"]

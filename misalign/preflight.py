@@ -21,6 +21,7 @@ from misalign.tables import one_line
 from misalign.inference.base import EMBEDDER, ChoiceError, answer_codes, check_choices
 from misalign.inference.pool import model_directories
 from misalign.items import load_items
+from misalign.stages.ingest import read_input
 from misalign.memory_plan import GIB, Device, MemoryPlan, Schedule, detect_device, plan_memory, schedule
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
@@ -143,6 +144,7 @@ def _check_memory(name: str, plan: MemoryPlan, result: ModelCheck, on_ray: bool 
 def require(config: Config, stage1: bool, stage2: bool, planned: Schedule) -> list[ModelCheck]:
     """`check`, stopping with the first problem as one line."""
     if stage1:
+        read_input(config)                   # an input without one usable prompt stops here
         check_models(config)
     if stage2:
         bench = config.bench
@@ -157,13 +159,7 @@ def require(config: Config, stage1: bool, stage2: bool, planned: Schedule) -> li
 
 
 def _longest_prompts(config: Config) -> list[str]:
-    from importlib import resources
-
-    from misalign.stages.ingest import read_prompts
-    source = config.input.path or str(resources.files("misalign").joinpath("data/sample_prompts.jsonl"))
-    table, _ = read_prompts(source, config.input.column, config.input.format or None, config.input.max_chars,
-                            config.run.limit)
-    return sorted(table.column("prompt").to_pylist(), key=len, reverse=True)[:LONGEST_CHECKED]
+    return sorted(read_input(config)[0].column("prompt").to_pylist(), key=len, reverse=True)[:LONGEST_CHECKED]
 
 
 def _check_server(model, result: ModelCheck) -> None:

@@ -386,6 +386,33 @@ def test_bad_input_rows_stop_build_before_anything_is_written(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("name,content,message", [
+    ("empty.jsonl", b"", "holds no usable prompt in column 'prompt': it has no rows"),
+    ("header.csv", b"id,prompt\n", "it has no rows"),
+    ("nulls.jsonl", b'{"prompt": null}\n{"prompt": ""}\n', "all 2 rows set aside (row 1: prompt is null"),
+    ("clash.jsonl", b'{"prompt": "a"}\n{"id": "p000001", "prompt": "b"}\n', "a row without an id gets 'p000001'"),
+])
+def test_an_input_without_usable_prompts_stops_build_before_any_engine(tmp_path, name, content, message):
+    prompts = tmp_path / name
+    prompts.write_bytes(content)
+    one_line_error(cli("build", "--run-dir", tmp_path / "r", "--set", f"input.path={prompts}"), message)
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_input_that_is_not_a_regular_file_is_refused_unread(tmp_path):
+    """A FIFO (or stdin) would be used up by the check before the build reads it."""
+    fifo = tmp_path / "prompts.jsonl"
+    os.mkfifo(fifo)
+    one_line_error(cli("build", "--run-dir", tmp_path / "r", "--set", f"input.path={fifo}"),
+                   "is not a regular file", "save it to a file first")
+
+
+def test_an_empty_id_is_no_id(tmp_path):
+    from misalign.stages.ingest import read_prompts
+    (tmp_path / "in.jsonl").write_text('{"id": "", "prompt": "a"}\n{"id": "x", "prompt": "b"}\n')
+    assert read_prompts(tmp_path / "in.jsonl")[0].column("id").to_pylist() == ["p000001", "x"]
+
+
 # 10 ------------------------------------------------------------------- Stage II Parquet checked like CSV
 
 def stage1_rows(changes=None):

@@ -3,7 +3,10 @@ stopping the run: null or missing, not text, empty, over the length cap, not UTF
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,28 +22,54 @@ class Rejected:
     value: str | None
 
 
+def input_source(config) -> str:
+    """The run's input file: `input.path`, else the bundled sample."""
+    return config.input.path or str(resources.files("misalign").joinpath("data/sample_prompts.jsonl"))
+
+
+def read_input(config) -> tuple[pa.Table, list[Rejected]]:
+    """The run's input as Stage I reads it."""
+    return read_prompts(input_source(config), config.input.column, config.input.format or None, config.input.max_chars,
+                        config.run.limit)
+
+
 def read_prompts(path, column: str = "prompt", fmt: str | None = None, max_chars: int = 4000,
                  limit: int = 0) -> tuple[pa.Table, list[Rejected]]:
     """(table of id, prompt, origin; rejected rows).  Ids come from an `id` column when there is
     one, else from the row number, so they are stable across runs of the same file."""
     fmt = tables.detect_format(path, fmt)
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO, stdin: used up by the check; /dev/zero: endless
+            raise InputError(path, "is not a regular file (a FIFO, a device, standard input): a run reads its "
+                                   "input more than once (check, then build), so save it to a file first")
         raw = Path(path).read_bytes()
     except OSError as exc:
         raise InputError(path, f"cannot read: {exc.strerror}") from None
     rows = {"jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows}[fmt](path, raw, column)
-    ids, prompts, rejected = [], [], []
+    ids, prompts, rejected, generated = [], [], [], set()
     for row, record_id, value, problem in rows:
         if problem is None:
             problem = _check(value, max_chars) or (None if _encodable(record_id) else "id is not valid UTF-8")
         if problem:
             rejected.append(Rejected(row, problem, value if isinstance(value, str) and _encodable(value) else None))
             continue
-        ids.append(str(record_id) if record_id is not None else f"p{row:06d}")
+        if record_id is None or str(record_id) == "":      # no id: one from the row number
+            generated.add(len(ids))
+            record_id = f"p{row:06d}"
+        ids.append(str(record_id))
         prompts.append(value)
         if limit and len(prompts) >= limit:
             break
+    if not prompts:
+        raise InputError(path, f"holds no usable prompt in column {column!r}" + (
+            f": all {len(rejected):,} rows set aside (row {rejected[0].row}: {rejected[0].reason})" if rejected
+            else ": it has no rows"))
     if len(set(ids)) != len(ids):
+        given = {i for k, i in enumerate(ids) if k not in generated}
+        clash = next((ids[k] for k in sorted(generated) if ids[k] in given), None)
+        if clash is not None:
+            raise InputError(path, f"a row without an id gets {clash!r}, which another row has as its id: give "
+                                   "every row an id, or none")
         raise InputError(path, "the id column has repeated values; ids must be unique")
     table = pa.table({"id": ids, "prompt": prompts, "origin": ["input"] * len(ids)})
     return table, rejected
