@@ -4,14 +4,18 @@ such files (or two run directories' profiles) with a verdict a CI job can act on
     {"environment": {...}, "suite": "quick",
      "benchmarks": [{"name", "unit", "higher_is_better", "samples", "median", "min", "max"}, ...]}
 
-A timing is a sample, not a fact: every benchmark is repeated and keeps its samples; `compare`
-calls a change a regression or an improvement only beyond the threshold, and says "noisy" when the
-samples of either side spread wider than the threshold and overlap, instead of guessing.
+A timing is a sample, not a fact: every benchmark is repeated and keeps its samples.  `compare`
+decides as asv does: a change within the threshold is "unchanged"; beyond it, a regression or an
+improvement only if it is significant, by a two-sided Mann-Whitney U test at p < 0.002 where both
+sides have the 7 samples that level needs, else (fewer samples) only if the two sides' samples do
+not overlap at all; a change beyond the threshold that is not significant is "noisy".  Every
+verdict says which test decided it.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -45,11 +49,6 @@ class Benchmark:
     def of(cls, name: str, unit: str, samples: list[float], higher_is_better: bool = True) -> "Benchmark":
         return cls(name, unit, higher_is_better, [float(s) for s in samples], statistics.median(samples),
                    min(samples), max(samples))
-
-    @property
-    def spread(self) -> float:
-        """(max - min) / median: how far apart the samples are."""
-        return (self.max - self.min) / abs(self.median) if self.median else 0.0
 
 
 # ---------------------------------------------------------------------------------- environment
@@ -99,15 +98,31 @@ def write(path: Path, suite: str, env: dict, benchmarks: list[Benchmark]) -> Non
 
 
 def read(path: Path) -> tuple[dict, list[Benchmark]]:
-    """A result file's environment and benchmarks, or a run directory's profiles as benchmarks."""
+    """A result file's environment and benchmarks, or a run directory's profiles as benchmarks;
+    PerfError for anything else (a malformed entry, a sample that is not a finite number, a name
+    given twice).  Medians are computed from the samples, not taken from the file."""
     path = Path(path)
     if path.is_dir():
         return run_dir_benchmarks(path)
     try:
         record = json.loads(path.read_text())
-        return record["environment"], [Benchmark(**b) for b in record["benchmarks"]]
+        env, entries = record["environment"], record["benchmarks"]
+        benchmarks = [_benchmark(entry) for entry in entries]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PerfError(f"{path}: not a result of `misalign-fast perf run` ({type(exc).__name__}: {exc})") from None
+    names = [b.name for b in benchmarks]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise PerfError(f"{path}: benchmark {twice[0]!r} is given more than once")
+    return env, benchmarks
+
+
+def _benchmark(entry: dict) -> Benchmark:
+    samples = entry["samples"]
+    if not (isinstance(entry["name"], str) and isinstance(entry["unit"], str) and isinstance(samples, list)
+            and samples and all(isinstance(x, (int, float)) and math.isfinite(x) for x in samples)):
+        raise ValueError(f"benchmark {entry.get('name')!r} needs a name, a unit and finite samples")
+    return Benchmark.of(entry["name"], entry["unit"], samples, bool(entry.get("higher_is_better", True)))
 
 
 def run_dir_benchmarks(run_dir: Path) -> tuple[dict, list[Benchmark]]:
@@ -145,32 +160,69 @@ class Verdict:
     new: float | None
     ratio: float | None          # new / base median
     status: str                  # regression, improvement, unchanged, noisy, new, missing
+    decided_by: str = ""         # the test behind a verdict beyond the threshold
+
+
+SIGNIFICANCE = 0.002             # asv's level for the U test
+MIN_SAMPLES = 7                  # the fewest per side with which a two-sided U test can reach it
+
+
+def mann_whitney_p(a: list[float], b: list[float]) -> float:
+    """Two-sided exact p-value of the Mann-Whitney U test (ties count a half; the exact
+    distribution is that of untied samples)."""
+    n, m = len(a), len(b)
+    u = sum((x > y) + 0.5 * (x == y) for x in a for y in b)
+    # ways[i][j][k]: orderings of i + j samples in which k of the pairs have the first side above
+    ways = [[[1.0] for _ in range(m + 1)] for _ in range(n + 1)]
+    for i in range(n + 1):
+        for j in range(m + 1):
+            if i and j:
+                above, below = ways[i - 1][j], ways[i][j - 1]       # the largest sample is a's, or b's
+                ways[i][j] = [(above[k - j] if 0 <= k - j < len(above) else 0.0)
+                              + (below[k] if k < len(below) else 0.0) for k in range(i * j + 1)]
+    counts = ways[n][m]
+    total = sum(counts)
+    low = sum(counts[:math.floor(u) + 1]) / total
+    high = sum(counts[math.ceil(u):]) / total
+    return min(1.0, 2 * min(low, high))
 
 
 def judge(base: Benchmark, new: Benchmark, threshold: float) -> Verdict:
-    ratio = new.median / base.median if base.median else float("inf")
-    better = ratio - 1 if new.higher_is_better else 1 - ratio        # > 0: an improvement
-    apart = new.min > base.max or new.max < base.min                  # the samples do not overlap
-    if max(base.spread, new.spread) > threshold and not apart:
-        status = "noisy"
-    elif better < -threshold:
-        status = "regression"
-    elif better > threshold:
-        status = "improvement"
+    if base.median == 0:
+        ratio = 1.0 if new.median == 0 else math.inf
     else:
-        status = "unchanged"
-    return Verdict(new.name, new.unit, base.median, new.median, ratio, status)
+        ratio = new.median / base.median
+    better = ratio - 1 if new.higher_is_better else 1 - ratio        # > 0: an improvement
+    if abs(better) <= threshold:
+        return Verdict(new.name, new.unit, base.median, new.median, ratio, "unchanged")
+    if min(len(base.samples), len(new.samples)) >= MIN_SAMPLES:
+        p = mann_whitney_p(new.samples, base.samples)
+        significant, test = p < SIGNIFICANCE, f"Mann-Whitney p = {p:.2g}"
+    else:
+        significant = new.min > base.max or new.max < base.min          # no sample overlaps the other side's
+        test = (f"{len(base.samples)} and {len(new.samples)} samples "
+                f"{'apart' if significant else 'overlap'} (a U test needs {MIN_SAMPLES} each)")
+    status = ("improvement" if better > 0 else "regression") if significant else "noisy"
+    return Verdict(new.name, new.unit, base.median, new.median, ratio, status, test)
 
 
 def compare(base_env: dict, base: list[Benchmark], new_env: dict, new: list[Benchmark], threshold: float = 0.10,
             force: bool = False) -> list[Verdict]:
     """One verdict per benchmark of either side; a PerfError for results measured on different
-    processors or GPUs (their times say nothing about the code) unless `force`."""
+    processors or GPUs (their times say nothing about the code) unless `force`, for a benchmark
+    whose unit changed, and when no benchmark is in both (a gate that compared nothing)."""
     for key in ("cpu", "gpu"):
         if not force and key in base_env and key in new_env and base_env[key] != new_env[key]:
             raise PerfError(f"the results were measured on different {key.upper()}s ({base_env[key]!r} and "
                             f"{new_env[key]!r}); compare results from one machine, or pass --force")
     olds, news = {b.name: b for b in base}, {b.name: b for b in new}
+    common = [name for name in news if name in olds]
+    if not common:
+        raise PerfError("the two results have no benchmark in common: nothing was compared")
+    for name in common:
+        if olds[name].unit != news[name].unit:
+            raise PerfError(f"benchmark {name!r} is in {olds[name].unit} in the base and {news[name].unit} in the "
+                            "new result: not comparable")
     verdicts = [judge(olds[name], b, threshold) if name in olds else Verdict(name, b.unit, None, b.median, None, "new")
                 for name, b in news.items()]
     verdicts += [Verdict(name, b.unit, b.median, None, None, "missing") for name, b in olds.items() if name not in news]
@@ -178,10 +230,10 @@ def compare(base_env: dict, base: list[Benchmark], new_env: dict, new: list[Benc
 
 
 def markdown(verdicts: list[Verdict]) -> str:
-    lines = ["| benchmark | base | new | ratio | status |", "|---|---|---|---|---|"]
+    lines = ["| benchmark | base | new | ratio | status | decided by |", "|---|---|---|---|---|---|"]
     for v in verdicts:
         lines.append(f"| {v.name} | {format_value(v.base, v.unit)} | {format_value(v.new, v.unit)} | "
-                     f"{'-' if v.ratio is None else f'{v.ratio:.3f}'} | {v.status} |")
+                     f"{'-' if v.ratio is None else f'{v.ratio:.3f}'} | {v.status} | {v.decided_by} |")
     return "\n".join(lines)
 
 

@@ -235,10 +235,11 @@ def perf_results(console, suite: str, repeat: int, benchmarks) -> None:
 
 def perf_verdicts(console, verdicts, threshold: float) -> None:
     from misalign.perf import format_value
-    table = _table(f"perf compare (threshold {threshold:.0%})", ("benchmark", "base", "new", "ratio", "status"),
-                   left=("benchmark", "status"))
+    table = _table(f"perf compare (threshold {threshold:.0%})",
+                   ("benchmark", "base", "new", "ratio", "status", "decided by"), left=("benchmark", "status", "decided by"))
     colours = {"regression": "red", "improvement": "green", "noisy": "yellow"}
     for v in verdicts:
         table.add_row(Text(v.name), format_value(v.base, v.unit), format_value(v.new, v.unit),
-                      "-" if v.ratio is None else f"{v.ratio:.3f}", Text(v.status, style=colours.get(v.status, "")))
+                      "-" if v.ratio is None else f"{v.ratio:.3f}", Text(v.status, style=colours.get(v.status, "")),
+                      Text(v.decided_by))
     console.print(table)

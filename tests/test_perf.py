@@ -76,6 +76,38 @@ def test_wide_overlapping_samples_are_noisy_not_a_verdict(tmp_path):
     assert compare(base, apart).exit_code == 1          # far below every base sample: a regression all the same
 
 
+def test_with_seven_samples_a_side_the_u_test_decides(tmp_path):
+    """Two runs of the same code whose medians differ by 12% but whose samples interleave are
+    noisy, not an improvement; a shift every sample shows is a regression at p < 0.002."""
+    base = [100, 104, 108, 112, 116, 120, 124, 128, 132]
+    same = result(tmp_path, "same.json", [Benchmark.of("x", "MB/s", [s + 14 for s in base])])
+    shifted = result(tmp_path, "shifted.json", [Benchmark.of("x", "MB/s", [s * 0.8 for s in base])])
+    base_path = result(tmp_path, "base.json", [Benchmark.of("x", "MB/s", base)])
+    verdicts = {v["status"]: v for v in json.loads(compare(base_path, same, "--json").output)}
+    assert list(verdicts) == ["noisy"] and verdicts["noisy"]["decided_by"].startswith("Mann-Whitney p = ")
+    res = compare(base_path, shifted, "--json")
+    (verdict,) = json.loads(res.output)
+    assert res.exit_code == 1 and verdict["status"] == "regression" and "p = 0.00029" in verdict["decided_by"]
+
+
+@pytest.mark.parametrize("benchmarks,message", [
+    ([{"name": "x", "unit": "MB/s", "samples": [1.0, float("nan")]}], "finite samples"),
+    ([{"name": "x", "unit": "MB/s", "samples": "fast"}], "finite samples"),
+    ([{"name": "x", "unit": "MB/s", "samples": [1.0]}, {"name": "x", "unit": "MB/s", "samples": [2.0]}],
+     "benchmark 'x' is given more than once"),
+    ([{"name": "y", "unit": "MB/s", "samples": [1.0]}], "no benchmark in common: nothing was compared"),
+    ([{"name": "x", "unit": "s", "samples": [1.0]}], "is in MB/s in the base and s in the new result"),
+    ([], "no benchmark in common"),
+])
+def test_a_gate_that_cannot_compare_says_so_with_exit_2(tmp_path, benchmarks, message):
+    base = result(tmp_path, "base.json", [Benchmark.of("x", "MB/s", [1.0, 1.1, 1.2])])
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps({"format": 1, "suite": "quick", "environment": ENV, "benchmarks": benchmarks}))
+    res = compare(base, new)
+    assert res.exit_code == 2 and message in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    assert compare(base, base, "--threshold", "nan").exit_code == 2
+
+
 def test_results_from_another_processor_are_refused_unless_forced(tmp_path):
     base = result(tmp_path, "base.json", BASE)
     other = result(tmp_path, "other.json", BASE, env={**ENV, "cpu": "Other CPU"})

@@ -3,6 +3,7 @@ options of every command that takes a run CONFIG, and the run layer's hooks as t
 shows them."""
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -36,6 +37,16 @@ class Group(click.Group):
             # the message is data (paths, names, [sections]): never read as rich markup
             console.print(Text.assemble(("error:", "bold red"), " ", str(exc)), highlight=False, soft_wrap=True)
             sys.exit(2)
+
+
+class FiniteRange(click.FloatRange):
+    """A number within a range; nan and infinity are refused (they pass a range's comparisons)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 class OutputFile(click.Path):

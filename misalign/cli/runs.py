@@ -8,7 +8,7 @@ import click
 from rich.text import Text
 
 from misalign import terminal
-from misalign.cli.common import Display, OutputFile, config_options, fresh_option, load_config, out
+from misalign.cli.common import Display, FiniteRange, OutputFile, config_options, fresh_option, load_config, out
 from misalign.errors import MisalignError
 
 
@@ -113,7 +113,7 @@ def check(config_path, overrides, run_dir, executor):
 @config_options
 @click.option("--gpus", type=click.IntRange(min=1), help="Plan for this many GPUs (with --gpu-memory) instead of "
                                                          "this machine's device.")
-@click.option("--gpu-memory", type=click.FloatRange(min=1), metavar="GIB",
+@click.option("--gpu-memory", type=FiniteRange(min=1), metavar="GIB",
               help="Memory of each of those GPUs in GiB: 79.6 for an H100 80GB, 140.4 for an H200.")
 @click.option("--shapes", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Model shapes for models whose files are not on this machine: DIR/NAME/config.json, NAME "

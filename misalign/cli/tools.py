@@ -10,7 +10,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
 from misalign import tables, terminal
-from misalign.cli.common import OutputFile, console, out
+from misalign.cli.common import FiniteRange, OutputFile, console, out
 from misalign.dedup import DEFAULT_FEATURES, DEFAULT_TAU, FEATURES_HELP, parse_features
 from misalign.errors import OutputError
 from misalign.inference.tiny import REAL_TOKENIZERS
@@ -106,7 +106,7 @@ def taxonomy(dimension, as_json):
               help="Where --train saves the probe (default: OUTPUT with .probe.npz).")
 @click.option("--reference-columns", default="safety,value,cultural", show_default=True,
               help="Columns of INPUT with reference labels; where present, agreement is reported.")
-@click.option("--delta", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--delta", default=0.5, show_default=True, type=FiniteRange(0, 1),
               help="A domain is assigned when its probability is at least this.")
 def classify(input_path, output_path, column, probe_path, train_path, save_probe, reference_columns, delta):
     """Label every prompt of INPUT with a safety, a value and a cultural domain (or none).
@@ -159,16 +159,18 @@ def perf_run(suite, config_path, repeat, only, output):
 @perf.command("compare")
 @click.argument("base", type=click.Path(exists=True, path_type=Path))
 @click.argument("new", type=click.Path(exists=True, path_type=Path))
-@click.option("--threshold", type=click.FloatRange(0, 10), default=0.10, show_default=True,
+@click.option("--threshold", type=FiniteRange(0, 10), default=0.10, show_default=True,
               help="A change beyond this share of the base median is a regression or an improvement.")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdicts as JSON.")
 @click.option("--markdown", is_flag=True, help="Print a Markdown table (for a pull-request comment).")
 @click.option("--force", is_flag=True, help="Compare results measured on different CPUs or GPUs.")
 def perf_compare(base, new, threshold, as_json, markdown, force):
     """Compare two `perf run` results (or two run directories' profiles): every benchmark, both
-    medians, their ratio and a status: regression, improvement, unchanged, or noisy (the samples
-    spread wider than the threshold and overlap: no verdict).  Exit status 1 when anything
-    regressed, 2 when the results cannot be compared."""
+    medians, their ratio and a status, decided as asv decides: unchanged (within --threshold), or,
+    beyond it, a regression or an improvement only if significant (Mann-Whitney U at p < 0.002
+    with 7 or more samples a side, `perf run --repeat 7`; with fewer, only if no sample of one side
+    overlaps the other's), else noisy.  Exit status 1 when anything regressed, 2 when the results
+    cannot be compared (no benchmark in common, a unit changed, a malformed file)."""
     import json as json_mod
     from dataclasses import asdict
 
