@@ -162,3 +162,28 @@ def test_one_engine_at_a_time_and_sigkill_mid_pass_give_the_all_resident_dataset
     figures = [json.loads((d / "run.json").read_text())["cross_split_near_duplicate_rate"] for d in (whole, killed)]
     assert figures[0] == figures[1]
     assert (killed / "stats.csv").read_text() == (whole / "stats.csv").read_text()
+
+
+def test_sigterm_mid_generation_stops_the_build_and_leaves_no_process_behind(tmp_path):
+    """`kill PID` (or `timeout`, or a batch scheduler) ends a build as Ctrl-C does: its engines shut
+    down, exit status 143, and nothing of its process group is left running."""
+    proc = subprocess.Popen(build_command(tmp_path / "run", "expand.floor=0", "run.limit=40"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    manifest = tmp_path / "run" / "stages" / "04_respond" / "manifest.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:     # the generator's pass has begun
+        if manifest.exists() and json.loads(manifest.read_text())["passes"][0]["shards"]:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the build finished before it could be stopped"
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    assert not json.loads(manifest.read_text())["complete"]
+    for _ in range(100):                       # children notice their parent is gone within moments
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("a process of the build's group survived SIGTERM")
