@@ -125,10 +125,18 @@ class Deduplicator:
         n = len(fps)
         empty = np.zeros(n, dtype=bool) if empty is None else np.asarray(empty, dtype=bool)
         worded = np.flatnonzero(~empty)
-        index = HammingIndex(self.tau, plan_blocks(self.tau, len(worded)))
-        index.add(fps[worded])
+        # Identical fingerprints join once: each distinct one is searched for its neighbours, and
+        # every later row that repeats it is linked to its first row.  The clusters are those of
+        # the join over all rows, but the pairs listed grow with distinct fingerprints, not with
+        # the square of a repeated one's count (400,000 copies would be 8e10 pairs).
+        distinct, first, inverse = np.unique(fps[worded], return_index=True, return_inverse=True)
+        leader = worded[first]                       # each distinct fingerprint's first row
+        index = HammingIndex(self.tau, plan_blocks(self.tau, len(distinct)))
+        index.add(distinct)
         i, j, _ = index.pairs()
-        i, j = worded[i], worded[j]
+        copies = np.flatnonzero(worded != leader[inverse])
+        i = np.concatenate([leader[i], worded[copies]])
+        j = np.concatenate([leader[j], leader[inverse[copies]]])
         if self.merge_empty:
             blank = np.flatnonzero(empty)
             i = np.concatenate([i, np.full(max(len(blank) - 1, 0), blank[0] if len(blank) else 0)])

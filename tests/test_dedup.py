@@ -1,4 +1,6 @@
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from misalign.dedup import Deduplicator, NearDuplicateFilter, components
 
@@ -45,3 +47,26 @@ def test_filter_refuses_texts_near_anything_kept():
     assert added.tolist() == [False, True, False, False]
     assert len(f) == 2
     assert f.seen(["WHAT IS THE CAPITAL OF PERU?", "An unrelated question about boats."]).tolist() == [True, False]
+
+
+@settings(deadline=None)
+@given(st.lists(st.integers(0, 7), min_size=1, max_size=60), st.integers(0, 12), st.integers(0, 2**32))
+def test_repeated_fingerprints_give_the_clusters_of_every_pair(picks, tau, seed):
+    """Rows that repeat a fingerprint join once, through its first row; the clusters are the
+    connected components of every pair of rows within tau, as a brute-force join finds them."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 2**63, size=8, dtype=np.uint64)
+    base[1::2] = base[0::2] ^ np.uint64(0b1011)                    # near pairs, 3 bits apart
+    fps = base[picks]
+    n = len(fps)
+    pairs = np.array([(a, b) for a in range(n) for b in range(a + 1, n)
+                      if bin(int(fps[a]) ^ int(fps[b])).count("1") <= tau], dtype=np.int64).reshape(-1, 2)
+    expected = components(n, pairs[:, 0], pairs[:, 1])
+    assert Deduplicator(tau=tau).fit_fingerprints(fps).representative.tolist() == expected.tolist()
+
+
+def test_four_hundred_thousand_copies_cluster_in_linear_memory():
+    far = 2**62 + 2**61 + 2**60                                     # 5 or 6 bits from 7
+    fps = np.repeat(np.array([7, far, far + 1], dtype=np.uint64), 400_000 // 3)
+    result = Deduplicator(tau=3).fit_fingerprints(fps)
+    assert result.n_clusters == 2 and result.keep[[0, 133_333]].all()

@@ -143,7 +143,8 @@ def test_the_core_suite_writes_the_result_schema(tmp_path):
     assert {"cpu", "cores", "python", "versions", "revision", "config_sha256", "models"} <= set(record["environment"])
     names = [b["name"] for b in record["benchmarks"]]
     assert names == ["fingerprint char4, ASCII", "fingerprint char4, non-ASCII", "self-join 1M, tau 3",
-                     "self-join 1M, tau 10", "streaming filter char4, insert and query"]
+                     "self-join 1M, tau 10", "dedup 1.5M rows, 90% repeats, tau 10",
+                     "streaming filter char4, insert and query"]
     for b in record["benchmarks"]:
         assert len(b["samples"]) == 2 and b["min"] <= b["median"] <= b["max"] and b["min"] > 0
     assert compare(out, out).exit_code == 0
