@@ -1,6 +1,7 @@
 """Bad input, tried as a user would (issue #11): one clear line, exit status 2, before any
 engine starts, nothing lost; and the paper's own conventions accepted.  No engine runs here."""
 import csv
+import errno
 import json
 import os
 import stat
@@ -653,3 +654,14 @@ def test_the_readers_work_or_say_one_line(tmp_path, content, fmt):
             read()
         except InputError as exc:
             assert "\n" not in str(exc) and str(path) in str(exc)
+
+
+def test_a_full_disk_is_one_line_and_exit_2(tmp_path, monkeypatch):
+    """ENOSPC (or a read-only file system, a quota) where a command writes: one line naming the
+    path and what to do, not a traceback."""
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "out.jsonl"))
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "a b c"}\n')
+    monkeypatch.setattr(tables, "atomic_path", full)
+    one_line_error(cli("dedup", src, tmp_path / "out.jsonl"), "out.jsonl: No space left on device", "run again")

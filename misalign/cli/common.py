@@ -3,6 +3,7 @@ options of every command that takes a run CONFIG, and the run layer's hooks as t
 shows them."""
 from __future__ import annotations
 
+import errno
 import math
 import sys
 import warnings
@@ -22,6 +23,10 @@ console = Console(stderr=True, markup=False)
 out = Console(width=None if sys.stdout.isatty() else 120, markup=False)
 
 
+# faults of the machine, not of misalign-fast: a full disk, a read-only or forbidden place, a quota
+ENVIRONMENT_FAULTS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+
+
 class Group(click.Group):
     """Turn our own errors into one line on stderr and exit status 2."""
 
@@ -36,6 +41,14 @@ class Group(click.Group):
         except MisalignError as exc:
             # the message is data (paths, names, [sections]): never read as rich markup
             console.print(Text.assemble(("error:", "bold red"), " ", str(exc)), highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except OSError as exc:
+            if exc.errno not in ENVIRONMENT_FAULTS:
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            console.print(Text.assemble(("error:", "bold red"), " ", f"{where}{exc.strerror} (nothing half-written is "
+                                        "left; free the space or fix the permissions and run again: a run "
+                                        "resumes from its checkpoints)"), highlight=False, soft_wrap=True)
             sys.exit(2)
 
 
