@@ -38,19 +38,23 @@ def label_file(input_path: Path, output_path: Path, column: str = "prompt", prob
     train = _prompts(train_path, column, labelled=True) if train_path else None
     taxonomy = Taxonomy.load()
     names = savacu.DomainLabels(taxonomy)
+    # every label is read and every output checked before the engine starts
+    train_labels = {d: _labels(train[0], d, train_path, names) for d in DIMENSIONS} if train else None
+    references = {d: _labels(table, d, input_path, names) for d in DIMENSIONS
+                  if d in reference_columns and d in table.column_names}
+    probe = classifiers.LinearProbe.load(probe_path) if probe_path else None
+    probe_saved = (save_probe or output_path.with_suffix(".probe.npz")) if train else None
+    if probe_saved:
+        tables.check_output(probe_saved)
     started = time.perf_counter()
     engine = embedding_engine()
     report = LabelReport("probe" if probe_path or train else "zero-shot", _model_name(engine.model), len(prompts), 0.0)
     try:
         embeddings = engine.embed(prompts)
         if train is not None:
-            labels = {d: _labels(train[0], d, train_path, names) for d in DIMENSIONS}
-            probe = classifiers.train_probe(engine.embed(train[1]), labels, taxonomy, engine.model)
-            report.probe_saved = save_probe or output_path.with_suffix(".probe.npz")
-            report.trained_on = len(train[1])
-            probe.save(report.probe_saved)
-        else:
-            probe = classifiers.LinearProbe.load(probe_path) if probe_path else None
+            probe = classifiers.train_probe(engine.embed(train[1]), train_labels, taxonomy, engine.model)
+            report.probe_saved, report.trained_on = probe_saved, len(train[1])
+            probe.save(probe_saved)
         labels = probe.classify(embeddings, delta) if probe else classifiers.ZeroShotClassifier(
             engine, taxonomy, classifiers.ZeroShotConfig(delta=delta)).classify(embeddings)
     finally:
@@ -63,9 +67,8 @@ def label_file(input_path: Path, output_path: Path, column: str = "prompt", prob
     report.seconds = time.perf_counter() - started
     for dim in DIMENSIONS:
         report.assigned[dim] = sum(a is not None for a in columns[f"{dim}_domain"])
-        if dim in reference_columns and dim in table.column_names:
-            report.agreement[dim] = classifiers.agreement(columns[f"{dim}_domain"],
-                                                          _labels(table, dim, input_path, names))
+        if dim in references:
+            report.agreement[dim] = classifiers.agreement(columns[f"{dim}_domain"], references[dim])
     return report
 
 

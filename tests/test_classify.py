@@ -100,3 +100,22 @@ def test_llm_classifier_reads_answer_code_probabilities(tiny_engine):
             best = int(row.argmax())
             assert assigned == (labels[dim].classes[best] if row[best] >= 0.5 and best < len(row) - 1 else None)
     assert tiny_engine.stats().cached_tokens > before     # the instruction + domain list is a shared prefix
+
+
+def test_a_bad_label_is_refused_before_anything_is_embedded_or_written(tmp_path, monkeypatch):
+    """A reference or training label that is no domain stops classify before its engine starts
+    (the embedding engine is replaced by one that fails if it is ever built) and writes nothing."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from misalign.inference import embedding_model
+
+    def never():
+        raise AssertionError("the engine started before the labels were checked")
+    monkeypatch.setattr(embedding_model, "embedding_engine", never)
+    pacsv.write_csv(pa.table({"prompt": ["a", "b"], "safety": ["", ""], "value": ["", ""],
+                              "cultural": ["Dance", "Knitting"]}), tmp_path / "in.csv")
+    for extra in ([], ["--train", str(tmp_path / "in.csv")]):
+        result = CliRunner().invoke(main, ["classify", str(tmp_path / "in.csv"), str(tmp_path / "out.parquet"), *extra])
+        assert result.exit_code == 2 and "row 2" in result.output and "Knitting" in result.output, result.output
+    assert not (tmp_path / "out.parquet").exists() and not (tmp_path / "out.probe.npz").exists()
