@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from misalign import tables
+from misalign import savacu, tables
 from misalign.config import Config
 from misalign.errors import InputError
 from misalign.prompting import judge_prompt, verify_prompt
 from misalign.stages.common import ask_yes_no, polarity_balanced
-from misalign.taxonomy import DIMENSIONS
+from misalign.taxonomy import DIMENSIONS, Taxonomy
 
 OVERALL = "misaligned"
 LABELS = (OVERALL, *DIMENSIONS)
@@ -51,17 +51,25 @@ def read_labels(path, fmt: str | None = None) -> Labelled:
     if not labels:
         raise InputError(path, f"has no label column: add one or more of {', '.join(LABELS)} "
                                "(misaligned/aligned, 1/0, yes/no)")
+    names = savacu.DomainLabels(Taxonomy.load())     # domains the judge's question names: the taxonomy's
     rows = []
     for n, record in enumerate(table.to_pylist(), start=1):
         if not str(record["prompt"] or "").strip() or not str(record["response"] or "").strip():
             raise InputError(path, "prompt or response is empty", row=n)
-        row = {"prompt": str(record["prompt"]), "response": str(record["response"]),
-               **{f"{d}_domain": (str(record.get(f"{d}_domain") or "").strip() or None) for d in DIMENSIONS}}
+        row = {"prompt": str(record["prompt"]), "response": str(record["response"])}
+        for d in DIMENSIONS:
+            value = record.get(f"{d}_domain")
+            try:
+                row[f"{d}_domain"] = names.domain(d, None if value is None else str(value).strip())
+            except ValueError as exc:
+                raise InputError(path, str(exc).replace(f"label_{d}", f"{d}_domain"), row=n) from None
         for label in labels:
             row[label] = _label(path, n, label, record[label])
         rows.append(row)
     if not rows:
         raise InputError(path, "has no rows")
+    if all(row[label] is None for row in rows for label in labels):
+        raise InputError(path, f"has no label in any row ({', '.join(labels)} are all empty): nothing to validate")
     return Labelled(rows, labels, str(path))
 
 
