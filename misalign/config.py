@@ -294,9 +294,17 @@ def from_dict(raw: dict) -> Config:
         raise ConfigError(f"[stages] must hold one [stages.NAME] section per stage, got {_show(stages)}")
     config.stages = {name: _stage_section(name, spec) for name, spec in stages.items()}
     validate(config)
-    # "~/runs/x" is the user's home, as a shell would read it (pyarrow expands it, os.mkdir does not)
-    config.run.dir = str(Path(config.run.dir).expanduser())
+    # "~/x" in a path setting is the user's home, as a shell would read it, in every one of them
+    # (pyarrow expands it, os.mkdir does not: run.dir = "~/x" made a directory named "~")
+    config.run.dir = _home(config.run.dir)
+    config.input.path, config.bench.dataset = _home(config.input.path), _home(config.bench.dataset)
+    for model in config.models.values():
+        model.path = _home(model.path)
     return config
+
+
+def _home(path: str) -> str:
+    return str(Path(path).expanduser()) if path.startswith("~") else path
 
 
 def _stage_section(name: str, spec) -> StageSection:

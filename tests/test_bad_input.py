@@ -665,3 +665,11 @@ def test_a_full_disk_is_one_line_and_exit_2(tmp_path, monkeypatch):
     src.write_text('{"text": "a b c"}\n')
     monkeypatch.setattr(tables, "atomic_path", full)
     one_line_error(cli("dedup", src, tmp_path / "out.jsonl"), "out.jsonl: No space left on device", "run again")
+
+
+def test_a_tilde_is_the_home_directory_in_every_path_setting(monkeypatch):
+    monkeypatch.setenv("HOME", "/home/someone")
+    config = _load_config(None, ["input.path=~/p.jsonl", "bench.dataset=~/d.parquet", "models.tiny.path=~/m"],
+                          Path("~/runs/x"), None)
+    assert (config.run.dir, config.input.path, config.bench.dataset, config.models["tiny"].path) == (
+        "/home/someone/runs/x", "/home/someone/p.jsonl", "/home/someone/d.parquet", "/home/someone/m")
