@@ -6,14 +6,19 @@ they go into `Text`, never through rich's markup.
 """
 from __future__ import annotations
 
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
 from misalign.taxonomy import DIMENSIONS
 
 
+# the widest tables (a figure per column) drop the vertical rules to keep 120 columns whole
+WIDE = {"box": box.SIMPLE_HEAD, "pad_edge": False, "collapse_padding": True}
+
+
 def _table(title, columns, left=(), **kwargs) -> Table:
-    table = Table(title=title if isinstance(title, Text) else Text(title), title_justify="left", **kwargs)
+    table = Table(title=(title if isinstance(title, Text) else Text(title)) or None, title_justify="left", **kwargs)
     for name in columns:
         table.add_column(name, justify="left" if name in left else "right")
     return table
@@ -92,7 +97,7 @@ def decisions(console, decided) -> None:
 
 def profile(console, stages, title: str = "per stage") -> None:
     table = _table(title, ("stage", "in", "out", "seconds", "items/s", "prompt tok", "gen tok", "tok/s", "cache hits",
-                           "engine starts", "shards reused"), left=("stage",))
+                           "engine starts", "shards reused"), left=("stage",), **WIDE)
     for p in stages:
         starts = sum(p["engine_starts"].values())
         table.add_row(p["stage"], f"{p['items_in']:,}", f"{p['items_out']:,}", f"{p['seconds']:.1f}",
@@ -150,7 +155,9 @@ def benched(console, res: dict) -> None:
     """Stage II's tables: per model, the joint figure, each dimension, each group; then the notes."""
     from misalign.report import TERMINAL_COLUMNS, baseline_notes, circular, group_rows, row_cells, runs_line, yes_line
     for name, model in res["models"].items():
-        table = _table(Text(f"{name}: {model['description']}"), TERMINAL_COLUMNS, left=("items of", "asked"))
+        # the title on a line of its own: as a table title, a long one would stretch the columns
+        console.print(Text(f"{name}: {model['description']}"))
+        table = _table("", TERMINAL_COLUMNS, left=("items of", "asked"), **WIDE)
         for row in group_rows(model):
             cells = row_cells(*row, parsed=bool(model.get("parsed_answers")))
             table.add_row(*(cells[c] for c in TERMINAL_COLUMNS))

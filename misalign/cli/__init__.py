@@ -29,8 +29,8 @@ def main(verbose):
 
     Stage I builds a dataset of prompts paired with aligned and misaligned responses across
     safety, value and cultural domains; Stage II measures how well models detect the
-    misaligned ones.  `misalign-fast run` does both on a CPU demo in a few minutes; each
-    command's --help says what it reads and writes.
+    misaligned ones.  `misalign-fast run` does both on a CPU demo with a real, small instruct
+    model (SmolLM2-135M); each command's --help says what it reads and writes.
     """
     if verbose:                          # read by the engine pool, here and in Ray workers
         os.environ["MISALIGN_VERBOSE"] = "1"

@@ -32,7 +32,7 @@ def build(config_path, overrides, run_dir, executor, fresh, limit):
 
     Without CONFIG it runs the embedded CPU demo: the bundled sample of prompts, the MiniLM
     embedding classifier and SmolLM2-135M-Instruct (bundled, real but weak) for every
-    generative step (a few minutes on a laptop).  A CONFIG starts from the paper's settings; see
+    generative step (its time on a 2-core machine is in the README).  A CONFIG starts from the paper's settings; see
     configs/paper-gpu.toml.  Every stage checkpoints its output: run the same command again to
     resume an interrupted run; after a change, only the stages it affects run again.
     """

@@ -136,7 +136,7 @@ def perf():
 
 @perf.command("run")
 @click.option("--suite", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
-              help="quick: a few minutes on 2 cores (12 prompts, no expansion); full: 75 prompts with expansion.")
+              help="quick: 12 prompts, no expansion; full: 75 prompts with expansion.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Time Stage I with this run config's models instead of the built-in one (Mistral-7B's "
                    "shape on random weights).")
