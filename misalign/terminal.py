@@ -114,7 +114,7 @@ def built(console, summary: dict, per_domain: bool = True) -> None:
     if per_domain:
         domain_stats(console, summary["stats"])
     else:
-        console.print("per-domain counts (the paper's table) in stats.csv")
+        console.print("per-domain counts (the paper's table) in stats.csv and dataset.html")
     splits = ", ".join(f"{k} {v:,}" for k, v in summary["splits"].items())
     console.print(f"{summary['pairs']:,} pairs ({splits}); {summary['dropped_pairs']:,} dropped; "
                   f"{summary['rejected_inputs']:,} input rows set aside; near-duplicates across splits "
@@ -136,9 +136,12 @@ def built(console, summary: dict, per_domain: bool = True) -> None:
 
 
 def domain_stats(console, rows) -> None:
-    stats = _table("per domain (domains with prompts)", ("dimension", "domain", "classified", "expanded",
-                   "exp. near-dup", "dedup removed", "to generation", "filtered al/mis", "truncated", "resampled",
-                   "recovered", "final pairs"), left=("dimension", "domain"))
+    console.print("per domain (domains with prompts)")
+    stats = _table("", ("dimension", "domain", "classified", "expanded", "exp. dup", "dedup", "generated",
+                        "filt. a/m", "cut off", "resampled", "recovered", "pairs"), left=("dimension", "domain"),
+                   **{**WIDE, "padding": (0, 0)})
+    domain = stats.columns[1]               # one line per domain: a long name is cut (whole in stats.csv)
+    domain.no_wrap, domain.overflow, domain.max_width = True, "ellipsis", 18
     for s in rows:
         if s["classified"] or s["expanded"] or s["unknown"]:
             stats.add_row(s["dimension"], Text(s["domain"]), str(s["classified"] or s["unknown"]), str(s["expanded"]),
