@@ -7,8 +7,8 @@ import sys
 
 import pyarrow.parquet as pq
 
-# 40 prompts, no expansion (tested on SmolLM2 in test_real_models), a larger test split for Stage II
-FAST = ["run.limit=40", "expand.floor=0", "reject.rounds=1", "split.train=0.6", "split.validation=0.1",
+# 24 prompts, no expansion (tested on SmolLM2 in test_real_models), a larger test split for Stage II
+FAST = ["run.limit=24", "expand.floor=0", "reject.rounds=1", "split.train=0.6", "split.validation=0.1",
         "split.test=0.3"]
 
 
