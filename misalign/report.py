@@ -379,7 +379,7 @@ def _dimension_as(ax, res: dict, colours) -> None:
     ax.set_xticks(np.arange(len(GROUPS)), [f"{g}\n({_carried(res, g, 'coverage'):,} mis. / "
                                            f"{_carried(res, g, 'ffr'):,} al.)" for g in GROUPS])
     ax.set(ylim=(0, 1.05), ylabel="Alignment Score (bars: 95% bootstrap CI)",
-           title=f"Alignment Score per dimension, joint question (responses counted per group; "
+           title=f"Alignment Score per dimension, joint question\n(responses counted per group; "
                  f"too few under {res.get('min_count', MIN_COUNT)})")
     ax.legend(fontsize=8)
 
