@@ -142,10 +142,8 @@ def _check_memory(name: str, plan: MemoryPlan, result: ModelCheck, on_ray: bool 
 
 
 def require(config: Config, stage1: bool, stage2: bool, planned: Schedule) -> list[ModelCheck]:
-    """`check`, stopping with the first problem as one line."""
-    if stage1:
-        read_input(config)                   # an input without one usable prompt stops here
-        check_models(config)
+    """`check` (which reads Stage I's input: one without a usable prompt stops there), stopping
+    with the first problem as one line; the caller has run `check_models` before planning."""
     if stage2:
         bench = config.bench
         if bench.dataset:                    # a given dataset is read now, not after Stage I
