@@ -31,7 +31,7 @@ from misalign.tables import atomic_path
 from misalign.pipeline import Runner
 from misalign.provenance import versions
 from misalign.stages.base import Stage
-from misalign.stages.ingest import input_source, read_input, write_rejected
+from misalign.stages.ingest import Prompts, write_rejected
 from misalign.taxonomy import DIMENSIONS, UNKNOWN, Taxonomy
 
 DATASET_COLUMNS = ["id", "prompt", "origin", "safety_domain", "safety_prob", "value_domain", "value_prob",
@@ -45,15 +45,15 @@ STATS_COLUMNS = ["dimension", "domain", "classified", "unknown", "expanded", "ex
                  "verified_misaligned", "cross_split_leaks"]
 
 
-def build(config: Config, pool: Pool, stages: list[Stage], on_progress=None, executor=None,
+def build(config: Config, pool: Pool, stages: list[Stage], inputs: Prompts, on_progress=None, executor=None,
           schedule: dict | None = None, fresh: bool = False, on_decisions=None) -> dict:
-    """Run Stage I's `stages` (misalign.run.stage1_stages, or a list composed from it) with the
-    pool's engines (row-wise stages on `executor`'s workers if given, see misalign.distributed)
+    """Run Stage I's `stages` (misalign.run.stage1_stages, or a list composed from it) on the
+    run's input (misalign.stages.ingest.read_input) with the pool's engines (row-wise stages on `executor`'s workers if given, see misalign.distributed)
     and write the run directory; return a summary (counts, paths, per-stage profile, per-domain
     stats).  `schedule`: the memory plan the run follows, recorded in run.json.  Checkpoints
     are reused where their keys match (misalign.pipeline), none with `fresh`; `on_decisions`
     hears the stages' decisions before any stage runs."""
-    table, rejected = read_input(config)
+    table, rejected = inputs.table, inputs.rejected
     run_dir = Path(config.run.dir)          # written only once the input has been read
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_text(run_dir / "config.resolved.toml", config_mod.to_toml(config))
@@ -73,7 +73,7 @@ def build(config: Config, pool: Pool, stages: list[Stage], on_progress=None, exe
     profile = [p.as_dict() for p in runner.profiles]
     _write_text(run_dir / "profile.json", json.dumps(profile, indent=1))
     split, reject = counters.get("split", {}), counters.get("reject", {})
-    summary = {"run_dir": str(run_dir), "input": input_source(config), "input_rows": table.num_rows + len(rejected),
+    summary = {"run_dir": str(run_dir), "input": inputs.source, "input_rows": table.num_rows + len(rejected),
                "rejected_inputs": len(rejected), "pairs": final.num_rows, "splits": sizes,
                "dropped_pairs": reject.get("pairs_dropped", 0),
                "cross_split_near_duplicate_rate": split.get("cross_split_leaks", 0) / split["pairs"]

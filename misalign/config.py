@@ -50,6 +50,7 @@ class InputConfig:
     column: str = "prompt"
     format: str = ""
     max_chars: int = 4000
+    max_bytes: int = 1 << 30       # the whole input is held in memory: a larger file is refused, unread
 
 
 @dataclass
@@ -365,6 +366,7 @@ def validate(config: Config) -> None:
     one_of("input", "format", ("", "jsonl", "csv", "parquet"))
     _check(bool(config.input.column), "input.column", "a column name", config.input.column)
     at_least("input", "max_chars", 1)
+    at_least("input", "max_bytes", 1)
     one_of("classify", "method", ("embedding", "llm"))
     within("classify", "delta", 0, 1)
     within("classify", "min_mass", 0, 1)

@@ -21,7 +21,7 @@ from misalign.tables import one_line
 from misalign.inference.base import EMBEDDER, ChoiceError, answer_codes, check_choices
 from misalign.inference.pool import model_directories
 from misalign.items import load_items
-from misalign.stages.ingest import read_input
+from misalign.stages.ingest import Prompts
 from misalign.memory_plan import GIB, Device, MemoryPlan, Schedule, detect_device, plan_memory, schedule
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
@@ -98,11 +98,13 @@ def plan_run(config: Config, passes: list[tuple[str, str, str | None]], device: 
     return schedule(plan, passes)
 
 
-def check(config: Config, planned: Schedule, stage1: bool = True, stage2: bool = True) -> list[ModelCheck]:
+def check(config: Config, planned: Schedule, stage1: bool = True, stage2: bool = True,
+          inputs: Prompts | None = None) -> list[ModelCheck]:
     """One ModelCheck per model the run uses: in Stage I's roles, as a model under test, or both;
-    `planned`: the run's memory plan."""
+    `planned`: the run's memory plan; `inputs`: Stage I's input, whose longest prompts each
+    model's context must hold."""
     taxonomy = Taxonomy.load()
-    prompts = _longest_prompts(config) if stage1 else []
+    prompts = inputs.longest(LONGEST_CHECKED) if stage1 and inputs else []
     memory = planned.plan
     results = []
     for name, roles in config.roles().items():
@@ -141,23 +143,20 @@ def _check_memory(name: str, plan: MemoryPlan, result: ModelCheck, on_ray: bool 
         result.problems += found
 
 
-def require(config: Config, stage1: bool, stage2: bool, planned: Schedule) -> list[ModelCheck]:
-    """`check` (which reads Stage I's input: one without a usable prompt stops there), stopping
-    with the first problem as one line; the caller has run `check_models` before planning."""
+def require(config: Config, stage1: bool, stage2: bool, planned: Schedule,
+            inputs: Prompts | None = None) -> list[ModelCheck]:
+    """`check`, stopping with the first problem as one line; the caller has run `check_models`
+    before planning and read Stage I's input (one without a usable prompt stops there)."""
     if stage2:
         bench = config.bench
         if bench.dataset:                    # a given dataset is read now, not after Stage I
             load_items(bench.dataset, bench.split).require_some(bench.split, rejected_items_path(config))
         check_bench(config)
-    results = check(config, planned, stage1, stage2)
+    results = check(config, planned, stage1, stage2, inputs)
     for result in results:
         if result.problems:
             raise ConfigError(f"check: model {result.name!r}: {result.problems[0]}")
     return results
-
-
-def _longest_prompts(config: Config) -> list[str]:
-    return sorted(read_input(config)[0].column("prompt").to_pylist(), key=len, reverse=True)[:LONGEST_CHECKED]
 
 
 def _check_server(model, result: ModelCheck) -> None:

@@ -34,6 +34,7 @@ from misalign.stages.bench import LengthBaseline
 from misalign.stages.classify import ClassifyStage
 from misalign.stages.dedup import DedupStage
 from misalign.stages.expand import ExpandStage
+from misalign.stages.ingest import Prompts, read_input
 from misalign.stages.reject import RejectStage
 from misalign.stages.respond import RespondStage
 from misalign.stages.split import SplitStage
@@ -131,19 +132,22 @@ def require_plan(config: Config, schedule: Schedule, note: Callable[[str], None]
 
 
 def check(config: Config) -> list:
-    """`misalign-fast check`: every model the run uses, checked without loading weights."""
-    return check_models_of(config, plan(config))
+    """`misalign-fast check`: every model the run uses, checked without loading weights, against
+    the longest of Stage I's input prompts."""
+    return check_models_of(config, plan(config), inputs=read_input(config))
 
 
-def preflight(config: Config, hooks: Hooks, stage1: bool = True, stage2: bool = True,
+def preflight(config: Config, hooks: Hooks, inputs: Prompts | None, stage2: bool = True,
               stages: list[Stage] | None = None) -> Schedule:
     """Everything that can be known before an engine starts, in order: the files the plan reads,
     the plan, every model's check (a ConfigError on the first problem), the plan's verdict (on
-    Ray a note: each worker plans its own device), and the role warnings."""
+    Ray a note: each worker plans its own device), and the role warnings.  `inputs`: Stage I's
+    input, read once by the caller (None: no Stage I)."""
+    stage1 = inputs is not None
     if stage1:
         check_models(config)
     schedule = plan(config, stage1, stage2, stages=stages)
-    hooks.checked(require(config, stage1, stage2, schedule))
+    hooks.checked(require(config, stage1, stage2, schedule, inputs))
     hooks.planned(schedule)
     require_plan(config, schedule, hooks.note)
     if stage2:                                  # said before the run, not only in its report
@@ -173,11 +177,12 @@ def engines(config: Config, schedule: Schedule | None = None):
 # ------------------------------------------------------------------------------------- stages
 
 def stage1(config: Config, pool: Pool, stages: list[Stage] | None = None, executor=None,
-           schedule: Schedule | None = None, fresh: bool = False, hooks: Hooks | None = None) -> dict:
-    """Stage I on the given engines; its summary (also run.json)."""
+           schedule: Schedule | None = None, fresh: bool = False, hooks: Hooks | None = None,
+           inputs: Prompts | None = None) -> dict:
+    """Stage I on the given engines (on `inputs`, else the input read now); its summary (also run.json)."""
     hooks = hooks or Hooks()
-    summary = write_stage1(config, pool, stages or stage1_stages(config, pool), hooks.progress, executor,
-                           schedule.as_dict() if schedule else None, fresh, hooks.decided)
+    summary = write_stage1(config, pool, stages or stage1_stages(config, pool), inputs or read_input(config),
+                           hooks.progress, executor, schedule.as_dict() if schedule else None, fresh, hooks.decided)
     hooks.built(summary)
     return summary
 
@@ -199,17 +204,18 @@ def build(config: Config, hooks: Hooks | None = None, fresh: bool = False,
           stages: list[Stage] | None = None) -> dict:
     """`misalign-fast build`: the run directory held, the preflight, the engines, Stage I."""
     hooks = hooks or Hooks()
+    inputs = read_input(config)                 # once: a pipe works, bad input stops before anything
     with hold(config.run.dir):
-        schedule = preflight(config, hooks, stage2=False, stages=stages)
+        schedule = preflight(config, hooks, inputs, stage2=False, stages=stages)
         with engines(config, schedule) as (pool, workers):
-            return stage1(config, pool, stages, workers, schedule, fresh, hooks)
+            return stage1(config, pool, stages, workers, schedule, fresh, hooks, inputs)
 
 
 def bench(config: Config, hooks: Hooks | None = None, fresh: bool = False) -> dict:
     """`misalign-fast bench`: the run directory held, the preflight, the engines, Stage II."""
     hooks = hooks or Hooks()
     with hold(config.run.dir):
-        schedule = preflight(config, hooks, stage1=False)
+        schedule = preflight(config, hooks, None)
         with engines(config, schedule) as (pool, workers):
             return stage2(config, pool, workers, schedule, fresh, hooks)
 
@@ -237,8 +243,9 @@ def run(config: Config, hooks: Hooks | None = None, fresh: bool = False,
         stages: list[Stage] | None = None) -> tuple[dict, dict]:
     """`misalign-fast run`: Stage I then Stage II, the engines kept across both where they fit."""
     hooks = hooks or Hooks()
+    inputs = read_input(config)
     with hold(config.run.dir):
-        schedule = preflight(config, hooks, stages=stages)
+        schedule = preflight(config, hooks, inputs, stages=stages)
         with engines(config, schedule) as (pool, workers):
-            return (stage1(config, pool, stages, workers, schedule, fresh, hooks),
+            return (stage1(config, pool, stages, workers, schedule, fresh, hooks, inputs),
                     stage2(config, pool, workers, schedule, fresh, hooks))

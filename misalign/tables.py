@@ -56,15 +56,24 @@ def read_table(path, fmt: str | None = None) -> pa.Table:
     except OSError as exc:
         raise InputError(path, f"cannot read: {exc.strerror}") from None
     if fmt == "parquet":
-        if head != _PARQUET_MAGIC:
-            raise InputError(path, "is not a Parquet file (it does not start with PAR1)")
-        try:
-            return pq.read_table(path)
-        except (pa.ArrowException, OSError) as exc:
-            raise InputError(path, f"is not a readable Parquet file: {exc}") from None
+        return _parquet(path, head, path)
     if head == _PARQUET_MAGIC:
         raise InputError(path, f"looks like a Parquet file, not {fmt.upper()}; pass --format parquet")
     return _read_csv(path) if fmt == "csv" else _read_jsonl(path)
+
+
+def parquet_from_bytes(path, raw: bytes) -> pa.Table:
+    """A Parquet file already read into memory (`path` names it in errors): a FIFO's, say."""
+    return _parquet(path, raw[:4], pa.BufferReader(raw))
+
+
+def _parquet(path, head: bytes, source) -> pa.Table:
+    if head != _PARQUET_MAGIC:
+        raise InputError(path, "is not a Parquet file (it does not start with PAR1)")
+    try:
+        return pq.read_table(source)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(path, f"is not a readable Parquet file: {exc}") from None
 
 
 def _read_csv(path) -> pa.Table:

@@ -400,12 +400,39 @@ def test_an_input_without_usable_prompts_stops_build_before_any_engine(tmp_path,
     assert not (tmp_path / "r").exists()
 
 
-def test_an_input_that_is_not_a_regular_file_is_refused_unread(tmp_path):
-    """A FIFO (or stdin) would be used up by the check before the build reads it."""
+def test_an_input_from_a_pipe_is_read_once_for_the_check_and_the_build(tmp_path, session_pool):
+    """The run reads its input once and hands it to the preflight and to Stage I, so a FIFO (or
+    standard input) works: the FIFO is gone before either looks, and neither misses it."""
+    from misalign.run import Hooks, preflight, stage1
+    from misalign.stages.ingest import read_input
     fifo = tmp_path / "prompts.jsonl"
     os.mkfifo(fifo)
-    one_line_error(cli("build", "--run-dir", tmp_path / "r", "--set", f"input.path={fifo}"),
-                   "is not a regular file", "save it to a file first")
+    lines = "".join(json.dumps({"prompt": f"How should I answer a rude neighbour, case {i}?"}) + "\n"
+                    for i in range(6))
+    writer = threading.Thread(target=fifo.write_text, args=(lines,))
+    writer.start()
+    config = config_mod.load(None, [f'run.dir="{tmp_path / "run"}"', f'input.path="{fifo}"', 'expand.model="tiny"',
+                         'respond.models=["tiny"]', 'reject.judge="tiny"', "expand.floor=0", "reject.rounds=0",
+                         "respond.candidates=1", "respond.max_tokens=8", "reject.min_chars=1"])
+    inputs = read_input(config)
+    writer.join()
+    fifo.unlink()
+    checked = []
+    preflight(config, Hooks(checked=checked.extend), inputs, stage2=False)
+    summary = stage1(config, session_pool, inputs=inputs)
+    assert checked and summary["input_rows"] == 6 and summary["input"] == str(fifo)
+
+
+@pytest.mark.parametrize("path, settings, message", [
+    ("/dev/zero", ["input.format=jsonl"], "is a device or a terminal"),
+    ("{tmp}", [], "is a directory"),
+    ("{tmp}/in.jsonl", ["input.max_bytes=40"], "holds more than input.max_bytes = 40 bytes"),
+])
+def test_an_input_that_never_ends_or_is_too_big_is_refused_unread(tmp_path, path, settings, message):
+    (tmp_path / "in.jsonl").write_text('{"prompt": "a prompt of more than forty bytes, in one row"}\n')
+    sets = [arg for s in [f"input.path={path.format(tmp=tmp_path)}", *settings] for arg in ("--set", s)]
+    one_line_error(cli("build", "--run-dir", tmp_path / "r", *sets), message)
+    assert not (tmp_path / "r").exists()
 
 
 def test_an_empty_id_is_no_id(tmp_path):

@@ -7,12 +7,13 @@ import os
 import stat
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 
 import pyarrow as pa
 
 from misalign import tables
 from misalign.errors import InputError
+
+MAX_BYTES = 1 << 30            # input.max_bytes's default: the whole input is held in memory
 
 
 @dataclass
@@ -22,29 +23,36 @@ class Rejected:
     value: str | None
 
 
+@dataclass
+class Prompts:
+    """The run's input, read once: its usable prompts (id, prompt, origin) and the rows set aside."""
+    source: str
+    table: pa.Table
+    rejected: list[Rejected]
+
+    def longest(self, n: int) -> list[str]:
+        return sorted(self.table.column("prompt").to_pylist(), key=len, reverse=True)[:n]
+
+
 def input_source(config) -> str:
     """The run's input file: `input.path`, else the bundled sample."""
     return config.input.path or str(resources.files("misalign").joinpath("data/sample_prompts.jsonl"))
 
 
-def read_input(config) -> tuple[pa.Table, list[Rejected]]:
-    """The run's input as Stage I reads it."""
-    return read_prompts(input_source(config), config.input.column, config.input.format or None, config.input.max_chars,
-                        config.run.limit)
+def read_input(config) -> Prompts:
+    """The run's input as Stage I reads it (once per run: a FIFO or standard input works)."""
+    source = input_source(config)
+    table, rejected = read_prompts(source, config.input.column, config.input.format or None,
+                                   config.input.max_chars, config.run.limit, config.input.max_bytes)
+    return Prompts(source, table, rejected)
 
 
 def read_prompts(path, column: str = "prompt", fmt: str | None = None, max_chars: int = 4000,
-                 limit: int = 0) -> tuple[pa.Table, list[Rejected]]:
+                 limit: int = 0, max_bytes: int = MAX_BYTES) -> tuple[pa.Table, list[Rejected]]:
     """(table of id, prompt, origin; rejected rows).  Ids come from an `id` column when there is
     one, else from the row number, so they are stable across runs of the same file."""
+    raw = _read_bounded(path, max_bytes)
     fmt = tables.detect_format(path, fmt)
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO, stdin: used up by the check; /dev/zero: endless
-            raise InputError(path, "is not a regular file (a FIFO, a device, standard input): a run reads its "
-                                   "input more than once (check, then build), so save it to a file first")
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise InputError(path, f"cannot read: {exc.strerror}") from None
     rows = {"jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows}[fmt](path, raw, column)
     ids, prompts, rejected, generated = [], [], [], set()
     for row, record_id, value, problem in rows:
@@ -73,6 +81,29 @@ def read_prompts(path, column: str = "prompt", fmt: str | None = None, max_chars
         raise InputError(path, "the id column has repeated values; ids must be unique")
     table = pa.table({"id": ids, "prompt": prompts, "origin": ["input"] * len(ids)})
     return table, rejected
+
+
+def _read_bounded(path, max_bytes: int) -> bytes:
+    """The file's bytes, at most `max_bytes` of them: a regular file or a pipe (a FIFO, standard
+    input), never a device (/dev/zero would never end) or a directory."""
+    too_big = (f"holds more than input.max_bytes = {max_bytes:,} bytes; raise input.max_bytes if the "
+               "machine has the memory for it, or split the file")
+    try:
+        status = os.stat(path)
+        if stat.S_ISDIR(status.st_mode):
+            raise InputError(path, "is a directory, not a file of prompts")
+        if not (stat.S_ISREG(status.st_mode) or stat.S_ISFIFO(status.st_mode)):
+            raise InputError(path, "is a device or a terminal, not a file of prompts: pipe the prompts in or "
+                                   "save them to a file")
+        if status.st_size > max_bytes:
+            raise InputError(path, too_big)
+        with open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise InputError(path, f"cannot read: {exc.strerror}") from None
+    if len(raw) > max_bytes:
+        raise InputError(path, too_big)
+    return raw
 
 
 def _encodable(value) -> bool:
@@ -123,7 +154,7 @@ def _csv_rows(path, raw: bytes, column: str):
 
 
 def _parquet_rows(path, raw: bytes, column: str):
-    table = tables.read_table(path, "parquet")
+    table = tables.parquet_from_bytes(path, raw)
     if column not in table.column_names:
         raise InputError(path, f"has no column {column!r} (columns: {', '.join(table.column_names)})")
     values = table.column(column)
