@@ -694,6 +694,17 @@ def test_a_full_disk_is_one_line_and_exit_2(tmp_path, monkeypatch):
     one_line_error(cli("dedup", src, tmp_path / "out.jsonl"), "out.jsonl: No space left on device", "run again")
 
 
+def test_ctrl_c_is_one_line_and_exit_130_as_a_shell_reports_it(tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "a b c"}\n')
+    monkeypatch.setattr(tables, "atomic_path", interrupted)
+    result = cli("dedup", src, tmp_path / "out.jsonl")
+    assert result.exit_code == 130 and result.output.strip().splitlines() == [
+        "stopped (Ctrl-C): nothing half-written is kept; a run started again resumes from its checkpoints"], result.output
+
+
 def test_a_tilde_is_the_home_directory_in_every_path_setting(monkeypatch):
     monkeypatch.setenv("HOME", "/home/someone")
     config = _load_config(None, ["input.path=~/p.jsonl", "bench.dataset=~/d.parquet", "models.tiny.path=~/m"],

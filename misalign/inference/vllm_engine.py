@@ -15,7 +15,8 @@ unless the user set it): vLLM's default spawns an engine process and a worker pr
 import torch and vLLM again, which on 2 cores made SmolLM2's start 150 s instead of 15 (eager) and
 its generation 55 tokens/s instead of 84-102, the three processes contending for the cores
 (measured; misalign-fast's RESULTS.md has the commands).  Engines then also end with this process,
-however it ends.  On a GPU vLLM's own processes stay, as vLLM intends.
+however it ends.  On a GPU vLLM's own processes stay, as vLLM intends, and die with this process
+even when it is killed with SIGKILL (misalign.inference.lifetime).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
+from misalign.inference.lifetime import mark_owner
 from misalign.inference.base import (AnswerProbs, EngineError, EngineStats, Generation, Prompt, SamplingConfig,
                                      Timer, check_choices, mass_of, prefix_order, renormalise)
 
@@ -124,6 +126,7 @@ class VLLMEngine:
             raise EngineError("vLLM is not installed: install misalign-fast[cpu] (CPU) or "
                               f"misalign-fast[gpu] (NVIDIA GPU) ({exc})") from None
         self.gpu = gpu
+        mark_owner()                      # the engine's own processes die with this one (lifetime.py)
         utilisation = config.gpu_memory_utilization or (0.9 if gpu else 0.3)
         try:
             with in_process(not gpu):
