@@ -43,7 +43,8 @@ class Group(click.Group):
             console.print(Text.assemble(("error:", "bold red"), " ", str(exc)), highlight=False, soft_wrap=True)
             sys.exit(2)
         except KeyboardInterrupt:                 # everything's `finally` has run: engines are shut down
-            console.print("stopped (Ctrl-C): nothing half-written is kept; a run started again resumes from its checkpoints", highlight=False)
+            console.print("stopped (Ctrl-C): nothing half-written is kept; a run started again resumes from its "
+                          "checkpoints", highlight=False, soft_wrap=True)
             sys.exit(130)
         except OSError as exc:
             if exc.errno not in ENVIRONMENT_FAULTS:
