@@ -405,7 +405,15 @@ def validate(config: Config) -> None:
     for key in ("workers", "cpus_per_worker", "local_cpus"):
         at_least("ray", key, 0)
     _check(config.ray.gpus_per_worker > 0, "ray.gpus_per_worker", "> 0", config.ray.gpus_per_worker)
+    if config.ray.address not in ("", "auto", "local") and ray_head(config.ray.address) is None:
+        raise ConfigError(f"ray.address = {config.ray.address!r} is not \"auto\", HOST:PORT or ray://HOST:PORT")
     _validate_names(config)
+
+
+def ray_head(address: str) -> tuple[str, int] | None:
+    """(host, port) of a Ray address "HOST:PORT" or "ray://HOST:PORT"; None if it is neither."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    return (host.strip("[]"), int(port)) if host and port.isdigit() and 0 < int(port) < 65536 else None
 
 
 def _validate_names(config: Config) -> None:

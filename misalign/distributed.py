@@ -18,8 +18,10 @@ see each shard finish to checkpoint it.  Single-machine runs never import Ray.
 """
 from __future__ import annotations
 
+import os
+import socket
 
-from misalign.config import Config
+from misalign.config import Config, ray_head
 from misalign.errors import ConfigError
 from misalign.pipeline import run_shard
 
@@ -56,8 +58,12 @@ class RayExecutor:
             raise ConfigError("run.executor = \"ray\" needs Ray: pip install 'misalign-fast[ray]'") from None
         settings = config.ray
         if not ray.is_initialized():
-            ray.init(address=settings.address or None, include_dashboard=False, log_to_driver=settings.worker_logs,
-                     num_cpus=settings.local_cpus or None)
+            check_head(settings.address)
+            try:
+                ray.init(address=settings.address or None, include_dashboard=False,
+                         log_to_driver=settings.worker_logs, num_cpus=settings.local_cpus or None)
+            except ConnectionError as exc:        # "auto" with no cluster running, a head that went away
+                raise ConfigError(f"ray.address = {settings.address!r}: {str(exc).splitlines()[0]}") from None
         workers = settings.workers or max(int(ray.cluster_resources().get("GPU", 0) // max(settings.gpus_per_worker,
                                                                                           1e-9)), 1)
         gpus = settings.gpus_per_worker if ray.cluster_resources().get("GPU", 0) else 0
@@ -79,6 +85,21 @@ class RayExecutor:
         for a in self.actors:
             self.ray.kill(a)
         self.actors = []
+
+
+def check_head(address: str, timeout: float = 5.0) -> None:
+    """A cluster's head must answer at `address` (or RAY_ADDRESS where it is empty) before a run
+    waits on it: Ray itself retries for minutes, printing warnings, and never says it gave up."""
+    address = address or os.environ.get("RAY_ADDRESS", "")
+    head = ray_head(address)
+    if head is None:                    # "", "auto", "local": Ray finds (or starts) its own
+        return
+    try:
+        socket.create_connection(head, timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"ray.address = {address!r}: nothing answers at {head[0]}:{head[1]} "
+                          f"({exc.strerror or type(exc).__name__}); start the cluster (ray start --head) "
+                          "or fix the address") from None
 
 
 def _prebuild_stand_in(config: Config) -> None:

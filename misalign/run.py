@@ -21,6 +21,7 @@ from typing import Callable
 from misalign.benchmark import benchmark, circularity_warnings
 from misalign.build import build as write_stage1
 from misalign.config import Config
+from misalign.distributed import check_head
 from misalign.errors import ConfigError
 from misalign.inference.base import EMBEDDER, Pool
 from misalign.memory_plan import Schedule
@@ -144,6 +145,8 @@ def preflight(config: Config, hooks: Hooks, inputs: Prompts | None, stage2: bool
     Ray a note: each worker plans its own device), and the role warnings.  `inputs`: Stage I's
     input, read once by the caller (None: no Stage I)."""
     stage1 = inputs is not None
+    if config.run.executor == "ray":
+        check_head(config.ray.address)
     if stage1:
         check_models(config)
     schedule = plan(config, stage1, stage2, stages=stages)

@@ -694,6 +694,20 @@ def test_a_full_disk_is_one_line_and_exit_2(tmp_path, monkeypatch):
     one_line_error(cli("dedup", src, tmp_path / "out.jsonl"), "out.jsonl: No space left on device", "run again")
 
 
+def test_a_ray_address_where_nothing_answers_is_one_line_before_anything_starts(tmp_path):
+    """Ray would retry for minutes, printing warnings; the run says so at once."""
+    import socket
+    with socket.socket() as probe:              # a port nothing listens on once this closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    one_line_error(cli("build", "--run-dir", tmp_path / "r", "--set", "run.executor=ray",
+                       "--set", f"ray.address=127.0.0.1:{port}"),
+                   f"ray.address = '127.0.0.1:{port}': nothing answers at 127.0.0.1:{port}", "ray start --head")
+    assert time.monotonic() - started < 30 and not (tmp_path / "r").exists()
+    one_line_error(cli("check", "--set", "ray.address=head-node"), "is not \"auto\", HOST:PORT or ray://HOST:PORT")
+
+
 def test_ctrl_c_is_one_line_and_exit_130_as_a_shell_reports_it(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
