@@ -36,6 +36,9 @@ def check(run_dir: str | Path) -> None:
     path = Path(run_dir)
     if str(run_dir) == "":
         raise OutputError("the run directory is '': name one (--run-dir runs/NAME)")
+    if path.is_symlink() and not path.exists():
+        raise OutputError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist: create that "
+                          "directory, or name another run directory (--run-dir)")
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path} is not a directory: name a run directory (--run-dir), new or made by a run")
     if path.is_dir() and any(path.iterdir()) and not is_run_dir(path):

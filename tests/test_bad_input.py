@@ -10,6 +10,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import StringIO
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -725,3 +726,76 @@ def test_a_tilde_is_the_home_directory_in_every_path_setting(monkeypatch):
                           Path("~/runs/x"), None)
     assert (config.run.dir, config.input.path, config.bench.dataset, config.models["tiny"].path) == (
         "/home/someone/runs/x", "/home/someone/p.jsonl", "/home/someone/d.parquet", "/home/someone/m")
+
+
+# every writer, odd output paths --------------------------------------------------------------
+
+def _odd_output(root: Path, name: str, kind: str) -> tuple[Path, Callable[[], object]]:
+    """Something at root/name that no output may replace, and a snapshot of it to compare after."""
+    path, mine = root / name, root / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's own file")
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        import socket
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+        server.close()
+    elif kind == "directory":
+        path.mkdir()
+        (path / "notes.txt").write_text("the user's own file")
+    elif kind == "link to a file":
+        path.symlink_to(mine / "notes.txt")
+    elif kind == "link to a directory":
+        path.symlink_to(mine)
+    elif kind == "dangling link":
+        path.symlink_to(root / "nowhere")
+
+    def snapshot():
+        entries = sorted((str(p.relative_to(root)), stat.S_IFMT(os.lstat(p).st_mode),
+                          os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() and not p.is_symlink()
+                          else None) for p in root.rglob("*") if "pycache" not in str(p))
+        return entries
+    return path, snapshot
+
+
+WRITERS = {   # (command, with OUT where the output goes); IN is a valid JSONL input
+    "dedup": ["dedup", "IN", "OUT"],
+    "dedup --clusters": ["dedup", "IN", "ROOT/out.jsonl", "--clusters", "OUT"],
+    "classify": ["classify", "IN", "OUT"],
+    "classify --save-probe": ["classify", "IN", "ROOT/out.jsonl", "--train", "IN", "--save-probe", "OUT"],
+    "validate-judge -o": ["validate-judge", "IN", "-o", "OUT"],
+    "perf run -o": ["perf", "run", "-o", "OUT"],
+    "models make-tiny": ["models", "make-tiny", "OUT"],
+    "build --run-dir": ["build", "--run-dir", "OUT"],
+    "bench --run-dir": ["bench", "--run-dir", "OUT"],
+    "run --run-dir": ["run", "--run-dir", "OUT"],
+    "report": ["report", "OUT"],
+}
+ODD_KINDS = ["fifo", "socket", "directory", "link to a file", "link to a directory", "dangling link"]
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+@pytest.mark.parametrize("kind", ODD_KINDS)
+@settings(deadline=None, max_examples=5, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.text(st.characters(codec="utf-8", exclude_characters="/\x00"), min_size=1, max_size=12).filter(
+           lambda n: n not in (".", "..", "mine", "in.jsonl", "out.jsonl") and not n.startswith("-")))
+def test_no_writer_replaces_what_is_not_a_regular_file(writer, kind, name):
+    """Every writer, every kind, any name: an output path that is a FIFO, a socket, a directory
+    holding the user's files, or a symbolic link is refused in one line, exit 2, and everything
+    under the folder is byte for byte what it was."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        src = root / "in.jsonl"
+        src.write_text('{"prompt": "How do I greet a neighbour?", "text": "a b c"}\n')
+        path, snapshot = _odd_output(root, name, kind)
+        before = snapshot()
+        args = [str(path) if a == "OUT" else str(src) if a == "IN" else a.replace("ROOT", folder)
+                for a in WRITERS[writer]]
+        result = cli(*args)
+        assert result.exit_code == 2, (writer, kind, result.output)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (writer, kind, result.output)
+        assert snapshot() == before, (writer, kind)

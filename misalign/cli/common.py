@@ -27,6 +27,12 @@ out = Console(width=None if sys.stdout.isatty() else 120, markup=False)
 ENVIRONMENT_FAULTS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
 
 
+def one_line(text: str) -> str:
+    """`text` with control characters (a newline in a file's name, say) shown as escapes, so that
+    an error stays one line whatever paths it names."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class Group(click.Group):
     """Turn our own errors into one line on stderr and exit status 2."""
 
@@ -34,14 +40,9 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:          # a bad option value: one line too, with where to look
-            hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx else ""
-            console.print(Text.assemble(("error:", "bold red"), " ", exc.format_message(), hint), highlight=False,
-                          soft_wrap=True)
-            sys.exit(2)
+            fail(exc.format_message() + (f" (see {exc.ctx.command_path} --help)" if exc.ctx else ""))
         except MisalignError as exc:
-            # the message is data (paths, names, [sections]): never read as rich markup
-            console.print(Text.assemble(("error:", "bold red"), " ", str(exc)), highlight=False, soft_wrap=True)
-            sys.exit(2)
+            fail(str(exc))
         except KeyboardInterrupt:                 # everything's `finally` has run: engines are shut down
             console.print("stopped (Ctrl-C): nothing half-written is kept; a run started again resumes from its "
                           "checkpoints", highlight=False, soft_wrap=True)
@@ -49,11 +50,15 @@ class Group(click.Group):
         except OSError as exc:
             if exc.errno not in ENVIRONMENT_FAULTS:
                 raise
-            where = f"{exc.filename}: " if exc.filename else ""
-            console.print(Text.assemble(("error:", "bold red"), " ", f"{where}{exc.strerror} (nothing half-written is "
-                                        "left; free the space or fix the permissions and run again: a run "
-                                        "resumes from its checkpoints)"), highlight=False, soft_wrap=True)
-            sys.exit(2)
+            fail(f"{exc.filename}: " * bool(exc.filename) + f"{exc.strerror} (nothing half-written is left; free the "
+                 "space or fix the permissions and run again: a run resumes from its checkpoints)")
+
+
+def fail(message: str) -> None:
+    """`error: MESSAGE` as one line on stderr, exit status 2.  The message is data (paths, names,
+    [sections]): never read as rich markup, its control characters escaped."""
+    console.print(Text.assemble(("error:", "bold red"), " ", one_line(message)), highlight=False, soft_wrap=True)
+    sys.exit(2)
 
 
 class FiniteRange(click.FloatRange):

@@ -227,6 +227,9 @@ def make_tiny(out_dir, seed, corpus, real_tokenizer, force):
     everything that reports them says so.  Same seed, same files.
     """
     from misalign.inference.tiny import make_tiny_model
+    if (out_dir.exists() or out_dir.is_symlink()) and not out_dir.is_dir():
+        raise OutputError(f"{out_dir} is not a directory (a file, a FIFO, a link to nowhere): name a directory "
+                          "for the model's files; nothing was written")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise OutputError(f"{out_dir} holds files, which the model's would replace: name a new or empty "
                           "directory, or pass --force; nothing was written")
