@@ -32,6 +32,7 @@ from misalign.pipeline import Runner
 from misalign.provenance import versions
 from misalign.stages.base import Stage
 from misalign.stages.ingest import Prompts, write_rejected
+from misalign.stats import StageCounts
 from misalign.taxonomy import DIMENSIONS, UNKNOWN, Taxonomy
 
 DATASET_COLUMNS = ["id", "prompt", "origin", "safety_domain", "safety_prob", "value_domain", "value_prob",
@@ -64,25 +65,24 @@ def build(config: Config, pool: Pool, stages: list[Stage], inputs: Prompts, on_p
                     identify=pool.identity, fresh=fresh, on_decisions=on_decisions)
     final = runner.run(stages, table)
     sizes = write_dataset(final, run_dir / "dataset", dataset_columns(stages))
-    counters = {p.stage: p.counters for p in runner.profiles}
-    stats = domain_stats(counters, taxonomy, stats_columns(stages))
+    counts = {p.stage: p.counts() for p in runner.profiles}
+    stats = domain_stats(counts, taxonomy, stats_columns(stages))
     with atomic_path(run_dir / "stats.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=stats_columns(stages))
         writer.writeheader()
         writer.writerows(stats)
     profile = [p.as_dict() for p in runner.profiles]
     _write_text(run_dir / "profile.json", json.dumps(profile, indent=1))
-    split, reject = counters.get("split", {}), counters.get("reject", {})
+    split, reject = counts.get("split", StageCounts()).totals, counts.get("reject", StageCounts())
     summary = {"run_dir": str(run_dir), "input": inputs.source, "input_rows": table.num_rows + len(rejected),
                "rejected_inputs": len(rejected), "pairs": final.num_rows, "splits": sizes,
-               "dropped_pairs": reject.get("pairs_dropped", 0),
+               "dropped_pairs": reject.totals["pairs_dropped"],
                "cross_split_near_duplicate_rate": split.get("cross_split_leaks", 0) / split["pairs"]
                if split.get("pairs") else 0.0,
                "leakage": write_leaks(final, run_dir / "leakage.csv"),
-               "rejection_reasons": {key.removeprefix("rejected "): n for key, n in sorted(
-                   reject.items(), key=lambda kv: -kv[1]) if key.startswith("rejected ")},
-               "expansion": expansion_outcomes(counters.get("expand", {})),
-               **{key: reject.get(key, 0) for key in ("resampled_pairs", "recovered_pairs", "truncated_candidates")},
+               "rejection_reasons": reject.by_detail("rejected"),
+               "expansion": expansion_outcomes(counts.get("expand", StageCounts())),
+               **{key: reject.totals[key] for key in ("resampled_pairs", "recovered_pairs", "truncated_candidates")},
                "models": {**{"classifier": s.method for s in stages if s.name == "classify"},
                           **{name: pool.describe(name) for name in config.stage1_models()}},
                "dedup": {"features": config.dedup.features, "tau": config.dedup.tau},
@@ -135,38 +135,37 @@ def write_leaks(final: pa.Table, path: Path) -> dict:
             "criterion": CRITERION, "file": path.name}
 
 
-def expansion_outcomes(expand: dict) -> dict[str, int]:
+def expansion_outcomes(expand: StageCounts) -> dict[str, int]:
     """Expansion's outcomes over all domains (ok, near_duplicate, refused, ...)."""
     totals = Counter()
-    for key, n in expand.items():
-        if key.startswith("expand_"):
-            totals[key.partition("/")[0].removeprefix("expand_")] += n
+    for (kind, _code), n in expand.reasons.items():
+        totals[kind.removeprefix("expand_")] += n
     return dict(totals)
 
 
-def domain_stats(counters: dict, taxonomy: Taxonomy, columns: list[str] = STATS_COLUMNS) -> list[dict]:
+def domain_stats(counts: dict[str, StageCounts], taxonomy: Taxonomy, columns: list[str] = STATS_COLUMNS
+                 ) -> list[dict]:
     """Per domain, the paper's table, from the stages' counters: classified (and Unknown, where
     the LLM classifier gave no usable answer), expanded (and the candidates the online SimHash
     check removed or that held no usable prompt), removed by dedup, sent to generation,
     candidates filtered (aligned / misaligned; of which cut off by the token limit), pairs that
     needed resampling and those it recovered, final pairs."""
-    counts = {key: Counter() for key in columns[2:]}
-    for stage in counters.values():
-        for key, n in stage.items():
-            what, dim, name = (key.split("|", 2) + ["", ""])[:3]
-            if what in counts and name:
-                counts[what][(dim, name)] += n
+    table = {key: Counter() for key in columns[2:]}
+    for stage in counts.values():
+        for (what, dim, name), n in stage.per_domain.items():
+            if what in table:
+                table[what][(dim, name)] += n
+    classify = counts.get("classify", StageCounts())
     for dim in DIMENSIONS:                       # Unknown has no domain: counted on the dimension
-        counts["unknown"][(dim, UNKNOWN)] = counters.get("classify", {}).get(f"unknown_{dim}", 0)
+        table["unknown"][(dim, UNKNOWN)] = classify.totals[f"unknown_{dim}"]
     by_code = {d.code: (d.dimension, d.name) for d in taxonomy.domains}
-    for key, n in counters.get("expand", {}).items():
-        outcome, _, code = key.partition("/")
+    for (outcome, code), n in counts.get("expand", StageCounts()).reasons.items():
         if outcome == "expand_near_duplicate":
-            counts["expansion_near_duplicates"][by_code[code]] += n
+            table["expansion_near_duplicates"][by_code[code]] += n
         elif outcome in ("expand_refused", "expand_no_prompt", "expand_empty", "expand_cut_off"):
-            counts["expansion_unusable"][by_code[code]] += n
+            table["expansion_unusable"][by_code[code]] += n
     places = [(d.dimension, d.name) for d in taxonomy.domains] + [(dim, UNKNOWN) for dim in DIMENSIONS]
-    return [{"dimension": dim, "domain": name, **{key: int(counts[key][(dim, name)]) for key in counts}}
+    return [{"dimension": dim, "domain": name, **{key: int(table[key][(dim, name)]) for key in table}}
             for dim, name in places]
 
 

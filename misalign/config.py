@@ -61,6 +61,9 @@ class ClassifyConfig:
     delta: float = 0.5
     min_mass: float = 0.5          # method = "llm": less probability than this on the allowed answers: Unknown
 
+    def roles(self) -> dict[str, list[str]]:
+        return {"classifier": [self.model] if self.method == "llm" else []}
+
 
 @dataclass
 class ExpandConfig:
@@ -71,6 +74,9 @@ class ExpandConfig:
     max_tokens: int = 96
     temperature: float = 0.9
     top_p: float = 0.95
+
+    def roles(self) -> dict[str, list[str]]:
+        return {"expander": [self.model]}
 
 
 @dataclass
@@ -87,6 +93,9 @@ class RespondConfig:
     top_p: float = 0.9
     max_tokens: int = 512
 
+    def roles(self) -> dict[str, list[str]]:
+        return {"generator": list(self.models)}
+
 
 @dataclass
 class RejectConfig:
@@ -99,8 +108,12 @@ class RejectConfig:
     min_chars: int = 20
     max_chars: int = 8000
 
+    def roles(self) -> dict[str, list[str]]:
+        return {"judge": [self.judge]}
+
 
 SPLITS = ("train", "validation", "test")
+MODEL_UNDER_TEST = "model under test"   # Stage II's role; every other role makes the dataset
 
 
 @dataclass
@@ -124,6 +137,9 @@ class BenchConfig:
     bootstrap: int = 1000          # item resamples for the 95% intervals
     probe_overlap: str = "refuse"  # a probe's training items sharing a prompt with the benchmarked ones:
                                    # "refuse" the run, or "drop" them from its training (counted in meta.json)
+
+    def roles(self) -> dict[str, list[str]]:
+        return {MODEL_UNDER_TEST: list(self.models)}
 
 
 @dataclass
@@ -179,26 +195,27 @@ class Config:
     stages: dict = field(default_factory=dict)     # NAME -> StageSection: the user's own stages, [stages.NAME]
 
     def roles(self) -> dict[str, list[str]]:
-        """What each model does in a run: classifier, expander, generator, judge, model under test."""
+        """What each model does in a run (classifier, expander, generator, judge, a user stage's
+        own roles, model under test), as each section declares it: its `roles()`, role -> names."""
         found: dict[str, list[str]] = {}
-        named = [("classifier", [self.classify.model] if self.classify.method == "llm" else []),
-                 ("expander", [self.expand.model]), ("generator", self.respond.models),
-                 ("judge", [self.reject.judge]), ("model under test", self.bench.models)]
-        for role, names in named:
-            for name in names:
-                found.setdefault(name, []).append(role)
+        sections = [self.classify, self.expand, self.respond, self.reject,
+                    *(s.settings for s in self.stages.values()), self.bench]
+        for section in sections:
+            for role, names in getattr(section, "roles", dict)().items():
+                for name in names:
+                    found.setdefault(name, []).append(role)
         return found
 
     def stage1_models(self) -> list[str]:
-        """The models that make the dataset (classifier, expander, generators, judge)."""
-        return [name for name, roles in self.roles().items() if set(roles) - {"model under test"}]
+        """The models that make the dataset: every role but model under test."""
+        return [name for name, roles in self.roles().items() if set(roles) - {MODEL_UNDER_TEST}]
 
     def role_warnings(self) -> list[str]:
         """Models that both make the dataset and are judged on it, which the paper avoids."""
         notes = []
         for name, roles in self.roles().items():
-            makers = [r for r in roles if r in ("expander", "generator", "judge")]
-            if makers and "model under test" in roles:
+            makers = [r for r in roles if r != MODEL_UNDER_TEST and r != "classifier"]
+            if makers and MODEL_UNDER_TEST in roles:
                 notes.append(f"{name} is {', '.join(makers)} and model under test: the paper keeps the models "
                              "that make the dataset apart from those it evaluates; its Stage II figures here are "
                              "biased by construction (the judge kept the pairs it agrees with)")
@@ -429,9 +446,9 @@ def _validate_names(config: Config) -> None:
         raise ConfigError('classify.method = "llm" needs classify.model (a name from [models])')
     for name, roles in config.roles().items():
         model = config.model(name)
-        if model.kind == "probe" and roles != ["model under test"]:
+        if model.kind == "probe" and roles != [MODEL_UNDER_TEST]:
             raise ConfigError(f'[models.{name}] kind = "probe" is a Stage II baseline: list it under bench.models '
-                              f"only (it is also {', '.join(r for r in roles if r != 'model under test')})")
+                              f"only (it is also {', '.join(r for r in roles if r != MODEL_UNDER_TEST)})")
 
 
 def _validate_model(name: str, model: ModelConfig) -> None:

@@ -34,6 +34,7 @@ from misalign.errors import MisalignError
 from misalign.identity import StageKey, sha256_bytes, table_digest
 from misalign.prompting import template
 from misalign.stages.base import Stage
+from misalign.stats import STARTS, StageCounts
 from misalign.tables import atomic_path
 
 
@@ -60,7 +61,7 @@ class StageProfile:
     shards_run: int = 0
     startup_seconds: float = 0.0   # starting engines (and stopping others to make room); `seconds` is the work
     engine_starts: dict = field(default_factory=dict)   # model -> engines started for it
-    counters: dict = field(default_factory=dict)   # the stage's own counts (e.g. unknown_value), summed over shards
+    counters: dict = field(default_factory=dict)   # the stage's own counts, flat (misalign.stats), summed over shards
 
     def add(self, other: dict) -> None:
         for key, value in other.items():
@@ -72,6 +73,10 @@ class StageProfile:
                     self.engine_starts[model] = self.engine_starts.get(model, 0) + value
             else:
                 self.counters[key] = self.counters.get(key, 0) + value
+
+    def counts(self) -> StageCounts:
+        """What the stage counted, as its typed record."""
+        return StageCounts.read(self.counters)
 
     @property
     def prefix_cache_hit_rate(self) -> float:
@@ -85,7 +90,6 @@ class StageProfile:
 
 SHARD_FIELDS = ("items_in", "items_out", "seconds", "prompt_tokens", "generated_tokens", "cached_tokens",
                 "startup_seconds")
-STARTS = "engine_starts|"
 
 
 def run_shard(stage: Stage, index: int, part: pa.Table, pass_no: int = 0) -> tuple[int, pa.Table, dict]:

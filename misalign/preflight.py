@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from misalign import savacu
-from misalign.config import BUNDLED_PREFIX, Config, ModelConfig, redact_url
+from misalign.config import BUNDLED_PREFIX, MODEL_UNDER_TEST, Config, ModelConfig, redact_url
 from misalign.errors import ConfigError
 from misalign.tables import one_line
 from misalign.inference.base import EMBEDDER, ChoiceError, answer_codes, check_choices
@@ -44,9 +44,6 @@ class ModelCheck:
     memory: str = "-"
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-STAGE2_ROLES = ("model under test",)
 
 
 def check_model(name: str, model: ModelConfig) -> None:
@@ -108,7 +105,7 @@ def check(config: Config, planned: Schedule, stage1: bool = True, stage2: bool =
     memory = planned.plan
     results = []
     for name, roles in config.roles().items():
-        roles = [r for r in roles if (stage2 if r in STAGE2_ROLES else stage1)]
+        roles = [r for r in roles if (stage2 if r == MODEL_UNDER_TEST else stage1)]
         if not roles:
             continue
         model = config.model(name)

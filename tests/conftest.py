@@ -5,6 +5,7 @@ import pytest
 from hypothesis import settings
 
 from misalign.inference.base import EMBEDDER, Engine, Pool
+from misalign.stats import TOKEN_FIELDS, EngineUsage
 
 # Property tests: 50 examples each by default (CI, `make test`); `pytest --hypothesis-profile=thorough`
 # gives each the 300 it had before the suite was trimmed.
@@ -78,11 +79,10 @@ class SessionPool(Pool):
     def at_pass(self, stage: str, pass_name: str) -> None:
         pass
 
-    def usage(self, names) -> dict:
+    def usage(self, names) -> EngineUsage:
         running = [self._embedder if n == EMBEDDER else self.engines.get(n) for n in dict.fromkeys(names)]
         stats = [e.stats() for e in running if e is not None]
-        return {key: sum(getattr(s, key) for s in stats) for key in ("prompt_tokens", "generated_tokens",
-                                                                      "cached_tokens")}
+        return EngineUsage(**{key: sum(getattr(s, key) for s in stats) for key in TOKEN_FIELDS})
 
     def identity(self, name: str) -> dict:
         from misalign.identity import local_model

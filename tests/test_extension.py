@@ -9,6 +9,7 @@ import pytest
 from misalign import config as config_mod
 from misalign.errors import ConfigError
 from misalign.run import Hooks, passes, stage1
+from misalign.stats import StageCounts
 
 TOY = """
 [stages.words]
@@ -42,7 +43,7 @@ def test_a_stage_of_ones_own_runs_in_a_build_with_its_column_and_counts(session_
     assert list(stats[0])[-1] == "long_prompts"
     counted = sum(int(s["long_prompts"]) for s in stats)
     profile = {p["stage"]: p for p in summary["profile"]}
-    assert counted == sum(n for key, n in profile["words"]["counters"].items() if key.startswith("long_prompts|"))
+    assert counted == sum(StageCounts.read(profile["words"]["counters"]).domain_counts()["long_prompts"].values())
     assert counted > 0
     page = (tmp_path / "run" / "dataset.html").read_text()
     assert "<th>long prompts</th>" in page
@@ -52,6 +53,21 @@ def test_a_stage_of_ones_own_runs_in_a_build_with_its_column_and_counts(session_
     stage1(configured(tmp_path, longer_than=5), session_pool, hooks=Hooks(decided=said.extend))
     decided = {d.stage: d.text for d in said}
     assert decided["dedup"] == "reused" and decided["words"] == "recomputed: stages.words.longer_than 12 -> 5"
+
+
+def test_the_models_a_stage_names_are_checked_as_every_role_is(tmp_path):
+    """A stage's section declares the roles it gives models (Settings.roles): the config refuses a
+    model it does not define, and the preflight checks the model in that role."""
+    from misalign.run import check
+    (tmp_path / "run.toml").write_text(TOY.format(longer_than=12) + 'reviewer = "critic"\n')
+    with pytest.raises(ConfigError, match="model 'critic' is used but not defined"):
+        config_mod.load(tmp_path / "run.toml", SETTINGS)
+    (tmp_path / "run.toml").write_text(TOY.format(longer_than=12) + 'reviewer = "tiny"\n')
+    config = config_mod.load(tmp_path / "run.toml", SETTINGS)
+    assert config.roles()["tiny"] == ["expander", "generator", "judge", "reviewer", "model under test"]
+    assert "tiny" in config.stage1_models()
+    assert {r.name: r.roles for r in check(config)}["tiny"] == ["expander", "generator", "judge", "reviewer",
+                                                                 "model under test"]
 
 
 def test_a_stage_section_is_checked_when_the_config_loads(tmp_path):

@@ -85,3 +85,14 @@ def test_lower_layers_are_given_what_they_need():
     for name in MODULES:
         if name != "misalign.inference.vllm_engine":
             assert ".llm." not in text_of(name) and "engine.llm" not in text_of(name), name
+
+
+def test_statistics_are_records_taken_apart_in_one_place():
+    # misalign.stats is a leaf: every layer can hold its records
+    assert not imports(MODULES["misalign.stats"])
+    # the flat keys checkpoints keep ("what|dimension|domain", "kind/detail", "engine_starts|NAME")
+    # are written and read there only
+    for name in MODULES:
+        if name != "misalign.stats":
+            text = text_of(name)
+            assert "engine_starts|" not in text and 'split("|"' not in text and '"rejected "' not in text, name

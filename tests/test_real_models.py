@@ -72,8 +72,8 @@ def test_expansion_with_a_real_instruct_model(smollm2_engine):
                         Taxonomy(tuple(domains), TAX.sources), dedup=load(None).dedup)
     before = smollm2_engine.stats().requests
     out = stage.run(seeds).to_pylist()
-    outcomes = stage.counters()
-    attempts = sum(n for key, n in outcomes.items() if key.startswith("expand_"))
+    outcomes = stage.reasons
+    attempts = sum(n for (kind, _), n in outcomes.items() if kind.startswith("expand_"))
     assert attempts == smollm2_engine.stats().requests - before <= 16
     new = [r for r in out if r["origin"] == "expanded"]
     assert new, f"SmolLM2 gave no usable prompt in {attempts} attempts: {outcomes}"

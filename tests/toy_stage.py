@@ -17,10 +17,14 @@ class WordsStage(Stage):
     @dataclass
     class Settings:                             # the [stages.words] section, checked when the config loads
         longer_than: int = 12
+        reviewer: str = ""                      # a model from [models] (this toy only names it)
 
         def validate(self):
             if self.longer_than < 1:
                 raise ValueError(f"longer_than must be >= 1, got {self.longer_than}")
+
+        def roles(self):                        # the models it uses: checked before any engine starts
+            return {"reviewer": [self.reviewer] if self.reviewer else []}
 
     def __init__(self, config: Settings, pool=None):
         super().__init__(pool)
@@ -32,5 +36,5 @@ class WordsStage(Stage):
     def run(self, table: pa.Table) -> pa.Table:
         words = [len(p.split()) for p in table.column("prompt").to_pylist()]
         for row, n in zip(table.select([c for c in table.column_names if c.endswith("_domain")]).to_pylist(), words):
-            count_domains(self.counts, "long_prompts", row, int(n > self.config.longer_than))
+            count_domains(self.per_domain, "long_prompts", row, int(n > self.config.longer_than))
         return table.append_column("prompt_words", pa.array(words, pa.int64()))

@@ -11,6 +11,7 @@ import numpy as np
 
 from misalign.config import EMBEDDER  # noqa: F401  (the embedder's name, where engines are asked for by name)
 from misalign.errors import MisalignError
+from misalign.stats import EngineUsage  # noqa: F401  (what Pool.usage returns)
 
 Messages = list[dict]            # OpenAI-style chat messages: [{"role": "user", "content": "..."}]
 Prompt = Union[str, Messages]
@@ -101,10 +102,9 @@ class Pool(Protocol):
     def embedder(self) -> Engine:
         """The sentence-embedding engine (bundled MiniLM)."""
 
-    def usage(self, names: Iterable[str]) -> dict[str, float]:
+    def usage(self, names: Iterable[str]) -> "EngineUsage":
         """What the models named (EMBEDDER for the embedder) have done since the pool began, over
-        every engine started for them: prompt_tokens, generated_tokens, cached_tokens,
-        parsed_fallbacks, "engine_starts|NAME" and startup_seconds.  Never starts an engine."""
+        every engine started for them (misalign.stats.EngineUsage).  Never starts an engine."""
 
     def at_pass(self, stage: str, pass_name: str) -> None:
         """The runner begins this pass of this stage (the pool may plan which engine to release)."""

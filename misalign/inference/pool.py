@@ -22,10 +22,7 @@ from misalign.config import BUNDLED_PREFIX, Config, ModelConfig, redact_url
 from misalign.identity import local_model
 from misalign.inference.base import EMBEDDER, Pool
 from misalign.memory_plan import MemoryPlan, Schedule, detect_device, plan_memory, to_release
-
-# what every engine counts, summed per model across restarts; parsed_fallbacks: answers to a label
-# question read from text (a server without log-probabilities), so their P is 0 or 1
-TOKENS = ("prompt_tokens", "generated_tokens", "cached_tokens", "parsed_fallbacks")
+from misalign.stats import TOKEN_FIELDS, EngineUsage
 
 
 def model_directories(config: Config) -> dict:
@@ -162,7 +159,7 @@ class EnginePool(Pool):
         engine = self._engines.pop(name)
         done = self._done.setdefault(name, Counter())
         stats = engine.stats()
-        for key in TOKENS:
+        for key in TOKEN_FIELDS:
             done[key] += getattr(stats, key)
         getattr(engine, "close", lambda: None)()
 
@@ -188,17 +185,16 @@ class EnginePool(Pool):
             self._started(EMBEDDER, began)
         return self._embedder
 
-    def usage(self, names) -> dict[str, float]:
-        totals = {key: 0 for key in TOKENS}
-        totals["startup_seconds"] = 0.0
+    def usage(self, names) -> EngineUsage:
+        totals = EngineUsage()
         for name in dict.fromkeys(names):
             done = self._done.get(name, Counter())
             engine = self._embedder if name == EMBEDDER else self._engines.get(name)
             stats = engine.stats() if engine is not None else None
-            for key in TOKENS:
-                totals[key] += done[key] + (getattr(stats, key) if stats else 0)
-            totals["startup_seconds"] += done["startup_seconds"]
-            totals[f"engine_starts|{name}"] = done["starts"]
+            for key in TOKEN_FIELDS:
+                setattr(totals, key, getattr(totals, key) + done[key] + (getattr(stats, key) if stats else 0))
+            totals.startup_seconds += done["startup_seconds"]
+            totals.starts[name] = done["starts"]
         return totals
 
     def describe(self, name: str) -> str:

@@ -16,9 +16,11 @@ the taxonomy where it needs them):
             return table.set_column(at, self.config.column, pc.utf8_upper(table[self.config.column]))
 
 The runner (misalign.pipeline) checkpoints what `run` returns shard by shard and stores, with
-each shard, the change of `counters()` over it: the tokens, starts and start-up seconds of the
-models in `models()` and everything the stage put in `self.counts`.  Summed over shards in
-profile.json, kept across a resume.
+each shard, the change of `counters()` over it: the models' usage (misalign.stats.EngineUsage:
+tokens, engine starts, start-up seconds of the models in `models()`) and what the stage counted
+in its typed records (misalign.stats.StageCounts): `self.counts` (totals by name),
+`self.per_domain` ((what, dimension, domain): count_domains) and `self.reasons` ((kind,
+detail)).  Summed over shards in profile.json, kept across a resume.
 
 A checkpoint is reused only while what the output depends on is unchanged: the stage declares
 the config values it reads (`settings()`, by "section.key"; ShoutStage's would be
@@ -50,6 +52,7 @@ from typing import Callable
 import pyarrow as pa
 
 from misalign.inference.base import Pool
+from misalign.stats import EngineUsage, StageCounts
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,9 @@ class Stage:
 
     def __init__(self, pool: Pool | None = None):
         self.pool = pool
-        self.counts: Counter = Counter()
+        self.counts: Counter = Counter()          # name -> n
+        self.per_domain: Counter = Counter()      # (what, dimension, domain) -> n; `domain_counts` names the whats
+        self.reasons: Counter = Counter()         # (kind, detail) -> n
 
     def run(self, table: pa.Table) -> pa.Table:
         raise NotImplementedError
@@ -106,15 +111,20 @@ class Stage:
         embedder); none by default."""
         return []
 
+    def usage(self) -> EngineUsage:
+        """What its models have done so far (none without a pool or models)."""
+        return self.pool.usage(self.models()) if self.pool is not None and self.models() else EngineUsage()
+
+    def stage_counts(self) -> StageCounts:
+        return StageCounts(self.counts, self.per_domain, self.reasons)
+
     def counters(self) -> dict[str, float]:
-        """Running totals: the models' tokens (prompt_tokens, generated_tokens, cached_tokens),
-        engine starts ("engine_starts|MODEL") and start-up seconds, and the stage's own counts."""
-        usage = self.pool.usage(self.models()) if self.pool is not None and self.models() else {}
-        return {**usage, **self.counts}
+        """Running totals, flat as a checkpoint stores them: its models' usage and its own counts."""
+        return {**self.usage().flat(), **self.stage_counts().flat()}
 
     def bind(self, pool: Pool) -> "Stage":
         """A copy of this stage that uses `pool`'s engines (a Ray actor's own)."""
         local = copy.copy(self)
         local.pool = pool
-        local.counts = Counter()
+        local.counts, local.per_domain, local.reasons = Counter(), Counter(), Counter()
         return local

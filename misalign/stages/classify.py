@@ -58,9 +58,9 @@ class ClassifyStage(Stage):
         out = self._labelled(table)
         for row in out.select(["origin", *(f"{dim}_domain" for dim in DIMENSIONS)]).to_pylist():
             if not self.expanded:
-                count_domains(self.counts, "classified", row)
+                count_domains(self.per_domain, "classified", row)
             elif row["origin"] == "expanded":
-                count_domains(self.counts, "expanded", row)
+                count_domains(self.per_domain, "expanded", row)
         return out
 
     def _labelled(self, table: pa.Table) -> pa.Table:

@@ -27,12 +27,12 @@ def sampling_of(config) -> SamplingConfig:
     return SamplingConfig(max_tokens=config.max_tokens, temperature=config.temperature, top_p=config.top_p)
 
 
-def count_domains(counts, what: str, row: dict, n: int = 1) -> None:
-    """Add `n` to `what` for each domain the row carries, under "what|dimension|domain": the
-    per-domain figures of stats.csv travel as stage counters."""
+def count_domains(per_domain, what: str, row: dict, n: int = 1) -> None:
+    """Add `n` to `what` for each domain the row carries, in a stage's `per_domain` counts
+    ((what, dimension, domain) -> n: the columns of stats.csv)."""
     if n:
         for dim, name in row_domains(row):
-            counts[f"{what}|{dim}|{name}"] += n
+            per_domain[(what, dim, name)] += n
 
 
 ANSWERS = ["Yes", "No"]        # the answer tokens of every yes/no question

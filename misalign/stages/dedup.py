@@ -27,6 +27,6 @@ class DedupStage(Stage):
         result = self.deduper.fit(table.column("prompt"))
         for row, keep in zip(table.select([c for c in table.column_names if c.endswith("_domain")]).to_pylist(),
                              result.keep):
-            count_domains(self.counts, "sent_to_generation" if keep else "removed_by_dedup", row)
+            count_domains(self.per_domain, "sent_to_generation" if keep else "removed_by_dedup", row)
         kept = table.filter(pa.array(result.keep))
         return kept.append_column("cluster", pa.array(result.cluster[result.keep].astype(np.int64)))

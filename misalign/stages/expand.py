@@ -159,7 +159,7 @@ class ExpandStage(Stage):
                     outcome = "surplus"
                 elif prompt is not None and not kept.add_if_new([prompt])[0]:
                     outcome = "near_duplicate"
-                self.counts[f"expand_{outcome.replace(' ', '_')}/{domain.code}"] += 1
+                self.reasons[(f"expand_{outcome.replace(' ', '_')}", domain.code)] += 1
                 if outcome == "ok":
                     made[domain] += 1
                     new.append(self._row(table.schema, domain, prompt, made[domain]))

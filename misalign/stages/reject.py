@@ -154,7 +154,7 @@ class RejectStage(Stage):
         side.filtered += 1
         side.truncated += candidate.truncated
         side.reason, side.attempt = reason, candidate.text
-        self.counts[f"rejected {candidate.kind}: {reason_kind(reason)}"] += 1
+        self.reasons[("rejected", f"{candidate.kind}: {reason_kind(reason)}")] += 1
 
     def passes(self) -> list[Pass]:
         """Judge the first candidates; then, per round, each generator resamples the sides it
@@ -254,7 +254,7 @@ class RejectStage(Stage):
         # asked but no usable answer (or no opinion): not verified, probability null
         verdicts = {key: math.isfinite(p) and p >= self.config.threshold for key, p in found.items()}
         for i, dim, name in asked:
-            self.counts[f"verified_misaligned|{dim}|{name}"] += int(verdicts[(i, dim)])
+            self.per_domain[("verified_misaligned", dim, name)] += int(verdicts[(i, dim)])
         columns = {}
         for dim in DIMENSIONS:
             columns[f"misaligned_in_{dim}"] = pa.array([verdicts.get((i, dim)) for i in range(len(rows))], pa.bool_())
@@ -272,7 +272,7 @@ class RejectStage(Stage):
         for what, n in (("aligned_filtered", aligned.filtered), ("misaligned_filtered", misaligned.filtered),
                         ("truncated", truncated), ("resampled", resampled), ("final_pairs", accepted),
                         ("recovered_by_resampling", recovered)):
-            count_domains(self.counts, what, row, int(n))
+            count_domains(self.per_domain, what, row, int(n))
         self.counts.update(pairs_dropped=int(not accepted), resampled_pairs=int(resampled),
                            recovered_pairs=int(recovered), truncated_candidates=truncated)
 

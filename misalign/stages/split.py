@@ -48,7 +48,7 @@ class SplitStage(Stage):
                                   leaks.neighbour):
             if neighbour is not None:
                 self.counts["cross_split_leaks"] += 1
-                count_domains(self.counts, "cross_split_leaks", row)
+                count_domains(self.per_domain, "cross_split_leaks", row)
         return (table.append_column("split", pa.array(split, pa.string()))
                 .append_column("leak_id", pa.array([None if n is None else ids[n] for n in leaks.neighbour],
                                                    pa.string()))
