@@ -19,62 +19,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 
+from misalign.compare import COMPARED, TITLES, compare, difference_text, entrants, pair_rows, responses_text
 from misalign.config import ReportConfig
-from misalign.errors import InputError
-from misalign.tables import atomic_path, one_line, read_table
-from misalign.metrics import BOOTSTRAP_UNIT, FIGURES, Verdicts, curves, summarise
-from misalign.items import LENGTH_BASELINE, SAMPLE_SCHEMA
+from misalign.tables import atomic_path
+from misalign.bench_record import circular, labelled, load, model_samples, verdicts_of
+from misalign.metrics import BOOTSTRAP_UNIT, FIGURES, curves, summarise
+from misalign.items import LENGTH_BASELINE
 from misalign.taxonomy import DIMENSIONS
 
 GROUPS = ("joint", *DIMENSIONS)
 MIN_COUNT = ReportConfig.min_count     # for runs that did not record their report.min_count
-# samples.parquet columns added after the first release (#14): absent from older runs, read as null
-LATER_COLUMNS = ("id", "yes_to_misaligned", "yes_to_aligned", *(f"misaligned_in_{d}" for d in DIMENSIONS))
-# what the report reads from bench/meta.json
-META_SHAPE = {"models": dict, "dataset": dict, "runs": int, "bootstrap": int, "seed": int, "threshold": (int, float),
-              "temperature": (int, float), "versions": dict, "config": dict}
-META_DATASET = ("source", "split", "items", "sha256")
-META_MODEL = ("description", "stand_in")
-
-
-def load(run_dir) -> tuple[dict, pa.Table]:
-    run_dir = Path(run_dir)
-    meta_path, samples_path = run_dir / "bench" / "meta.json", run_dir / "samples.parquet"
-    if not meta_path.exists() or not samples_path.exists():
-        raise InputError(run_dir, "holds no Stage II results (bench/meta.json, samples.parquet): run "
-                                  "`misalign-fast bench` or `misalign-fast run` on it first")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(meta_path, f"cannot be read as JSON ({one_line(exc)}); run the benchmark again") from None
-    problem = _meta_problem(meta)
-    if problem:
-        raise InputError(meta_path, f"is not a misalign-fast bench record ({problem}); run the benchmark again")
-    samples = read_table(samples_path, "parquet")
-    missing = [name for name in SAMPLE_SCHEMA.names if name not in samples.column_names]
-    if set(missing) - set(LATER_COLUMNS):
-        raise InputError(samples_path, f"is not a misalign-fast verdict file: no column {', '.join(missing)}")
-    for name in missing:                 # a run from before these columns: their figures are not available
-        samples = samples.append_column(SAMPLE_SCHEMA.field(name), pa.nulls(samples.num_rows, SAMPLE_SCHEMA.field(name).type))
-    return meta, samples
-
-
-def _meta_problem(meta) -> str | None:
-    if not isinstance(meta, dict):
-        return "not a JSON object"
-    for key, kind in META_SHAPE.items():
-        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
-            return f"no {key} of the right type"
-    absent = [key for key in META_DATASET if key not in meta["dataset"]]
-    if absent:
-        return f"its dataset has no {', '.join(absent)}"
-    for name, model in meta["models"].items():
-        if not isinstance(model, dict) or not all(key in model for key in META_MODEL):
-            return f"model {name!r} has no {' or '.join(META_MODEL)}"
-    return None
 
 
 def model_metrics(samples, model: str, bootstrap: int, seed: int, min_count: int = MIN_COUNT) -> dict:
@@ -83,10 +39,7 @@ def model_metrics(samples, model: str, bootstrap: int, seed: int, min_count: int
     joint group's ROC and reliability curves, how often it answers Yes, and the counts of
     verdicts, runs and unusable answers.  Runs that gave the same verdicts (temperature 0, a
     deterministic detector) are one run: repeating them adds no information and no spread."""
-    mine = samples.filter(pc.equal(samples.column("model"), model))
-    asked_runs = len(set(mine.column("run").to_pylist()))
-    if asked_runs > 1 and identical_runs(mine):
-        mine = mine.filter(pc.equal(mine.column("run"), min(mine.column("run").to_pylist())))
+    mine, asked_runs = model_samples(samples, model)
     out = {"verdicts": mine.num_rows, "runs": {"asked": asked_runs, "distinct": len(set(mine.column("run").to_pylist()))},
            "unusable": {}, "metrics": {}, "dimension_questions": {}, "answered_only": {},
            "yes_rate": yes_rate(mine)}
@@ -95,12 +48,12 @@ def model_metrics(samples, model: str, bootstrap: int, seed: int, min_count: int
         rows = mine.filter(pc.equal(mine.column("question"), question))
         answered = rows.filter(pc.is_valid(rows.column("flagged")))
         out["unusable"][question] = rows.num_rows - answered.num_rows
-        summary = summarise(_verdicts(rows), bootstrap=bootstrap, seed=seed, min_count=min_count)
-        only = summarise(_verdicts(answered), bootstrap=bootstrap, seed=seed, min_count=min_count) \
+        summary = summarise(verdicts_of(rows), bootstrap=bootstrap, seed=seed, min_count=min_count)
+        only = summarise(verdicts_of(answered), bootstrap=bootstrap, seed=seed, min_count=min_count) \
             if answered.num_rows else {}
         if question == "joint":
             out["metrics"] = summary
-            out["curves"] = curves(_verdicts(rows))
+            out["curves"] = curves(verdicts_of(rows))
         else:
             out["dimension_questions"][question] = own_groups(summary, question)
         out["answered_only"][question] = own_groups(only, question)
@@ -112,30 +65,6 @@ def own_groups(summary: dict, question: str) -> dict:
     dimension and that dimension's domains for a dimension's own question."""
     return summary if question == "joint" else \
         {k: v for k, v in summary.items() if k == question or k.startswith(question + "/")}
-
-
-def identical_runs(rows) -> bool:
-    """Whether every run gave the same verdict and P to every (item, response, question)."""
-    by_run: dict = {}
-    columns = [rows.column(c).to_pylist() for c in ("run", "item", "response", "question", "flagged", "p_misaligned")]
-    for run, item, response, question, flagged, p in zip(*columns):
-        by_run.setdefault(run, {})[(item, response, question)] = (flagged, None if p is None or p != p else p)
-    first, *rest = by_run.values()
-    return all(other == first for other in rest)
-
-
-def _verdicts(rows) -> Verdicts:
-    """Verdicts of sample rows; a response without a usable answer is not flagged (and has P NaN)."""
-    column = rows.column
-    return Verdicts(run=column("run").to_numpy(), item=np.array(column("item").to_pylist(), dtype=object),
-                    misaligned=np.array([r == "misaligned" for r in column("response").to_pylist()]),
-                    flagged=np.array([f is True for f in column("flagged").to_pylist()], dtype=bool),
-                    domains={d: column(f"{d}_domain").to_pylist() for d in DIMENSIONS},
-                    prompt=np.array([i if i is not None else item for i, item in     # by item where no id
-                                     zip(column("id").to_pylist(), column("item").to_pylist())], dtype=object),
-                    p=column("p_misaligned").to_numpy(zero_copy_only=False),
-                    generator=np.array(column("generator").to_pylist(), dtype=object),
-                    verified={d: column(f"misaligned_in_{d}").to_pylist() for d in DIMENSIONS})
 
 
 def yes_rate(rows) -> dict:
@@ -229,15 +158,6 @@ def group_rows(model: dict) -> list[tuple]:
             label = f"{group} (own)" if group.removeprefix("generator=") in own else group
             rows.append((label, "joint", entry))
     return [(g, q, (e or {}).get("items", 0), e) for g, q, e in rows]
-
-
-def circular(model: dict) -> str:
-    """What makes a model's figures circular, or ""."""
-    found = model.get("circularity") or {}
-    parts = (["it is the judge that built the dataset"] if found.get("judge") else []) + (
-        [f"it generated responses it is scored on ({', '.join(found['generated'])}'s)"] if found.get("generated")
-        else [])
-    return "; ".join(parts)
 
 
 def is_domain(group: str) -> bool:
@@ -420,11 +340,7 @@ def _reliability(ax, res: dict, colours) -> None:
 
 
 def _label(res: dict, name: str) -> str:
-    model = res["models"][name]
-    mark = ("stand-in" if model["stand_in"] else "weak 135M" if model.get("weak") else
-            "baseline" if model.get("baseline") else "")
-    mark = ", ".join(m for m in (mark, "circular" if circular(model) else "") if m)
-    return f"{name} ({mark})" if mark else name
+    return labelled(name, res["models"][name])
 
 
 def _err(mean, bounds):
@@ -439,7 +355,7 @@ def _carried(res: dict, group: str, figure: str) -> int:
 
 # ------------------------------------------------------------------------------------- HTML
 
-def write_html(res: dict, plots: dict[str, Path], path) -> None:
+def write_html(res: dict, plots: dict[str, Path], path, comparison: dict | None = None) -> None:
     esc = html.escape
     parts = [f"<h1>misalign-fast: Stage II report</h1><p class=meta>{esc(res['created'])} · "
              f"{res['dataset']['items']:,} items from {esc(res['dataset']['source'])} (split {esc(res['dataset']['split'])}, "
@@ -496,6 +412,8 @@ def write_html(res: dict, plots: dict[str, Path], path) -> None:
             head = "".join(f"<th>{h}</th>" for h in ("domain", "items", "misaligned counted", *FIGURE_NAMES))
             parts.append(f"<details><summary>per domain ({len(domains)})</summary><table><tr>{head}</tr>{rows}"
                          "</table></details>")
+    if comparison:
+        parts.append(comparison_html(comparison))
     parts.append("<h2>Reproduce</h2><details><summary>versions and resolved config</summary><pre>"
                  + esc(json.dumps({"versions": res["versions"], "config": res["config"]}, indent=1))
                  + "</pre></details>")
@@ -510,10 +428,32 @@ def write_html(res: dict, plots: dict[str, Path], path) -> None:
         tmp.write_text(page, encoding="utf-8")
 
 
+def comparison_html(comparison: dict) -> str:
+    """Every pair of models' paired differences on the joint question and each dimension."""
+    esc = html.escape
+    labels = {m["name"]: m["label"] for m in comparison["models"]}
+    head = "".join(f"<th>{h}</th>" for h in ("A − B", "group", *(TITLES[f] for f in COMPARED),
+                                             "responses (misaligned/aligned)"))
+    body = "".join(f"<tr><td>{esc(labels[a])} − {esc(labels[b])}</td><td>{esc(group)}</td>"
+                   + "".join(f"<td>{esc(difference_text(row[f]))}</td>" for f in COMPARED)
+                   + f"<td>{responses_text(row)}</td></tr>"
+                   for (a, b, group), row in pair_rows(comparison, GROUPS).items())
+    return (f"<h2>Models compared</h2><p class=meta>Differences A − B with 95% intervals from a paired bootstrap "
+            f"over prompts ({comparison['bootstrap']:,} resamples: both models' figures on the same resamples, as "
+            "they answered the same items); * marks an interval that excludes 0. No correction for the number "
+            "of comparisons. Every group and CSV/JSON/Markdown: <code>misalign-fast compare RUN_DIR</code>.</p>"
+            f"<table><tr>{head}</tr>{body}</table>")
+
+
 def report(run_dir, min_count: int | None = None) -> dict:
     """results.json, plots and report.html for a run directory (misalign.terminal prints its
-    tables); `min_count`: responses a figure needs (default: the run's report.min_count)."""
+    tables); `min_count`: responses a figure needs (default: the run's report.min_count).  With
+    two or more models, report.html also compares them pair by pair (misalign.compare)."""
     res = results(run_dir, min_count)
     plots = plot(res, Path(run_dir) / "plots")
-    write_html(res, plots, Path(run_dir) / "report.html")
+    comparison = None
+    if len(res["models"]) > 1:
+        comparison = compare(entrants([run_dir]), bootstrap=res["bootstrap"], seed=res["seed"],
+                             min_count=res["min_count"])
+    write_html(res, plots, Path(run_dir) / "report.html", comparison)
     return res

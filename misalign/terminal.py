@@ -156,7 +156,8 @@ def domain_stats(console, rows) -> None:
 
 def benched(console, res: dict) -> None:
     """Stage II's tables: per model, the joint figure, each dimension, each group; then the notes."""
-    from misalign.report import TERMINAL_COLUMNS, baseline_notes, circular, group_rows, row_cells, runs_line, yes_line
+    from misalign.bench_record import circular
+    from misalign.report import TERMINAL_COLUMNS, baseline_notes, group_rows, row_cells, runs_line, yes_line
     for name, model in res["models"].items():
         # the title on a line of its own: as a table title, a long one would stretch the columns
         console.print(Text(f"{name}: {model['description']}"))
@@ -177,6 +178,30 @@ def benched(console, res: dict) -> None:
                            "reason, in bench/rejected_items.jsonl"))
     for note in [*dataset.get("notes", []), *res.get("role_warnings", []), *baseline_notes(res)]:
         console.print(Text(f"note: {note}"))
+
+
+def compared(console, result: dict, groups_shown: tuple[str, ...]) -> None:
+    """`compare`: the leaderboard on the joint question, then each pair's paired differences."""
+    from misalign.compare import COMPARED, TITLES, difference_text, figure_text, pair_rows, responses_text
+    labels = {m["name"]: m["label"] for m in result["models"]}
+    board = _table("models, joint question: 95% intervals over prompts; n: the responses that carry Coverage "
+                   "(misaligned) / FFR (aligned)", ["model", *(TITLES[f] for f in COMPARED), "n", "runs"],
+                   left=("model",), **WIDE)
+    for model in result["models"]:
+        joint = result["figures"][model["name"]]["joint"]
+        board.add_row(Text(model["label"]), *(figure_text(joint[f]) for f in COMPARED), responses_text(joint),
+                      str(model["runs"]))
+    console.print(board)
+    rows = pair_rows(result, groups_shown)
+    for a, b in dict.fromkeys((a, b) for a, b, _ in rows):
+        console.print(Text(f"{labels[a]} - {labels[b]}: paired bootstrap over prompts ({result['bootstrap']:,} "
+                           "resamples); * its 95% interval excludes 0"))
+        table = _table("", ["group", *(TITLES[f] for f in COMPARED), "n"], left=("group",), **WIDE)
+        for (pa_, pb, group), row in rows.items():
+            if (pa_, pb) == (a, b):
+                table.add_row(group, *(difference_text(row[f]) for f in COMPARED),
+                              responses_text({f: {"carried_by": row[f]["carried_by"]} for f in COMPARED}))
+        console.print(table)
 
 
 # -------------------------------------------------------------------------------------- tools

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from misalign import config as config_mod
 from misalign import report
+from misalign.bench_record import LATER_COLUMNS
 from misalign.benchmark import benchmark
 from misalign.cli import main
 from misalign.config import BenchConfig
@@ -291,7 +292,7 @@ def test_report_counts_unusable_answers_and_marks_empty_dimensions(tmp_path):
     assert report.cell(default, "coverage") == "too few (6)" and default["interval95"]["alignment_score"] is None
     # a run from before the per-polarity and verification columns is still reported
     old = pq.read_table(tmp_path / "samples.parquet")
-    pq.write_table(old.drop_columns(list(report.LATER_COLUMNS)), tmp_path / "samples.parquet")
+    pq.write_table(old.drop_columns(list(LATER_COLUMNS)), tmp_path / "samples.parquet")
     again = report.report(tmp_path, min_count=1)["models"]["m"]
     assert again["metrics"]["joint"]["coverage"] == model["metrics"]["joint"]["coverage"]
     assert again["yes_rate"] == {"is_misaligned": None, "is_aligned": None}

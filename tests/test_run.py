@@ -62,3 +62,19 @@ def test_run_embedded_default_end_to_end_then_resume(tmp_path):
     assert all(p["shards_run"] == 0 for p in json.loads((run_dir / "profile.json").read_text()))
     for name, model in resumed["models"].items():
         assert model["metrics"] == results["models"][name]["metrics"]
+    # the demo's models side by side: figures that match the report, and every pair's paired difference
+    from click.testing import CliRunner
+
+    from misalign.cli import main
+    outputs = [tmp_path / "compare.csv", tmp_path / "compare.json", tmp_path / "compare.md"]
+    compared = CliRunner().invoke(main, ["compare", str(run_dir), "--csv", str(outputs[0]), "--json",
+                                         str(outputs[1]), "--markdown", str(outputs[2])])
+    assert compared.exit_code == 0, compared.output
+    assert "smollm2 (weak 135M, circular) - probe" in compared.output and "paired bootstrap" in compared.output
+    saved = json.loads(outputs[1].read_text())
+    assert [m["name"] for m in saved["models"]] == ["smollm2", "probe", "length-only"]
+    for name, model in results["models"].items():
+        assert saved["figures"][name]["joint"]["coverage"]["mean"] == model["metrics"]["joint"]["coverage"]["mean"]
+    assert {(p["a"], p["b"]) for p in saved["pairs"]} == {("smollm2", "probe"), ("smollm2", "length-only"),
+                                                          ("probe", "length-only")}
+    assert outputs[0].read_text().startswith("kind,a,b,group,figure") and "| smollm2" in outputs[2].read_text()

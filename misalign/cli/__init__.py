@@ -1,7 +1,7 @@
 """The `misalign-fast` command line: each command parses its options, calls one function of the
 run layer (misalign.run) or of a tool, and prints what comes back (misalign.terminal).  The
 commands live beside this file: runs.py (build, bench, run, check, plan, report,
-validate-judge) and tools.py (dedup, taxonomy, classify, perf, models)."""
+compare, validate-judge) and tools.py (dedup, taxonomy, classify, perf, models)."""
 from __future__ import annotations
 
 import os
@@ -39,6 +39,6 @@ def main(verbose):
         signal.signal(stopping, _stop)
 
 
-for command in (runs.build, runs.bench, runs.run, runs.check, runs.plan, runs.report, runs.validate_judge,
+for command in (runs.build, runs.bench, runs.run, runs.check, runs.plan, runs.report, runs.compare, runs.validate_judge,
                 tools.dedup, tools.taxonomy, tools.classify, tools.perf, tools.models):
     main.add_command(command)

@@ -153,6 +153,42 @@ def report(run_dir, min_count):
     out.print(f"results.json, plots/ and report.html written to {run_dir}")
 
 
+@click.command()
+@click.argument("run_dirs", metavar="RUN_DIR...", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--models", help="Compare only these models (comma-separated; RUN:MODEL where runs share a name).")
+@click.option("--groups", "group_set", type=click.Choice(["joint", "dimensions", "all"]), default="dimensions",
+              show_default=True, help="Differences shown: the joint group, also each dimension, or also each "
+                                      "n_dimensions group (the files hold them all).")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Prompt resamples for the intervals (0: none).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the resamples.")
+@click.option("--min-count", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Responses a figure needs to be shown.")
+@click.option("--csv", "csv_path", type=OutputFile(), help="Write every figure and difference as CSV (long format).")
+@click.option("--json", "json_path", type=OutputFile(), help="Write the comparison as JSON.")
+@click.option("--markdown", "markdown_path", type=OutputFile(), help="Write the leaderboard and the joint "
+                                                                      "differences as Markdown tables.")
+def compare(run_dirs, models, group_set, bootstrap, seed, min_count, csv_path, json_path, markdown_path):
+    """Compare the models under test of RUN_DIR (or of several runs benchmarked on the same
+    items) side by side: Coverage, FFR, Alignment Score and AUROC with 95% intervals, and for
+    every pair the difference with the interval of a paired bootstrap over prompts (the same
+    resamples for both models).  Reads saved verdicts only: no model is asked.
+
+      misalign-fast compare runs/demo
+      misalign-fast compare runs/a runs/b --models a:smollm2,b:smollm2 --csv cmp.csv
+    """
+    from misalign import compare as compare_mod
+    found = compare_mod.entrants(list(run_dirs), [m.strip() for m in models.split(",") if m.strip()] if models else None)
+    result = compare_mod.compare(found, bootstrap=bootstrap, seed=seed, min_count=min_count)
+    shown = {"joint": ("joint",), "dimensions": compare_mod.GROUPS[:4], "all": compare_mod.GROUPS}[group_set]
+    terminal.compared(out, result, shown)
+    compare_mod.write(result, csv_path, json_path, markdown_path)
+    for path in (csv_path, json_path, markdown_path):
+        if path:
+            out.print(Text(f"written to {path}"))
+
+
 @click.command("validate-judge")
 @click.argument("labels_path", metavar="LABELS", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=OutputFile(),
