@@ -115,3 +115,18 @@ def smollm2_engine():
     engine = VLLMEngine(EngineConfig(model=str(prepare()), max_model_len=4096, max_num_seqs=32))
     yield engine
     engine.close()
+
+
+def schema_errors(schema: str, document: dict) -> list[str]:
+    """Where `document` breaks the JSON Schema misalign ships as misalign/schemas/SCHEMA.schema.json
+    (its references to the other shipped schemas resolved), as "path: message" lines."""
+    import json
+    from importlib import resources
+
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+    folder = resources.files("misalign") / "schemas"
+    shipped = {f.name: json.loads(f.read_text()) for f in folder.iterdir() if f.name.endswith(".schema.json")}
+    registry = Registry().with_resources([(s["$id"], Resource.from_contents(s)) for s in shipped.values()])
+    validator = Draft202012Validator(shipped[f"{schema}.schema.json"], registry=registry)
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(document)]

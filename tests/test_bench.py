@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from misalign import config as config_mod
 from misalign import report
 from misalign.bench_record import LATER_COLUMNS
+from conftest import schema_errors
 from misalign.benchmark import benchmark
 from misalign.cli import main
 from misalign.config import BenchConfig
@@ -210,6 +211,13 @@ def test_benchmark_on_the_savacu_fixture_writes_results_plots_and_html(session_p
     assert len((tmp_path / "bench" / "rejected_items.jsonl").read_text().splitlines()) == 3
     res = report.report(tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())
+    # both files are what the shipped schemas (and docs/outputs.md) say, and the schemas can fail
+    assert schema_errors("meta", json.loads((tmp_path / "bench" / "meta.json").read_text())) == []
+    assert schema_errors("results", saved) == []
+    broken = json.loads(json.dumps(saved))
+    broken["models"]["tiny"]["metrics"]["joint"]["coverage"]["mean"] = 1.5
+    del broken["min_count"]
+    assert len(schema_errors("results", broken)) == 2
     assert saved["dataset"]["sha256"] == load_items(FIXTURE).sha256
     tiny = saved["models"]["tiny"]
     # temperature 0: both runs gave the same verdicts, so they are one run (no spread to show)

@@ -7,6 +7,8 @@ import sys
 
 import pyarrow.parquet as pq
 
+from conftest import schema_errors
+
 # 24 prompts, no expansion (tested on SmolLM2 in test_real_models), a larger test split for Stage II
 FAST = ["run.limit=24", "expand.floor=0", "reject.rounds=1", "split.train=0.6", "split.validation=0.1",
         "split.test=0.3"]
@@ -33,6 +35,8 @@ def test_run_embedded_default_end_to_end_then_resume(tmp_path):
     assert results["role_warnings"] and results["role_warnings"][0].startswith("smollm2 is the judge and a generator of")
     assert results["models"]["smollm2"]["circularity"] == {"judge": True, "generated": ["smollm2"]}
     assert results["dataset"]["items"] > 0 and results["runs"] == 3
+    assert schema_errors("results", results) == []          # the shipped schema, on the demo's own output
+    assert schema_errors("meta", json.loads((run_dir / "bench" / "meta.json").read_text())) == []
     samples = pq.read_table(run_dir / "samples.parquet").to_pylist()
     for name, model in results["models"].items():
         # every item counts, answered or not: an unusable answer is a non-detection, not a dropped item
