@@ -30,7 +30,9 @@ BUNDLED_MODELS = ("smollm2",)
 
 @dataclass
 class ModelConfig:
-    path: str = ""                 # local path or model id; "" with name "tiny": the stand-in
+    path: str = ""                 # a local directory, or a Hugging Face Hub id (ORG/NAME, read through its
+                                   # cache); "" with name "tiny": the stand-in
+    revision: str = ""             # a Hub id's branch, tag or commit ("": main)
     kind: str = "vllm"             # "vllm" (in-process), "openai" (a server) or "probe" (see below)
     base_url: str = ""             # for kind = "openai"
     api_key_env: str = ""

@@ -71,6 +71,13 @@ def model_files(path: Path) -> dict[str, str]:
     return found
 
 
+def hub_model(repo_id: str, folder: Path) -> dict[str, str]:
+    """A Hub model's identity: its id, the commit its revision resolved to (which fixes every
+    file), and the digests of its small files (weights may not be downloaded yet)."""
+    return {"hub": repo_id, "revision": folder.name,
+            **{name: file_digest(folder / name)[:SHORT] for name in MODEL_FILES if (folder / name).is_file()}}
+
+
 def local_model(path: str | Path) -> dict[str, str]:
     """A local model directory's identity: where it is and model_files'."""
     path = Path(path)

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from misalign import savacu
+from misalign import hub, savacu
 from misalign.config import BUNDLED_PREFIX, MODEL_UNDER_TEST, Config, ModelConfig, redact_url
 from misalign.errors import ConfigError
 from misalign.tables import one_line
@@ -48,10 +48,13 @@ class ModelCheck:
 
 def check_model(name: str, model: ModelConfig) -> None:
     """The files a model's config names exist (its values were validated when the config loaded)."""
-    if model.kind == "vllm" and model.path and not model.path.startswith(BUNDLED_PREFIX) \
+    if model.kind == "vllm" and hub.is_hub_id(model.path):
+        if not (hub.small_files(model.path, model.revision) / "config.json").is_file():
+            raise ConfigError(f"[models.{name}] Hub model {model.path!r} has no config.json")
+    elif model.kind == "vllm" and model.path and not model.path.startswith(BUNDLED_PREFIX) \
             and not (Path(model.path) / "config.json").exists():
-        raise ConfigError(f"[models.{name}] path {model.path!r} is not a model directory (no config.json); "
-                          "models are loaded from disk, never downloaded at run time")
+        raise ConfigError(f"[models.{name}] path {model.path!r} is not a model directory (no config.json), nor "
+                          "a Hugging Face Hub id (ORG/NAME)")
     if model.kind == "probe" and model.path and not Path(model.path).exists():
         raise ConfigError(f"[models.{name}] path {model.path!r} (the probe's training data) does not exist")
 
@@ -220,6 +223,8 @@ def _local_path(name: str, model) -> Path | None:
         from misalign.inference import smollm2
         ready = smollm2.checkpoint_dir()
         return ready if (ready / "config.json").exists() else None
+    if hub.is_hub_id(model.path):
+        return hub.small_files(model.path, model.revision)
     return Path(model.path) if model.path else None
 
 

@@ -1,7 +1,13 @@
 import os
+import tempfile
 from pathlib import Path
 
-import pytest
+# No test reaches the Hub: models named by a Hub id are read from a cache laid out on disk
+# (tests/test_hub.py), set before anything imports huggingface_hub (it reads these at import).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="misalign-hf-home-")
+
+import pytest  # noqa: E402
 from hypothesis import settings
 
 from misalign.inference.base import EMBEDDER, Engine, Pool

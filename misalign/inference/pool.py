@@ -19,7 +19,9 @@ from collections import Counter
 from pathlib import Path
 
 from misalign.config import BUNDLED_PREFIX, Config, ModelConfig, redact_url
-from misalign.identity import local_model
+from misalign import hub
+from misalign.errors import ConfigError
+from misalign.identity import hub_model, local_model
 from misalign.inference.base import EMBEDDER, Pool
 from misalign.memory_plan import MemoryPlan, Schedule, detect_device, plan_memory, to_release
 from misalign.stats import TOKEN_FIELDS, EngineUsage
@@ -33,11 +35,33 @@ def model_directories(config: Config) -> dict:
     from misalign.inference.embedding_model import minilm_path
     found = {name: smollm2.checkpoint_dir() for name, model in config.models.items()
              if model.path.startswith(BUNDLED_PREFIX)}
+    for name, model in config.models.items():
+        if model.kind == "vllm" and hub.is_hub_id(model.path):
+            try:
+                found[name] = hub.small_files(model.path, model.revision)
+            except ConfigError:      # not to be had: the preflight says so; `plan` may use its shape
+                pass
     try:
         found[EMBEDDER] = minilm_path()
     except Exception:          # not installed: the preflight says so
         pass
     return found
+
+
+def _where(model: ModelConfig) -> str:
+    """A local model's path, or a Hub model's id and the commit its revision resolved to."""
+    if hub.is_hub_id(model.path):
+        return f"{model.path} at commit {hub.small_files(model.path, model.revision).name}, Hub cache"
+    return model.path
+
+
+def _made_tiny(model: ModelConfig) -> bool:
+    """Whether the model's folder is a stand-in `models make-tiny` wrote (it leaves STAND_IN.txt)."""
+    try:
+        folder = hub.small_files(model.path, model.revision) if hub.is_hub_id(model.path) else Path(model.path)
+    except ConfigError:
+        return False
+    return bool(model.path) and (folder / "STAND_IN.txt").is_file()
 
 
 class EnginePool(Pool):
@@ -66,9 +90,12 @@ class EnginePool(Pool):
         return self.plan
 
     def is_stand_in(self, name: str) -> bool:
-        """Whether `name` has random weights: "tiny" with no path of its own, or load_format = "dummy"."""
+        """Whether `name` has random weights: "tiny" with no path of its own, load_format = "dummy",
+        or a model `models make-tiny` wrote (its folder says so in STAND_IN.txt)."""
         model = self.config.model(name)
-        return model.kind == "vllm" and (model.load_format == "dummy" or (name == "tiny" and not model.path))
+        if model.kind != "vllm":
+            return False
+        return model.load_format == "dummy" or (name == "tiny" and not model.path) or _made_tiny(model)
 
     def is_bundled(self, name: str) -> bool:
         """Whether `name` is the real model shipped in a package (SmolLM2-135M-Instruct)."""
@@ -80,10 +107,11 @@ class EnginePool(Pool):
         if model.path.startswith(BUNDLED_PREFIX):
             from misalign.inference import smollm2
             return str(smollm2.prepare())
+        if hub.is_hub_id(model.path):
+            return str(hub.snapshot(model.path, model.revision))
         if model.path:
             return model.path
         if name != "tiny":
-            from misalign.errors import ConfigError
             raise ConfigError(f"[models.{name}] needs a path (or kind = \"openai\" with a base_url)")
         from misalign.inference.tiny import make_tiny_model
         target = self.run_dir / "models" / "tiny"
@@ -102,7 +130,9 @@ class EnginePool(Pool):
             return {"server": redact_url(model.base_url), "model": model.path or name, "chat": model.chat}
         if model.kind == "probe":          # its training items are in its stage's key, its embedder is EMBEDDER
             return {}
-        found = {**local_model(self.resolve_path(name, model)), "dtype": model.dtype,
+        files = hub_model(model.path, hub.small_files(model.path, model.revision)) if hub.is_hub_id(model.path) \
+            else local_model(self.resolve_path(name, model))
+        found = {**files, "dtype": model.dtype,
                  "max_model_len": model.max_model_len, "chat": model.chat, "load_format": model.load_format,
                  "compile": model.compile}
         if model.load_format == "dummy":   # random weights drawn with the run's seed
@@ -201,7 +231,8 @@ class EnginePool(Pool):
         model = self.config.model(name)
         if self.is_stand_in(name):
             return "tiny (random-weight stand-in)" if name == "tiny" and not model.path else \
-                f"{name} (random-weight stand-in with the shape of {model.path}: load_format = dummy)"
+                f"{name} (random-weight stand-in with the shape of {model.path}: load_format = dummy)" \
+                if model.load_format == "dummy" else f"{name} (random-weight stand-in: {_where(model)})"
         if self.is_bundled(name):
             from misalign.inference.smollm2 import NOTE
             return f"{name} ({NOTE})"
@@ -209,7 +240,7 @@ class EnginePool(Pool):
             return f"{name} (logistic probe on MiniLM embeddings, trained on {model.path or 'the train split'})"
         if model.kind == "openai":
             return f"{name} ({model.path or name} served at {redact_url(model.base_url)})"
-        return f"{name} ({model.path})"
+        return f"{name} ({_where(model)})"
 
     def close(self) -> None:
         for name in list(self._engines):
