@@ -157,6 +157,7 @@ class RunConfig:
     shard_rows: int = 256
     executor: str = "local"        # "local" (this process) or "ray" (row-wise stages on Ray actors)
     resident_models: int = 0       # engines alive at once at most; 0: as many as the memory plan fits
+    answer_cache: bool = True      # answer label questions asked before from the cache (--no-cache: off)
 
 
 @dataclass

@@ -28,6 +28,8 @@ class EngineUsage:
     cached_tokens: int = 0
     parsed_fallbacks: int = 0        # label answers read from text (a server without log-probabilities): P is 0 or 1
     startup_seconds: float = 0.0     # starting engines (and stopping others to make room)
+    answer_cache_hits: int = 0       # label questions answered from the answer cache, not the engine
+    answer_cache_misses: int = 0     # ...and asked of the engine (then kept in the cache)
     starts: Counter = field(default_factory=Counter)    # model -> engines started for it
 
     def add(self, other: "EngineUsage") -> None:

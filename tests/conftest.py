@@ -6,6 +6,8 @@ from pathlib import Path
 # (tests/test_hub.py), set before anything imports huggingface_hub (it reads these at import).
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="misalign-hf-home-")
+# the answer cache of this session's runs: empty at start, never the developer's own
+os.environ["MISALIGN_FAST_ANSWER_CACHE"] = os.path.join(tempfile.mkdtemp(prefix="misalign-answers-"), "answers.sqlite")
 
 import pytest  # noqa: E402
 from hypothesis import settings

@@ -21,7 +21,8 @@ STAND_IN = ['expand.model="tiny"', 'respond.models=["tiny"]', 'reject.judge="tin
 # also says nearly the same to both polarities, which the default margin (no_opinion) would call no answer
 FAST = [*STAND_IN, "respond.temperature=0.0", "respond.candidates=1", "respond.max_tokens=24", "expand.max_tokens=24",
         "expand.temperature=0.0", "reject.rounds=1", "reject.min_chars=5", "run.shard_rows=8", "reject.threshold=0.3",
-        "reject.no_opinion=0.0", "bench.no_opinion=0.0"]
+        "reject.no_opinion=0.0", "bench.no_opinion=0.0",
+        "run.answer_cache=false"]          # engine starts and resumes are counted here, not cache hits
 
 
 def build_command(run_dir, *overrides):

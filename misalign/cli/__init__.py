@@ -1,7 +1,8 @@
 """The `misalign-fast` command line: each command parses its options, calls one function of the
 run layer (misalign.run) or of a tool, and prints what comes back (misalign.terminal).  The
 commands live beside this file: runs.py (build, bench, run, check, plan, report,
-compare, validate-judge) and tools.py (dedup, taxonomy, classify, perf, models)."""
+compare, validate-judge) and tools.py (dedup, taxonomy, classify, perf, models,
+cache)."""
 from __future__ import annotations
 
 import os
@@ -40,5 +41,5 @@ def main(verbose):
 
 
 for command in (runs.build, runs.bench, runs.run, runs.check, runs.plan, runs.report, runs.compare, runs.validate_judge,
-                tools.dedup, tools.taxonomy, tools.classify, tools.perf, tools.models):
+                tools.dedup, tools.taxonomy, tools.classify, tools.perf, tools.models, tools.cache):
     main.add_command(command)

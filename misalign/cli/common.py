@@ -119,6 +119,10 @@ def load_config(config_path, overrides, run_dir, executor, settings=None):
 
 
 def fresh_option(f):
+    """--fresh and --no-cache: what a run may take from earlier ones."""
+    f = click.option("--no-cache", "no_cache", is_flag=True,
+                     help="Ask the engines every label question, not the answer cache (answers to the same "
+                          "question from the same model, kept across runs; see `misalign-fast cache`).")(f)
     return click.option("--fresh", is_flag=True,
                         help="Recompute every stage, whatever the run directory holds (by default a stage's "
                              "checkpoint is reused when its settings, models, templates and input are unchanged, "

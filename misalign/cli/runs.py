@@ -12,6 +12,10 @@ from misalign.cli.common import Display, FiniteRange, OutputFile, config_options
 from misalign.errors import MisalignError
 
 
+def no_cache_setting(no_cache: bool) -> dict:
+    return {"run.answer_cache": False} if no_cache else {}
+
+
 def _run(what, config, fresh, per_domain=True):
     """One run of the run layer, its bars stopped however it ends."""
     from misalign import run as run_mod
@@ -26,7 +30,7 @@ def _run(what, config, fresh, per_domain=True):
 @config_options
 @fresh_option
 @click.option("--limit", type=click.IntRange(min=0), help="Use only the first N valid input prompts (0: all).")
-def build(config_path, overrides, run_dir, executor, fresh, limit):
+def build(config_path, overrides, run_dir, executor, fresh, no_cache, limit):
     """Stage I: build a SaVaCu-style dataset from prompts (classify, expand, dedup, respond,
     reject, split).
 
@@ -36,7 +40,8 @@ def build(config_path, overrides, run_dir, executor, fresh, limit):
     configs/paper-gpu.toml.  Every stage checkpoints its output: run the same command again to
     resume an interrupted run; after a change, only the stages it affects run again.
     """
-    _run("build", load_config(config_path, overrides, run_dir, executor, {"run.limit": limit}), fresh)
+    _run("build", load_config(config_path, overrides, run_dir, executor, {"run.limit": limit, **no_cache_setting(no_cache)}),
+         fresh)
 
 
 @click.command()
@@ -51,7 +56,7 @@ def build(config_path, overrides, run_dir, executor, fresh, limit):
 @click.option("--models", "model_names", metavar="A,B",
               help="Models under test, comma-separated names from the config's [models] "
                    "(default: bench.models).")
-def bench(config_path, overrides, run_dir, executor, fresh, dataset, split, runs, model_names):
+def bench(config_path, overrides, run_dir, executor, fresh, no_cache, dataset, split, runs, model_names):
     """Stage II: benchmark models as zero-shot detectors of misaligned responses.
 
     Each model under test sees every test item's prompt with one response at a time (the
@@ -67,7 +72,7 @@ def bench(config_path, overrides, run_dir, executor, fresh, dataset, split, runs
 
       misalign-fast bench my.toml --dataset SaVaCu.csv --run-dir runs/savacu
     """
-    _run("bench", load_config(config_path, overrides, run_dir, executor, {
+    _run("bench", load_config(config_path, overrides, run_dir, executor, {**no_cache_setting(no_cache),
         "bench.dataset": str(dataset) if dataset is not None else None, "bench.split": split, "bench.runs": runs,
         "bench.models": [m.strip() for m in model_names.split(",")] if model_names else None}), fresh)
 
@@ -75,7 +80,7 @@ def bench(config_path, overrides, run_dir, executor, fresh, dataset, split, runs
 @click.command()
 @config_options
 @fresh_option
-def run(config_path, overrides, run_dir, executor, fresh):
+def run(config_path, overrides, run_dir, executor, fresh, no_cache):
     """Stage I then Stage II from one config: build the dataset, benchmark the models under
     test on its test split, and write the report.
 
@@ -86,7 +91,8 @@ def run(config_path, overrides, run_dir, executor, fresh):
     configs/paper-gpu.toml is the paper's set-up.  Run the same command again to resume an
     interrupted run; after a change, only the stages it affects run again.
     """
-    _run("run", load_config(config_path, overrides, run_dir, executor), fresh, per_domain=False)
+    _run("run", load_config(config_path, overrides, run_dir, executor, no_cache_setting(no_cache)), fresh,
+         per_domain=False)
 
 
 @click.command()

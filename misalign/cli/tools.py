@@ -241,3 +241,40 @@ def make_tiny(out_dir, seed, corpus, real_tokenizer, force):
     path = make_tiny_model(out_dir, corpus=prompts, seed=seed, tokenizer=tokenizer)
     size = sum(f.stat().st_size for f in path.iterdir()) / 1e6
     out.print(Text(f"tiny stand-in model written to {path} ({size:.1f} MB)"))
+
+
+@click.group()
+def cache():
+    """The answer cache: models' answers to label questions (the judge's, the classifier's,
+    Stage II's verdicts), kept across runs so that a question asked again is not asked of the
+    engine.  A run uses it unless told --no-cache (or run.answer_cache = false)."""
+
+
+@cache.command("info")
+def cache_info():
+    """Where the answer cache is, and what it holds."""
+    from misalign.inference.answer_cache import AnswerCache, default_path
+    if not default_path().exists():
+        out.print(Text(f"{default_path()}: no answer cache yet"))
+        return
+    store = AnswerCache()
+    try:
+        found = store.info()
+    finally:
+        store.close()
+    out.print(Text(f"{found['path']}: {found['answers']:,} answers, {found['bytes'] / 1e6:.1f} MB"))
+
+
+@cache.command("clear")
+def cache_clear():
+    """Forget every cached answer (the next runs ask the engines again)."""
+    from misalign.inference.answer_cache import AnswerCache, default_path
+    if not default_path().exists():
+        out.print(Text(f"{default_path()}: no answer cache yet"))
+        return
+    store = AnswerCache()
+    try:
+        removed = store.clear()
+    finally:
+        store.close()
+    out.print(Text(f"{default_path()}: {removed:,} answers removed"))

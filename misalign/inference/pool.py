@@ -22,6 +22,7 @@ from misalign.config import BUNDLED_PREFIX, Config, ModelConfig, redact_url
 from misalign import hub
 from misalign.errors import ConfigError
 from misalign.identity import hub_model, local_model
+from misalign.inference.answer_cache import AnswerCache, CachedAnswers
 from misalign.inference.base import EMBEDDER, Pool
 from misalign.memory_plan import MemoryPlan, Schedule, detect_device, plan_memory, to_release
 from misalign.stats import TOKEN_FIELDS, EngineUsage
@@ -76,12 +77,14 @@ class EnginePool(Pool):
         self._engines: dict = {}            # least recently used first
         self._embedder = None
         self._done: dict[str, Counter] = {}     # per model: tokens of its engines already shut down, starts, seconds
+        self._answers: AnswerCache | None = None    # opened on first use (run.answer_cache)
+        self._identities: dict = {}
 
     def __getstate__(self):
         """A pool travels (to a Ray actor) as its config alone: engines never leave their process,
         and the actor plans for its own device."""
         return {"config": self.config, "run_dir": self.run_dir, "plan": None, "schedule": None, "position": -1,
-                "_engines": {}, "_embedder": None, "_done": {}}
+                "_engines": {}, "_embedder": None, "_done": {}, "_answers": None, "_identities": {}}
 
     def memory_plan(self) -> MemoryPlan:
         if self.plan is None:
@@ -144,6 +147,20 @@ class EnginePool(Pool):
         return None if verbose else str(self.run_dir / "logs" / f"{name}.log")
 
     def get(self, name: str):
+        """The model's engine; with run.answer_cache, one that answers label questions asked
+        before from the cache (misalign.inference.answer_cache) and starts the engine only for
+        the rest."""
+        model = self.config.model(name)
+        if not self.config.run.answer_cache or model.kind not in ("vllm", "openai"):
+            return self._engine(name)
+        if self._answers is None:
+            self._answers = AnswerCache()
+        if name not in self._identities:
+            self._identities[name] = self.identity(name)
+        return CachedAnswers(lambda: self._engine(name), self._identities[name], self._answers,
+                             self._done.setdefault(name, Counter()))
+
+    def _engine(self, name: str):
         if name in self._engines:
             self._engines[name] = self._engines.pop(name)       # now the most recently used
             return self._engines[name]
@@ -224,6 +241,8 @@ class EnginePool(Pool):
             for key in TOKEN_FIELDS:
                 setattr(totals, key, getattr(totals, key) + done[key] + (getattr(stats, key) if stats else 0))
             totals.startup_seconds += done["startup_seconds"]
+            totals.answer_cache_hits += done["answer_cache_hits"]
+            totals.answer_cache_misses += done["answer_cache_misses"]
             totals.starts[name] = done["starts"]
         return totals
 
@@ -248,3 +267,6 @@ class EnginePool(Pool):
         if self._embedder is not None:
             self._embedder.close()
         self._embedder = None
+        if self._answers is not None:
+            self._answers.close()
+            self._answers = None
