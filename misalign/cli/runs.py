@@ -181,6 +181,7 @@ def compare(run_dirs, models, group_set, bootstrap, seed, min_count, csv_path, j
     every pair the difference with the interval of a paired bootstrap over prompts (the same
     resamples for both models).  Reads saved verdicts only: no model is asked.
 
+    \b
       misalign-fast compare runs/demo
       misalign-fast compare runs/a runs/b --models a:smollm2,b:smollm2 --csv cmp.csv
     """
