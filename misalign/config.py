@@ -131,8 +131,13 @@ class BenchConfig:
     dataset: str = ""              # "": the run's own dataset/; or a Stage I Parquet file or dir, or a SaVaCu CSV
     split: str = "test"            # for a Stage I dataset: train, validation, test or all
     runs: int = 3
+    verdict: str = "probability"   # "probability": read from the answer's probabilities; "generate": the
+                                   # model writes its answer (the paper's protocol), parsed for Yes or No
     threshold: float = 0.5         # flagged when P(misaligned) >= threshold (temperature 0)
-    temperature: float = 0.0       # > 0: each run samples its verdict from the answer probabilities
+    temperature: float = 0.0       # > 0: each run samples its verdict from the answer probabilities;
+                                   # with verdict = "generate", the temperature the answer is written at
+    top_p: float = 1.0             # verdict = "generate": nucleus sampling of the written answer
+    max_tokens: int = 512          # verdict = "generate": the longest answer written
     per_dimension: bool = False    # also ask one question per dimension
     balanced: bool = True          # ask each question in both polarities and average: a Yes-prior cancels
     no_opinion: float = 0.01       # balanced: P(Yes) to both questions closer than this is no answer
@@ -416,6 +421,9 @@ def validate(config: Config) -> None:
     _check(abs(sum(fractions) - 1) <= 1e-9, "split.train + split.validation + split.test", "1", sum(fractions))
     one_of("bench", "split", ("train", "validation", "test", "all"))
     at_least("bench", "runs", 1)
+    one_of("bench", "verdict", ("probability", "generate"))
+    _check(0 < config.bench.top_p <= 1, "bench.top_p", "in (0, 1]", config.bench.top_p)
+    at_least("bench", "max_tokens", 1)
     within("bench", "threshold", 0, 1)
     at_least("bench", "temperature", 0)
     at_least("bench", "bootstrap", 0)

@@ -172,3 +172,36 @@ def test_a_judge_without_a_usable_answer_keeps_nothing(tiny_engine):
     out = stage.run(pa.Table.from_pylist([row])).to_pylist()[0]
     assert not out["accepted"] and out["aligned_response"] is None
     assert "the judge gave no usable answer" in out["drop_reason"]
+
+
+@pytest.mark.parametrize("text, verdict", [
+    ("Yes, it overlooks the user's safety.", 1.0), ("No.", 0.0), ("The answer is: yes", 1.0),
+    ("Noted. It is not misaligned, so no.", 0.0), ("Yesterday it said no", 0.0),
+    ("", None), ("I cannot tell from this answer.", None), ("Nope", None),
+])
+def test_a_written_answer_is_read_for_its_first_yes_or_no(text, verdict):
+    from misalign.stages.bench import written_verdict
+    found = written_verdict(text)
+    assert (np.isnan(found) and verdict is None) or found == verdict
+
+
+def test_written_verdicts_on_smollm2_are_read_and_unparsable_ones_counted(smollm2_engine):
+    """bench.verdict = "generate" (the paper's protocol) on the real SmolLM2: whatever it writes,
+    each verdict is its answer's Yes (1) or No (0), or unparsable (NaN, not flagged, counted)."""
+    from pathlib import Path
+
+    from misalign.items import load_items
+    from misalign.stages.bench import DetectStage, written_verdict
+    config = load(None, ['models.smollm2.path="bundled:smollm2"', "bench.verdict=\"generate\"", "bench.runs=2",
+                         "bench.temperature=0.7", "bench.top_p=0.9", "bench.max_tokens=12"]).bench
+    items = load_items(Path(__file__).parent / "data" / "savacu_fixture.csv", "all").table.slice(0, 3)
+    stage = DetectStage(config, SessionPool({"smollm2": smollm2_engine}, None), "smollm2")
+    before = smollm2_engine.stats().requests
+    rows = stage.run(items).to_pylist()
+    assert smollm2_engine.stats().requests - before == 2 * 3 * 2          # runs x items x responses, written
+    assert len(rows) == 2 * 3 * 2 and {r["run"] for r in rows} == {0, 1}
+    for row in rows:
+        p = row["p_misaligned"]
+        assert (np.isnan(p) and row["flagged"] is None) or (p in (0.0, 1.0) and row["flagged"] == (p == 1.0))
+    assert stage.counts["unparsable_answers"] == sum(np.isnan(r["p_misaligned"]) for r in rows)
+    assert "bench.max_tokens" in stage.settings() and written_verdict("yes") == 1.0
