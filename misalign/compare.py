@@ -53,6 +53,12 @@ def entrants(run_dirs: list, models: list[str] | None = None) -> list[Entrant]:
     """Every model under test of the runs (or those named in `models`), on the same items."""
     found, keys = [], {}
     loaded = [(str(run_dir), *load(run_dir)) for run_dir in run_dirs]
+    first_dir, first_meta, _ = loaded[0]
+    for run_dir, meta, _ in loaded[1:]:       # the same ids on other content would pair unrelated items
+        if meta["dataset"]["sha256"] != first_meta["dataset"]["sha256"]:
+            raise InputError(run_dir, f"was benchmarked on other items than {first_dir} (dataset sha256 "
+                                      f"{meta['dataset']['sha256'][:12]}… against {first_meta['dataset']['sha256'][:12]}…): "
+                                      "compare runs of the same dataset and split")
     repeated = _repeated([m for _, meta, _ in loaded for m in meta["models"]])
     for run_dir, meta, samples in loaded:
         for model, record in meta["models"].items():

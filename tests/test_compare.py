@@ -17,7 +17,7 @@ from misalign.items import SAMPLE_SCHEMA
 N = 200                                            # prompts, one item each, both responses
 
 
-def bench_run(folder, flags: dict[str, tuple[np.ndarray, np.ndarray]], items=N, runs=1):
+def bench_run(folder, flags: dict[str, tuple[np.ndarray, np.ndarray]], items=N, runs=1, sha256="0" * 64):
     """A run directory whose models flagged misaligned responses `flags[m][0]` and aligned ones
     `flags[m][1]` (booleans per item)."""
     rows = []
@@ -34,7 +34,7 @@ def bench_run(folder, flags: dict[str, tuple[np.ndarray, np.ndarray]], items=N, 
     pq.write_table(pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), folder / "samples.parquet")
     (folder / "bench").mkdir()
     (folder / "bench" / "meta.json").write_text(json.dumps({
-        "dataset": {"source": "x", "split": "test", "items": items, "sha256": "0" * 64, "set_aside": 0},
+        "dataset": {"source": "x", "split": "test", "items": items, "sha256": sha256, "set_aside": 0},
         "models": {m: {"description": m, "kind": "vllm", "stand_in": False} for m in flags}, "runs": runs,
         "threshold": 0.5, "temperature": 0.0, "questions": ["joint"], "seed": 0, "bootstrap": 50, "config": {},
         "versions": {}, "profile": []}))
@@ -92,6 +92,9 @@ def test_runs_on_other_items_are_refused_and_shared_names_told_apart(tmp_path):
     result = CliRunner().invoke(main, ["compare", str(first), str(shorter)])
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
     assert "benchmarked on other items" in result.output and "2 responses only in" in result.output
+    other = bench_run(tmp_path / "other", {"m": (hit, false_alarm)}, sha256="1" * 64)   # same ids, other content
+    result = CliRunner().invoke(main, ["compare", str(first), str(other)])
+    assert result.exit_code == 2 and "dataset sha256 111111111111… against 000000000000…" in result.output
     same = compare.compare(compare.entrants([first, second]), bootstrap=100)
     assert [m["name"] for m in same["models"]] == ["first:m", "second:m"]
     assert all(p["difference"] == 0 and p["significant"] is False for p in same["pairs"] if p["carried_by"])
