@@ -171,7 +171,7 @@ def test_the_quick_pipeline_suite_runs_mistrals_shape_on_this_cpu(tmp_path):
 def test_the_papers_shapes_run_reduced_to_one_layer_on_this_cpu(tmp_path, shape, tokenizer):
     """The shapes a GPU box runs whole (benchmarks/gpu, perf on a GPU), here with one layer, random
     weights and their family's real tokenizer: vLLM loads them, generates and answers Yes/No."""
-    from misalign.inference import EngineConfig, VLLMEngine
+    from misalign.inference import EngineConfig, SamplingConfig, VLLMEngine
     from misalign.inference.tiny import REAL_TOKENIZERS, shape_checkpoint
     from misalign.memory_plan import SHAPES
     config = json.loads((SHAPES / shape / "config.json").read_text())
@@ -181,7 +181,7 @@ def test_the_papers_shapes_run_reduced_to_one_layer_on_this_cpu(tmp_path, shape,
     try:
         written = json.loads((path / "config.json").read_text())
         assert written["num_hidden_layers"] == 1 and written["hidden_size"] == config["hidden_size"]
-        gens = engine.generate(["Is it safe to cross the road?"] * 4)
+        gens = engine.generate(["Is it safe to cross the road?"] * 4, SamplingConfig(max_tokens=8))
         assert all(g.completion_tokens > 0 for g in gens)
         probs = engine.label_probs(["Answer Yes or No: is water wet?"], ["Yes", "No"])
         assert probs.shape == (1, 2) and abs(probs.sum() - 1) < 1e-6
