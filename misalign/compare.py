@@ -35,7 +35,8 @@ from misalign.tables import atomic_path
 from misalign.taxonomy import DIMENSIONS
 
 COMPARED = ("coverage", "ffr", "alignment_score", "auroc")
-GROUPS = ("joint", *DIMENSIONS, *(f"n_dimensions={k}" for k in range(1, len(DIMENSIONS) + 1)))
+DIMENSION_GROUPS = ("joint", *DIMENSIONS)
+GROUPS = (*DIMENSION_GROUPS, *(f"n_dimensions={k}" for k in range(1, len(DIMENSIONS) + 1)))
 
 
 @dataclass
@@ -49,10 +50,11 @@ class Entrant:
     runs: int           # distinct runs (identical runs count once)
 
 
-def entrants(run_dirs: list, models: list[str] | None = None) -> list[Entrant]:
-    """Every model under test of the runs (or those named in `models`), on the same items."""
+def entrants(run_dirs: list, models: list[str] | None = None, loaded: list[tuple] | None = None) -> list[Entrant]:
+    """Every model under test of the runs (or those named in `models`), on the same items;
+    `loaded`: each run's (meta, samples), where the caller has read them already."""
     found, keys = [], {}
-    loaded = [(str(run_dir), *load(run_dir)) for run_dir in run_dirs]
+    loaded = [(str(run_dir), *record) for run_dir, record in zip(run_dirs, loaded or map(load, run_dirs))]
     first_dir, first_meta, _ = loaded[0]
     for run_dir, meta, _ in loaded[1:]:       # the same ids on other content would pair unrelated items
         if meta["dataset"]["sha256"] != first_meta["dataset"]["sha256"]:

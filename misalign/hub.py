@@ -10,6 +10,7 @@ snapshot folder's name is the commit the revision resolved to, which run.json re
 """
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -24,19 +25,17 @@ def is_hub_id(path: str) -> bool:
     return bool(HUB_ID.fullmatch(path)) and not Path(path).exists()
 
 
+@functools.cache
 def small_files(repo_id: str, revision: str = "") -> Path:
-    """The snapshot folder holding the model's config, tokenizer and template (no weights)."""
+    """The snapshot folder holding the model's config, tokenizer and template (no weights).
+    Resolved once per process: the check, the plan, the keys and the descriptions of one run
+    all ask, and online each resolution is a round trip to the Hub (a failure is not kept)."""
     return _download(repo_id, revision, SMALL_FILES)
 
 
 def snapshot(repo_id: str, revision: str = "") -> Path:
     """The snapshot folder with every file of the model, weights too."""
     return _download(repo_id, revision, None)
-
-
-def resolved_revision(folder: Path) -> str:
-    """The commit a snapshot folder holds (its name, in huggingface_hub's cache)."""
-    return folder.name
 
 
 def _download(repo_id: str, revision: str, patterns: list[str] | None) -> Path:

@@ -78,10 +78,11 @@ def yes_rate(rows) -> dict:
     return out
 
 
-def results(run_dir, min_count: int | None = None) -> dict:
+def results(run_dir, min_count: int | None = None, loaded: tuple | None = None) -> dict:
     """results.json's content (written to the run directory too).  `min_count`: responses a
-    figure needs (default: the run's report.min_count)."""
-    meta, samples = load(run_dir)
+    figure needs (default: the run's report.min_count); `loaded`: the run's (meta, samples),
+    where the caller has read them already."""
+    meta, samples = loaded or load(run_dir)
     if min_count is None:
         min_count = (meta["config"].get("report") or {}).get("min_count", MIN_COUNT)
     out = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **meta,
@@ -449,11 +450,12 @@ def report(run_dir, min_count: int | None = None) -> dict:
     """results.json, plots and report.html for a run directory (misalign.terminal prints its
     tables); `min_count`: responses a figure needs (default: the run's report.min_count).  With
     two or more models, report.html also compares them pair by pair (misalign.compare)."""
-    res = results(run_dir, min_count)
+    loaded = load(run_dir)                    # read once, for the figures and the comparison
+    res = results(run_dir, min_count, loaded)
     plots = plot(res, Path(run_dir) / "plots")
     comparison = None
     if len(res["models"]) > 1:
-        comparison = compare(entrants([run_dir]), bootstrap=res["bootstrap"], seed=res["seed"],
+        comparison = compare(entrants([run_dir], loaded=[loaded]), bootstrap=res["bootstrap"], seed=res["seed"],
                              min_count=res["min_count"])
     write_html(res, plots, Path(run_dir) / "report.html", comparison)
     return res

@@ -188,7 +188,7 @@ def compare(run_dirs, models, group_set, bootstrap, seed, min_count, csv_path, j
     from misalign import compare as compare_mod
     found = compare_mod.entrants(list(run_dirs), [m.strip() for m in models.split(",") if m.strip()] if models else None)
     result = compare_mod.compare(found, bootstrap=bootstrap, seed=seed, min_count=min_count)
-    shown = {"joint": ("joint",), "dimensions": compare_mod.GROUPS[:4], "all": compare_mod.GROUPS}[group_set]
+    shown = {"joint": ("joint",), "dimensions": compare_mod.DIMENSION_GROUPS, "all": compare_mod.GROUPS}[group_set]
     terminal.compared(out, result, shown)
     compare_mod.write(result, csv_path, json_path, markdown_path)
     for path in (csv_path, json_path, markdown_path):

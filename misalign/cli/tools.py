@@ -253,28 +253,27 @@ def cache():
 @cache.command("info")
 def cache_info():
     """Where the answer cache is, and what it holds."""
-    from misalign.inference.answer_cache import AnswerCache, default_path
-    if not default_path().exists():
-        out.print(Text(f"{default_path()}: no answer cache yet"))
-        return
-    store = AnswerCache()
-    try:
+    def holds(store):
         found = store.info()
-    finally:
-        store.close()
-    out.print(Text(f"{found['path']}: {found['answers']:,} answers, {found['bytes'] / 1e6:.1f} MB"))
+        return f"{found['answers']:,} answers, {found['bytes'] / 1e6:.1f} MB"
+    _on_answer_cache(holds)
 
 
 @cache.command("clear")
 def cache_clear():
     """Forget every cached answer (the next runs ask the engines again)."""
+    _on_answer_cache(lambda store: f"{store.clear():,} answers removed")
+
+
+def _on_answer_cache(action) -> None:
+    """Print PATH: what `action(store)` says of the answer cache, or that there is none yet."""
     from misalign.inference.answer_cache import AnswerCache, default_path
     if not default_path().exists():
         out.print(Text(f"{default_path()}: no answer cache yet"))
         return
     store = AnswerCache()
     try:
-        removed = store.clear()
+        said = action(store)
     finally:
         store.close()
-    out.print(Text(f"{default_path()}: {removed:,} answers removed"))
+    out.print(Text(f"{store.path}: {said}"))

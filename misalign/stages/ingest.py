@@ -11,9 +11,9 @@ from importlib import resources
 import pyarrow as pa
 
 from misalign import tables
+from misalign.config import InputConfig
 from misalign.errors import InputError
 
-MAX_BYTES = 1 << 30            # input.max_bytes's default: the whole input is held in memory
 
 
 @dataclass
@@ -48,7 +48,7 @@ def read_input(config) -> Prompts:
 
 
 def read_prompts(path, column: str = "prompt", fmt: str | None = None, max_chars: int = 4000,
-                 limit: int = 0, max_bytes: int = MAX_BYTES) -> tuple[pa.Table, list[Rejected]]:
+                 limit: int = 0, max_bytes: int = InputConfig.max_bytes) -> tuple[pa.Table, list[Rejected]]:
     """(table of id, prompt, origin; rejected rows).  Ids come from an `id` column when there is
     one, else from the row number, so they are stable across runs of the same file."""
     raw = _read_bounded(path, max_bytes)
