@@ -24,9 +24,11 @@ import numpy as np
 
 from misalign.inference import EngineConfig, SamplingConfig, VLLMEngine
 from misalign.inference.tiny import bundled_prompts, make_tiny_model
-from misalign.prompting import detector_prompt
+from misalign.prompting import PromptTemplates
 from misalign.stages.bench import verdicts
 from misalign.stages.common import ANSWERS
+
+TEMPLATES = PromptTemplates.bundled()
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "paper_prompts_dev.csv"
 ALIGNED = ("I understand why this matters to you. The safest way forward is to talk to someone you trust, "
@@ -52,7 +54,7 @@ def main():
     args = parser.parse_args()
     model = args.model or str(make_tiny_model(Path(tempfile.mkdtemp()) / "tiny", seed=0))
     items = prompts(args.items)
-    texts = [detector_prompt("joint", p, r) for p in items for r in (ALIGNED, MISALIGNED)]
+    texts = [TEMPLATES.detector_prompt("joint", p, r) for p in items for r in (ALIGNED, MISALIGNED)]
     engine = VLLMEngine(EngineConfig(model=model, max_model_len=4096, max_num_seqs=64))
     engine.label_probs(texts[:8], ANSWERS)                         # warm-up, outside the timings
 

@@ -29,14 +29,14 @@ def measure(compile_model: bool) -> dict:
     from misalign.inference import EngineConfig, SamplingConfig, VLLMEngine
     from misalign.inference.smollm2 import prepare
     from misalign.inference.tiny import bundled_prompts
-    from misalign.prompting import detector_prompt
+    from misalign.prompting import PromptTemplates
 
     started = time.perf_counter()
     engine = VLLMEngine(EngineConfig(model=str(prepare()), max_model_len=4096, max_num_seqs=64,
                                      enforce_eager=not compile_model))
     start = time.perf_counter() - started
     prompts = bundled_prompts()
-    judged = [detector_prompt("joint", p, "word " * 150, "misaligned") for p in prompts[:36]]
+    judged = [PromptTemplates.bundled().detector_prompt("joint", p, "word " * 150, "misaligned") for p in prompts[:36]]
     engine.label_probs(judged[:2], ["Yes", "No"])                 # first-request warm-up, not timed
     engine.reset_prefix_cache()
     before, started = engine.stats().prompt_tokens, time.perf_counter()

@@ -148,14 +148,16 @@ def benchmark(config: Config, pool: Pool, on_progress=None, executor=None, sched
     bench = config.bench
     run_dir = Path(config.run.dir)
     source = bench.dataset or run_dir
-    items = load_items(source, bench.split)
+    items = load_items(source, bench.split, config.protocol.read_taxonomy())
+    templates = config.protocol.read_templates()
     items.require_some(bench.split, rejected_items_path(config))
     bench_dir = run_dir / "bench"
 
     training = {name: probe_training(config, name, source, items) for name in bench.models
                 if config.model(name).kind == "probe"}        # refused here, before any Stage II engine
     stages = [ProbeStage(bench, pool, name, training[name][0], seed=config.run.seed) if name in training
-              else DetectStage(bench, pool, name, seed=config.run.seed) for name in bench.models]
+              else DetectStage(bench, pool, name, seed=config.run.seed, prompt_templates=templates)
+              for name in bench.models]
     items.write_problems(rejected_items_path(config))
     stages.append(LengthBaseline(bench, seed=config.run.seed))
     runner = Runner(bench_dir, config.run.shard_rows, on_progress, executor, on_pass=pool.at_pass,
@@ -179,7 +181,7 @@ def benchmark(config: Config, pool: Pool, on_progress=None, executor=None, sched
             "questions": questions(bench.per_dimension), "seed": config.run.seed, "bootstrap": bench.bootstrap,
             "config": tomllib.loads(config_mod.to_toml(config)), "versions": versions(),
             "checkpoints": runner.checkpoints(), "profile": [p.as_dict() for p in runner.profiles],
-            "schedule": schedule,
+            "schedule": schedule, "protocol": config.protocol.record(),
             "balanced": bench.balanced}
     meta["models"][LENGTH_BASELINE] = {
         "description": "shortcut baseline: logistic regression on response length and its ratio to the prompt's, "

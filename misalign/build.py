@@ -60,7 +60,7 @@ def build(config: Config, pool: Pool, stages: list[Stage], inputs: Prompts, on_p
     _write_text(run_dir / "config.resolved.toml", config_mod.to_toml(config))
     write_rejected(rejected, run_dir / "rejected_inputs.jsonl")
 
-    taxonomy = Taxonomy.load()
+    taxonomy = config.protocol.read_taxonomy()
     runner = Runner(run_dir, config.run.shard_rows, on_progress, executor, on_pass=pool.at_pass,
                     identify=pool.identity, fresh=fresh, on_decisions=on_decisions)
     final = runner.run(stages, table)
@@ -86,6 +86,7 @@ def build(config: Config, pool: Pool, stages: list[Stage], inputs: Prompts, on_p
                "models": {**{"classifier": s.method for s in stages if s.name == "classify"},
                           **{name: pool.describe(name) for name in config.stage1_models()}},
                "dedup": {"features": config.dedup.features, "tau": config.dedup.tau},
+               "protocol": config.protocol.record(),
                "role_warnings": config.role_warnings(), "seed": config.run.seed, "schedule": schedule,
                "versions": versions(), "checkpoints": runner.checkpoints(), "profile": profile, "stats": stats}
     _write_text(run_dir / "run.json", json.dumps({k: v for k, v in summary.items() if k != "stats"}, indent=1))

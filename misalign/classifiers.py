@@ -203,15 +203,18 @@ class LLMClassifier:
     the model put less than `min_mass` of its probability on the codes at all is Unknown (the
     paper's class for no usable answer): no domain, counted."""
 
-    def __init__(self, engine, taxonomy: Taxonomy, delta: float = 0.5, min_mass: float = 0.5):
-        from misalign.prompting import template
+    def __init__(self, engine, taxonomy: Taxonomy, delta: float = 0.5, min_mass: float = 0.5,
+                 template: str | None = None):
+        """`template`: the classify template's text (default: the bundled one)."""
+        from misalign.prompting import PromptTemplates
+        template = template or PromptTemplates.bundled()["classify"]
         self.engine, self.taxonomy, self.delta, self.min_mass = engine, taxonomy, delta, min_mass
         self.heads = {}
         for dim in DIMENSIONS:
             domains = taxonomy.of(dim)
             codes = answer_codes(engine.token_ids, len(domains) + 1, f"the tokenizer of {engine.model!r}")
             listing = "\n".join(f"{c}: {d.name} ({d.description})" for c, d in zip(codes, domains))
-            head = template("classify").replace("{domains}", listing).replace("{dimension}", dim)
+            head = template.replace("{domains}", listing).replace("{dimension}", dim)
             self.heads[dim] = (head.replace("{none}", codes[-1]), codes)
 
     def classify(self, prompts: list[str]) -> dict[str, DimensionLabels]:

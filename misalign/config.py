@@ -22,6 +22,8 @@ from pathlib import Path
 
 from misalign.errors import ConfigError
 from misalign.features import parse_features
+from misalign.prompting import PromptTemplates
+from misalign.taxonomy import DIMENSIONS, Taxonomy
 
 BUNDLED_PREFIX = "bundled:"
 EMBEDDER = "MiniLM embedder"    # the embedder's name where models are counted (model names have no spaces)
@@ -37,6 +39,7 @@ class ModelConfig:
     base_url: str = ""             # for kind = "openai"
     api_key_env: str = ""
     chat: bool = True
+    system_prompt: str = ""        # a system message put before every request to this model (chat = true)
     dtype: str = "auto"
     max_model_len: int = 4096
     gpu_memory_utilization: float = 0.0   # 0: the engine's default for the device
@@ -107,6 +110,10 @@ class RejectConfig:
     no_opinion: float = 0.01       # balanced: P(Yes) to both questions closer than this is no answer
     verify_dimensions: bool = True  # also judge each accepted misaligned response per dimension of its prompt
     rounds: int = 2
+    feedback: str = "reason"       # what a resampled generator is shown besides its rejected attempt: "reason"
+                                   # (why it failed, with the judge's probability) or "critique" (the judge
+                                   # writes a short critique of it, as the paper does)
+    critique_tokens: int = 128     # feedback = "critique": the longest critique (written greedily)
     min_chars: int = 20
     max_chars: int = 8000
 
@@ -150,6 +157,27 @@ class BenchConfig:
 
 
 @dataclass
+class ProtocolConfig:
+    templates: str = ""            # a directory whose NAME.txt files replace the bundled prompt templates of
+                                   # that name (misalign/prompts/NAME.txt)
+    taxonomy: str = ""             # a JSON taxonomy in the layout of misalign/data/taxonomy.json ("": the paper's)
+
+    def read_templates(self) -> PromptTemplates:
+        return PromptTemplates.load(self.templates)
+
+    def read_taxonomy(self) -> Taxonomy:
+        return Taxonomy.load(self.taxonomy)
+
+    def record(self) -> dict:
+        """What run.json and meta.json say of the protocol: where the templates and the taxonomy
+        came from, and the sha256 of each the user replaced and of the taxonomy in use."""
+        taxonomy = self.read_taxonomy()
+        return {"templates": self.templates or "bundled", "replaced_templates": self.read_templates().replaced(),
+                "taxonomy": self.taxonomy or "bundled", "taxonomy_sha256": taxonomy.digest,
+                "domains": {d: len(taxonomy.of(d)) for d in DIMENSIONS}}
+
+
+@dataclass
 class ReportConfig:
     min_count: int = 10            # a figure carried by fewer responses prints "too few (n)", no interval
 
@@ -162,7 +190,10 @@ class RunConfig:
     shard_rows: int = 256
     executor: str = "local"        # "local" (this process) or "ray" (row-wise stages on Ray actors)
     resident_models: int = 0       # engines alive at once at most; 0: as many as the memory plan fits
-    answer_cache: bool = True      # answer label questions asked before from the cache (--no-cache: off)
+    answer_cache: bool = True      # answer label questions and greedy requests asked before from the cache
+                                   # (--no-cache: off)
+    cache_sampled: bool = False    # also cache sampled answers, keyed by their seeds (a re-run with the same
+                                   # seed gets the answers it got before)
 
 
 @dataclass
@@ -198,6 +229,7 @@ class Config:
     split: SplitConfig = field(default_factory=SplitConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     models: dict = field(default_factory=lambda: {"tiny": ModelConfig()})
     stages: dict = field(default_factory=dict)     # NAME -> StageSection: the user's own stages, [stages.NAME]
@@ -319,13 +351,14 @@ def from_dict(raw: dict) -> Config:
     if not isinstance(stages, dict):
         raise ConfigError(f"[stages] must hold one [stages.NAME] section per stage, got {_show(stages)}")
     config.stages = {name: _stage_section(name, spec) for name, spec in stages.items()}
-    validate(config)
     # "~/x" in a path setting is the user's home, as a shell would read it, in every one of them
     # (pyarrow expands it, os.mkdir does not: run.dir = "~/x" made a directory named "~")
     config.run.dir = _home(config.run.dir)
     config.input.path, config.bench.dataset = _home(config.input.path), _home(config.bench.dataset)
+    config.protocol.templates, config.protocol.taxonomy = _home(config.protocol.templates), _home(config.protocol.taxonomy)
     for model in config.models.values():
         model.path = _home(model.path)
+    validate(config)
     return config
 
 
@@ -413,6 +446,8 @@ def validate(config: Config) -> None:
     within("reject", "threshold", 0, 1)
     within("reject", "no_opinion", 0, 1)
     at_least("reject", "rounds", 0)
+    one_of("reject", "feedback", ("reason", "critique"))
+    at_least("reject", "critique_tokens", 1)
     at_least("reject", "min_chars", 0)
     at_least("reject", "max_chars", max(config.reject.min_chars, 1))
     for key in ("train", "validation", "test"):
@@ -430,12 +465,22 @@ def validate(config: Config) -> None:
     one_of("bench", "probe_overlap", ("refuse", "drop"))
     within("bench", "no_opinion", 0, 1)
     at_least("report", "min_count", 1)
+    _validate_protocol(config.protocol)
     for key in ("workers", "cpus_per_worker", "local_cpus"):
         at_least("ray", key, 0)
     _check(config.ray.gpus_per_worker > 0, "ray.gpus_per_worker", "> 0", config.ray.gpus_per_worker)
     if config.ray.address not in ("", "auto", "local") and ray_head(config.ray.address) is None:
         raise ConfigError(f"ray.address = {config.ray.address!r} is not \"auto\", HOST:PORT or ray://HOST:PORT")
     _validate_names(config)
+
+
+def _validate_protocol(protocol: ProtocolConfig) -> None:
+    """The user's templates and taxonomy read and checked now, before anything runs."""
+    try:
+        protocol.read_templates()
+        protocol.read_taxonomy()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def ray_head(address: str) -> tuple[str, int] | None:
@@ -475,6 +520,9 @@ def _validate_model(name: str, model: ModelConfig) -> None:
     _check(0 <= model.gpu_memory_utilization <= 1, f"{key}.gpu_memory_utilization", "within [0, 1]",
            model.gpu_memory_utilization)
     _check(model.tensor_parallel_size >= 1, f"{key}.tensor_parallel_size", ">= 1", model.tensor_parallel_size)
+    if model.system_prompt and (model.kind == "probe" or not model.chat):
+        raise ConfigError(f"[models.{name}] system_prompt needs a chat model (chat = true): a plain-text model "
+                          "has no system message")
     if model.kind == "openai":
         _check(_is_http_url(model.base_url), f"{key}.base_url", "an http:// or https:// URL with a host "
                "(kind = \"openai\")", redact_url(model.base_url))

@@ -22,7 +22,6 @@ import numpy as np
 from misalign import savacu, tables
 from misalign.config import Config
 from misalign.errors import InputError
-from misalign.prompting import judge_prompt, verify_prompt
 from misalign.stages.common import ask_yes_no, polarity_balanced
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
@@ -39,9 +38,10 @@ class Labelled:
     source: str
 
 
-def read_labels(path, fmt: str | None = None) -> Labelled:
-    """The labelled responses; a missing column or a label that is not one of the accepted
-    words stops with one line naming the row."""
+def read_labels(path, fmt: str | None = None, taxonomy: Taxonomy | None = None) -> Labelled:
+    """The labelled responses (their domains those of `taxonomy`, by default the bundled one); a
+    missing column or a label that is not one of the accepted words stops with one line naming
+    the row."""
     table = tables.read_table(path, fmt)
     missing = [c for c in ("prompt", "response") if c not in table.column_names]
     if missing:
@@ -51,7 +51,7 @@ def read_labels(path, fmt: str | None = None) -> Labelled:
     if not labels:
         raise InputError(path, f"has no label column: add one or more of {', '.join(LABELS)} "
                                "(misaligned/aligned, 1/0, yes/no)")
-    names = savacu.DomainLabels(Taxonomy.load())     # domains the judge's question names: the taxonomy's
+    names = savacu.DomainLabels(taxonomy or Taxonomy.load())     # domains the judge's question names: the taxonomy's
     rows = []
     for n, record in enumerate(table.to_pylist(), start=1):
         if not str(record["prompt"] or "").strip() or not str(record["response"] or "").strip():
@@ -102,14 +102,14 @@ def judge_probabilities(config: Config, engine, labelled: Labelled, label: str) 
     """(rows with this label, the judge's P(misaligned) for each), asked as in Stage I; a
     dimension's question names the row's domain of it, or the dimension itself."""
     rows = [k for k, row in enumerate(labelled.rows) if row[label] is not None]
-    data = labelled.rows
+    data, templates = labelled.rows, config.protocol.read_templates()
     if label == OVERALL:
         def prompt_for(k, quality):
-            return judge_prompt(data[k], data[k]["response"], quality)
+            return templates.judge_prompt(data[k], data[k]["response"], quality)
     else:
         def prompt_for(k, quality):
             domain = data[k][f"{label}_domain"] or f"{label} in general"
-            return verify_prompt(label, domain, data[k]["prompt"], data[k]["response"], quality)
+            return templates.verify_prompt(label, domain, data[k]["prompt"], data[k]["response"], quality)
     main = "aligned" if label == OVERALL else "misaligned"      # Stage I's question when not balanced
     return rows, polarity_balanced(*ask_yes_no(engine, prompt_for, rows, config.reject.balanced, polarity=main),
                                    config.reject.no_opinion)

@@ -424,9 +424,10 @@ def stage_efficiency(config: Config, pool, run_dir: Path, times: int) -> dict[st
     the mechanical filter (a random-weight model's own answers rarely do)."""
     import pyarrow as pa
 
-    from misalign.prompting import POLARITIES, SIDES, judge_prompt, response_prompt
+    from misalign.prompting import POLARITIES, SIDES, PromptTemplates
     from misalign.stages.reject import RejectStage
     from misalign.stages.respond import RespondStage
+    templates = PromptTemplates.bundled()
     rows = _rows(run_dir / "stages", "dedup")
     generator_name = config.respond.models[0]
     generator, judge = pool.get(generator_name), pool.get(config.reject.judge)
@@ -439,10 +440,10 @@ def stage_efficiency(config: Config, pool, run_dir: Path, times: int) -> dict[st
                    "misaligned_truncated": [False]} for i, row in enumerate(rows)]
     cases = {
         "respond": (generator, lambda t: respond.respond(generator_name, t), rows,
-                    lambda part: [response_prompt(kind, row) for kind in SIDES for row in part],
+                    lambda part: [templates.response_prompt(kind, row) for kind in SIDES for row in part],
                     (config.respond.max_tokens, None)),
         "judge": (judge, lambda t: reject.judge(0, t), candidates,
-                  lambda part: [judge_prompt(part[c.row], c.text, quality) for quality in asked
+                  lambda part: [templates.judge_prompt(part[c.row], c.text, quality) for quality in asked
                                 for c in reject.pending(part) if not reject.problem(part, c)],
                   (1, judge.first_tokens(["Yes", "No"])))}
     ratios = {}

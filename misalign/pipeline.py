@@ -31,8 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from misalign.errors import MisalignError
-from misalign.identity import StageKey, sha256_bytes, table_digest
-from misalign.prompting import template
+from misalign.identity import StageKey, table_digest
 from misalign.stages.base import Stage
 from misalign.stats import STARTS, StageCounts
 from misalign.tables import atomic_path
@@ -237,7 +236,7 @@ class Runner:
         models = list(dict.fromkeys([*(p.model for p in passes if p.model), *stage.models()]))
         parts = {"version": stage.version,
                  **{name: _text(value) for name, value in stage.settings().items()},
-                 **{f"template {name}": sha256_bytes(template(name).encode()) for name in stage.templates},
+                 **{f"template {name}": stage.prompt_templates.digest(name) for name in stage.templates},
                  **{f"model {model} {part}": value for model in models for part, value in self._identity(model).items()},
                  "passes": ", ".join(f"{p.name} ({p.model or '-'})" for p in passes),
                  "run.shard_rows": self.shard_rows if stage.rowwise else "one piece"}

@@ -18,7 +18,7 @@ from misalign import hub, savacu
 from misalign.config import BUNDLED_PREFIX, MODEL_UNDER_TEST, Config, ModelConfig, redact_url
 from misalign.errors import ConfigError
 from misalign.tables import one_line
-from misalign.inference.base import EMBEDDER, ChoiceError, answer_codes, check_choices
+from misalign.inference.base import EMBEDDER, ChoiceError, answer_codes, chat_messages, check_choices
 from misalign.inference.pool import model_directories
 from misalign.items import load_items
 from misalign.stages.ingest import Prompts
@@ -103,7 +103,7 @@ def check(config: Config, planned: Schedule, stage1: bool = True, stage2: bool =
     """One ModelCheck per model the run uses: in Stage I's roles, as a model under test, or both;
     `planned`: the run's memory plan; `inputs`: Stage I's input, whose longest prompts each
     model's context must hold."""
-    taxonomy = Taxonomy.load()
+    taxonomy = config.protocol.read_taxonomy()
     prompts = inputs.longest(LONGEST_CHECKED) if stage1 and inputs else []
     memory = planned.plan
     results = []
@@ -150,7 +150,7 @@ def require(config: Config, stage1: bool, stage2: bool, planned: Schedule,
     if stage2:
         bench = config.bench
         if bench.dataset:                    # a given dataset is read now, not after Stage I
-            load_items(bench.dataset, bench.split).require_some(bench.split, rejected_items_path(config))
+            load_items(bench.dataset, bench.split, config.protocol.read_taxonomy()).require_some(bench.split, rejected_items_path(config))
         check_bench(config)
     results = check(config, planned, stage1, stage2, inputs)
     for result in results:
@@ -212,6 +212,14 @@ def _check_local(name: str, model, config: Config, taxonomy: Taxonomy, prompts: 
                                "base model")
         return
     result.chat_template = "yes" if template else "no (plain text)"
+    if model.system_prompt:
+        try:
+            tokenizer.apply_chat_template(chat_messages("?", model.system_prompt), tokenize=False,
+                                          add_generation_prompt=True)
+        except Exception as exc:     # a template that raises on a system message (jinja's own error)
+            result.problems.append(f"its chat template does not take a system message ({one_line(exc)}): "
+                                   f"remove system_prompt from [models.{name}]")
+            return
     _check_answers(tokenizer, result, taxonomy)
     _check_context(tokenizer, model, model_config, config, prompts, result, taxonomy)
 
@@ -259,8 +267,9 @@ def _check_context(tokenizer, model, model_config: dict, config: Config, prompts
     limit = model.max_model_len
     longest = prompts[0] if prompts else ""
     worst = 0
+    system = len(tokenizer.encode(model.system_prompt)) if model.system_prompt else 0
     for role, text, generated in _requests(config, result.roles, longest, taxonomy):
-        size = len(tokenizer.encode(text)) + generated + CHAT_OVERHEAD
+        size = len(tokenizer.encode(text)) + system + generated + CHAT_OVERHEAD
         worst = max(worst, size)
         if size - len(tokenizer.encode(longest)) > limit:
             result.problems.append(f"the {role}'s request alone ({size:,} tokens with its answer) is over "
@@ -274,7 +283,7 @@ def _check_context(tokenizer, model, model_config: dict, config: Config, prompts
 
 def _requests(config: Config, roles: list[str], prompt: str, taxonomy: Taxonomy):
     """(role, the longest request text, tokens it generates) for each role of a model."""
-    from misalign.prompting import template
+    template = config.protocol.read_templates()
     response = "word " * config.respond.max_tokens     # a response at the token limit, roughly
     fill = dict(domains="safety: Violence; value: Honesty; cultural: Religious Practices", prompt=prompt,
                 feedback="", response=response, criterion="it is unsafe", dimension="value", none="Z",
@@ -283,10 +292,10 @@ def _requests(config: Config, roles: list[str], prompt: str, taxonomy: Taxonomy)
     for role in roles:
         if role == "classifier":
             listing = "\n".join(f"AA: {d.name} ({d.description})" for d in taxonomy.of("value"))
-            yield role, template("classify").replace("{domains}", listing).format_map(fill), 1
+            yield role, template["classify"].replace("{domains}", listing).format_map(fill), 1
         elif role == "expander":
-            yield role, template("expand").format_map(fill), config.expand.max_tokens
+            yield role, template["expand"].format_map(fill), config.expand.max_tokens
         elif role == "generator":
-            yield role, template("respond_misaligned").format_map(fill), config.respond.max_tokens
+            yield role, template["respond_misaligned"].format_map(fill), config.respond.max_tokens
         elif role in ("judge", "model under test"):
-            yield role, template("judge" if role == "judge" else "detect").format_map(fill), 1
+            yield role, template["judge" if role == "judge" else "detect"].format_map(fill), 1

@@ -1,4 +1,5 @@
-"""Prompt building: the templates of misalign/prompts/ filled for one item.
+"""Prompt building: the templates of misalign/prompts/ (or the user's, protocol.templates) filled
+for one item.
 
 Every template puts the shared instruction first and the item last, so that requests of one
 stage share a prefix the engine's cache serves.  Stage I's stages, Stage II's detector and
@@ -6,8 +7,12 @@ stage share a prefix the engine's cache serves.  Stage I's stages, Stage II's de
 """
 from __future__ import annotations
 
+import hashlib
+import string
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 from misalign.taxonomy import row_domains
 
@@ -29,36 +34,120 @@ DETECTOR_CRITERIA = {
 }
 
 
+# The fields a template must use, so that the model sees the item it is asked about (and, in a
+# yes/no question, which way it is asked: a question without {quality} asks the same thing in both
+# polarities).  Any other field of the bundled template is the template's to use or leave out.
+REQUIRED_FIELDS = {"classify": {"domains", "none", "prompt"}, "detect": {"prompt", "response", "quality"},
+                   "expand": {"domain"}, "expand_more": {"domain"}, "feedback": {"reason"},
+                   "judge": {"prompt", "response", "quality"}, "respond_aligned": {"prompt"},
+                   "respond_misaligned": {"prompt"}, "verify": {"prompt", "response", "quality"},
+                   "critique": {"prompt", "response", "quality"}}
+
+
+def template_fields(name: str, text: str) -> set[str]:
+    """The {fields} of a template, or a ValueError naming what is wrong with it."""
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as exc:          # a lone { or }: literal braces are written {{ and }}
+        raise ValueError(f"template {name}.txt: {exc} (write a literal brace as {{{{ or }}}})") from None
+    fields = set()
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if not field.isidentifier() or spec or conversion:
+            raise ValueError(f"template {name}.txt: {{{field}{'!' + conversion if conversion else ''}"
+                             f"{':' + spec if spec else ''}}} is not a plain field such as {{prompt}}")
+        fields.add(field)
+    return fields
+
+
+@dataclass(frozen=True)
+class PromptTemplates:
+    """The prompt templates a run renders: misalign/prompts/NAME.txt, each replaced by the file of
+    the same name in the user's directory (protocol.templates) where there is one."""
+    texts: dict[str, str]
+    directory: str = ""                  # "": the bundled templates only
+
+    @classmethod
+    def load(cls, directory: str = "") -> "PromptTemplates":
+        """The bundled templates overlaid with `directory`'s NAME.txt files, each checked: a known
+        name, UTF-8, and fields that are its bundled template's, including those it needs."""
+        bundled = resources.files("misalign").joinpath("prompts")
+        texts = {item.name.removesuffix(".txt"): item.read_text(encoding="utf-8")
+                 for item in bundled.iterdir() if item.name.endswith(".txt")}
+        if not directory:
+            return cls(texts)
+        folder = Path(directory)
+        if not folder.is_dir():
+            raise ValueError(f"protocol.templates = {directory!r} is not a directory of NAME.txt templates")
+        for path in sorted(folder.iterdir()):
+            name = path.name.removesuffix(".txt")
+            if not path.name.endswith(".txt") or path.name.startswith("."):
+                continue
+            if name not in texts:
+                raise ValueError(f"template {path}: no template is called {name!r} (known: {', '.join(sorted(texts))})")
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"template {path}: cannot read it as UTF-8 text ({exc})") from None
+            fields, allowed = template_fields(name, text), template_fields(name, texts[name])
+            if fields - allowed:
+                raise ValueError(f"template {path}: {', '.join(f'{{{f}}}' for f in sorted(fields - allowed))} "
+                                 f"is not given to it (it may use {', '.join(f'{{{f}}}' for f in sorted(allowed))})")
+            if REQUIRED_FIELDS[name] - fields:
+                raise ValueError(f"template {path} must use "
+                                 f"{', '.join(f'{{{f}}}' for f in sorted(REQUIRED_FIELDS[name] - fields))}: "
+                                 "without it the model does not see what it is asked about")
+            texts[name] = text
+        return cls(texts, str(folder))
+
+    @classmethod
+    def bundled(cls) -> "PromptTemplates":
+        return _bundled()
+
+    def __getitem__(self, name: str) -> str:
+        return self.texts[name]
+
+    def digest(self, name: str) -> str:
+        return hashlib.sha256(self.texts[name].encode()).hexdigest()
+
+    def replaced(self) -> dict[str, str]:
+        """The templates the user's directory replaced, name -> sha256 (for run.json)."""
+        bundled = _bundled()
+        return {name: self.digest(name) for name in sorted(self.texts) if self.texts[name] != bundled.texts[name]}
+
+    def response_prompt(self, side: str, row: dict, feedback: str = "") -> str:
+        """Ask a generator for the `side` response to the row's prompt (with feedback on a resampling round)."""
+        return self[f"respond_{side}"].format(domains=describe_domains(row), prompt=row["prompt"], feedback=feedback)
+
+    def judge_prompt(self, row: dict, response: str, quality: str = "aligned") -> str:
+        """Ask the judge whether `response` is aligned (or, `quality` "misaligned", misaligned),
+        given the row's prompt and domains."""
+        return self["judge"].format(domains=describe_domains(row), prompt=row["prompt"], response=response,
+                                    quality=quality)
+
+    def critique_prompt(self, row: dict, response: str, quality: str) -> str:
+        """Ask the judge why `response` falls short of being `quality` ("aligned" or "misaligned")."""
+        return self["critique"].format(domains=describe_domains(row), prompt=row["prompt"], response=response,
+                                       quality=quality)
+
+    def verify_prompt(self, dimension: str, domain: str, prompt: str, response: str, quality: str = "misaligned") -> str:
+        """Ask the judge whether `response` fails (or, `quality` "aligned", passes) one dimension."""
+        return self["verify"].format(criterion=DETECTOR_CRITERIA[dimension], domain=domain, prompt=prompt,
+                                     response=response, quality=DIMENSION_QUALITIES[dimension][quality])
+
+    def detector_prompt(self, question: str, prompt: str, response: str, quality: str = "misaligned") -> str:
+        """Ask a model under test whether `response` is misaligned (or, `quality` "aligned",
+        aligned); `question`: joint or one dimension."""
+        return self["detect"].format(criterion=DETECTOR_CRITERIA[question], prompt=prompt, response=response,
+                                     quality=quality)
+
+
 @cache
-def template(name: str) -> str:
-    return resources.files("misalign").joinpath(f"prompts/{name}.txt").read_text(encoding="utf-8")
+def _bundled() -> PromptTemplates:
+    return PromptTemplates.load()
 
 
 def describe_domains(row: dict) -> str:
     found = row_domains(row)
     return "; ".join(f"{dim}: {name}" for dim, name in found) if found else "general safety, values and culture"
-
-
-def response_prompt(side: str, row: dict, feedback: str = "") -> str:
-    """Ask a generator for the `side` response to the row's prompt (with feedback on a resampling round)."""
-    return template(f"respond_{side}").format(domains=describe_domains(row), prompt=row["prompt"], feedback=feedback)
-
-
-def judge_prompt(row: dict, response: str, quality: str = "aligned") -> str:
-    """Ask the judge whether `response` is aligned (or, `quality` "misaligned", misaligned),
-    given the row's prompt and domains."""
-    return template("judge").format(domains=describe_domains(row), prompt=row["prompt"], response=response,
-                                    quality=quality)
-
-
-def verify_prompt(dimension: str, domain: str, prompt: str, response: str, quality: str = "misaligned") -> str:
-    """Ask the judge whether `response` fails (or, `quality` "aligned", passes) one dimension."""
-    return template("verify").format(criterion=DETECTOR_CRITERIA[dimension], domain=domain, prompt=prompt,
-                                     response=response, quality=DIMENSION_QUALITIES[dimension][quality])
-
-
-def detector_prompt(question: str, prompt: str, response: str, quality: str = "misaligned") -> str:
-    """Ask a model under test whether `response` is misaligned (or, `quality` "aligned",
-    aligned); `question`: joint or one dimension."""
-    return template("detect").format(criterion=DETECTOR_CRITERIA[question], prompt=prompt, response=response,
-                                     quality=quality)

@@ -39,7 +39,6 @@ from misalign.stages.ingest import Prompts, read_input
 from misalign.stages.reject import RejectStage
 from misalign.stages.respond import RespondStage
 from misalign.stages.split import SplitStage
-from misalign.taxonomy import Taxonomy
 
 
 def _ignore(*args) -> None:
@@ -61,17 +60,18 @@ class Hooks:
 
 # ------------------------------------------------------------------------------------ stages
 
-def stage1_stages(config: Config, pool: Pool | None, taxonomy: Taxonomy | None = None) -> list[Stage]:
-    """Stage I's stages in order, each from its own config section, with the user's own stages
-    ([stages.NAME], misalign.config.StageSection) each after the stage it names."""
-    taxonomy = taxonomy or Taxonomy.load()
+def stage1_stages(config: Config, pool: Pool | None) -> list[Stage]:
+    """Stage I's stages in order, each from its own config section (and the run's templates and
+    taxonomy, [protocol]), with the user's own stages ([stages.NAME], misalign.config.StageSection)
+    each after the stage it names."""
+    taxonomy, templates = config.protocol.read_taxonomy(), config.protocol.read_templates()
     seed = config.run.seed
-    stages = [ClassifyStage(config.classify, pool, taxonomy),
-              ExpandStage(config.expand, pool, taxonomy, dedup=config.dedup, seed=seed),
-              ClassifyStage(config.classify, pool, taxonomy, expanded=True),
+    stages = [ClassifyStage(config.classify, pool, taxonomy, prompt_templates=templates),
+              ExpandStage(config.expand, pool, taxonomy, dedup=config.dedup, seed=seed, prompt_templates=templates),
+              ClassifyStage(config.classify, pool, taxonomy, expanded=True, prompt_templates=templates),
               DedupStage(config.dedup, seed=seed),
-              RespondStage(config.respond, pool, seed=seed),
-              RejectStage(config.reject, pool, respond=config.respond, seed=seed),
+              RespondStage(config.respond, pool, seed=seed, prompt_templates=templates),
+              RejectStage(config.reject, pool, respond=config.respond, seed=seed, prompt_templates=templates),
               SplitStage(config.split, seed=seed)]
     for name, section in config.stages.items():
         names = [s.name for s in stages]
@@ -232,7 +232,7 @@ def validate_judge(config: Config, labels_path, output=None) -> dict:
     from misalign.judge_validation import validate_judge as agreement
     from misalign.preflight import check_model
     from misalign.tables import atomic_path
-    labelled = read_labels(labels_path)               # bad input stops here, before any engine
+    labelled = read_labels(labels_path, taxonomy=config.protocol.read_taxonomy())               # bad input stops here, before any engine
     check_model(config.reject.judge, config.model(config.reject.judge))
     with engines(config) as (pool, _):
         result = agreement(config, pool, labelled)

@@ -17,10 +17,12 @@ from misalign.benchmark import benchmark
 from misalign.cli import main
 from misalign.config import BenchConfig
 from misalign.errors import ConfigError, InputError
-from misalign.prompting import detector_prompt
+from misalign.prompting import PromptTemplates
 from misalign.stages.common import ANSWERS
 from misalign.items import ITEM_SCHEMA, Items, load_items
 from misalign.stages.bench import DetectStage, ProbeStage, verdicts
+
+TEMPLATES = PromptTemplates.bundled()
 
 FIXTURE = Path(__file__).parent / "data" / "savacu_fixture.csv"
 
@@ -125,7 +127,7 @@ def test_detector_on_the_tiny_model(session_pool, tiny_engine):
     rows = out.to_pylist()
     first = [r for r in rows if r["item"] == "0/gen-a" and r["response"] == "misaligned" and r["question"] == "joint"]
     table = items.table.to_pylist()
-    yes = tiny_engine.label_probs([detector_prompt("joint", table[0]["prompt"], table[0]["misaligned_response"],
+    yes = tiny_engine.label_probs([TEMPLATES.detector_prompt("joint", table[0]["prompt"], table[0]["misaligned_response"],
                                                    quality) for quality in ("misaligned", "aligned")], ANSWERS)[:, 0]
     assert [r["run"] for r in first] == [0, 1]
     # both polarities asked, averaged: P(Yes | misaligned?) and 1 - P(Yes | aligned?)

@@ -8,6 +8,7 @@ import pytest
 from conftest import SessionPool
 from misalign.config import load
 from misalign.dedup import fingerprint
+from misalign.prompting import PromptTemplates
 from misalign.stages.expand import ExpandStage, parse_prompt
 from misalign.stages.reject import TRUNCATED, RejectStage, feedback
 from misalign.taxonomy import Taxonomy
@@ -103,7 +104,7 @@ def test_feedback_shows_the_rejected_attempt_and_why():
     from misalign.stages.reject import Side
     side = Side(reason="a reviewer judged it aligned (P = 0.81): it must plainly overlook safety, values or culture",
                 attempt="Be honest with your friend and tell them kindly.\n\nIt is the right thing.")
-    text = feedback(side)
+    text = feedback(side, PromptTemplates.bundled())
     assert "judged it aligned (P = 0.81)" in text
     assert '"Be honest with your friend and tell them kindly. It is the right thing."' in text
 

@@ -246,8 +246,9 @@ def make_tiny(out_dir, seed, corpus, real_tokenizer, force):
 @click.group()
 def cache():
     """The answer cache: models' answers to label questions (the judge's, the classifier's,
-    Stage II's verdicts), kept across runs so that a question asked again is not asked of the
-    engine.  A run uses it unless told --no-cache (or run.answer_cache = false)."""
+    Stage II's verdicts) and their greedy written answers (critiques, verdicts written at
+    temperature 0), kept across runs so that a question asked again is not asked of the engine.
+    A run uses it unless told --no-cache (or run.answer_cache = false)."""
 
 
 @cache.command("info")
@@ -255,7 +256,7 @@ def cache_info():
     """Where the answer cache is, and what it holds."""
     def holds(store):
         found = store.info()
-        return f"{found['answers']:,} answers, {found['bytes'] / 1e6:.1f} MB"
+        return f"{found['answers']:,} answers, {found['written answers']:,} written answers, {found['bytes'] / 1e6:.1f} MB"
     _on_answer_cache(holds)
 
 

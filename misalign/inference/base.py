@@ -17,6 +17,15 @@ Messages = list[dict]            # OpenAI-style chat messages: [{"role": "user",
 Prompt = Union[str, Messages]
 
 
+def chat_messages(prompt: Prompt, system_prompt: str = "") -> Messages:
+    """A prompt as chat messages: a text becomes the user's message; `system_prompt`, where
+    given, goes first (unless the messages bring their own)."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system_prompt and not (messages and messages[0].get("role") == "system"):
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
 class EngineError(MisalignError):
     """The engine could not answer (model not loadable, server unreachable after retries)."""
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from misalign.config import redact_url
 from misalign.tables import one_line
-from misalign.inference.base import (AnswerProbs, ChoiceError, EngineError, EngineStats, Generation, Prompt,
+from misalign.inference.base import (AnswerProbs, chat_messages, ChoiceError, EngineError, EngineStats, Generation, Prompt,
                                      SamplingConfig, Timer, check_choices, mass_of, renormalise)
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -36,6 +36,7 @@ class OpenAIConfig:
     model: str
     api_key_env: str | None = None     # name of the variable holding the key, e.g. OPENAI_API_KEY
     chat: bool = False                 # /v1/chat/completions instead of /v1/completions
+    system_prompt: str = ""            # a system message before every request (chat only)
     max_in_flight: int = 16
     timeout_s: float = 60.0              # per attempt, the whole answer (not per read)
     max_response_bytes: int = 16 << 20
@@ -138,8 +139,8 @@ class OpenAIEngine:
 
     def _body(self, prompt: Prompt, **fields) -> tuple[str, dict]:
         if self.config.chat:
-            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-            return "/chat/completions", {"model": self.model, "messages": messages, **fields}
+            return "/chat/completions", {"model": self.model,
+                                         "messages": chat_messages(prompt, self.config.system_prompt), **fields}
         if not isinstance(prompt, str):
             raise EngineError("chat messages need OpenAIConfig(chat=True)")
         return "/completions", {"model": self.model, "prompt": prompt, **fields}

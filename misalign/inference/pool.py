@@ -129,15 +129,17 @@ class EnginePool(Pool):
             from misalign.inference.embedding_model import minilm_path
             return local_model(minilm_path())
         model = self.config.model(name)
+        # a system prompt changes every answer; named only where set, so that other keys stay as they were
+        system = {"system_prompt": model.system_prompt} if model.system_prompt else {}
         if model.kind == "openai":
-            return {"server": redact_url(model.base_url), "model": model.path or name, "chat": model.chat}
+            return {"server": redact_url(model.base_url), "model": model.path or name, "chat": model.chat, **system}
         if model.kind == "probe":          # its training items are in its stage's key, its embedder is EMBEDDER
             return {}
         files = hub_model(model.path, hub.small_files(model.path, model.revision)) if hub.is_hub_id(model.path) \
             else local_model(self.resolve_path(name, model))
         found = {**files, "dtype": model.dtype,
                  "max_model_len": model.max_model_len, "chat": model.chat, "load_format": model.load_format,
-                 "compile": model.compile}
+                 "compile": model.compile, **system}
         if model.load_format == "dummy":   # random weights drawn with the run's seed
             found["weights seed"] = self.config.run.seed
         return found
@@ -158,7 +160,7 @@ class EnginePool(Pool):
         if name not in self._identities:
             self._identities[name] = self.identity(name)
         return CachedAnswers(lambda: self._engine(name), self._identities[name], self._answers,
-                             self._done.setdefault(name, Counter()))
+                             self._done.setdefault(name, Counter()), sampled=self.config.run.cache_sampled)
 
     def _engine(self, name: str):
         if name in self._engines:
@@ -168,7 +170,8 @@ class EnginePool(Pool):
         if model.kind == "openai":
             from misalign.inference import OpenAIConfig, OpenAIEngine
             self._engines[name] = OpenAIEngine(OpenAIConfig(base_url=model.base_url, model=model.path or name,
-                                                            api_key_env=model.api_key_env or None, chat=model.chat))
+                                                            api_key_env=model.api_key_env or None, chat=model.chat,
+                                                            system_prompt=model.system_prompt))
             return self._engines[name]
         from misalign.inference import EngineConfig, VLLMEngine
         began = time.perf_counter()            # start-up seconds count shutting engines down to make room
@@ -178,6 +181,7 @@ class EnginePool(Pool):
             model=self.resolve_path(name, model), dtype=model.dtype, max_model_len=model.max_model_len,
             gpu_memory_utilization=model.gpu_memory_utilization or plan.gpu_share(name),
             tensor_parallel_size=model.tensor_parallel_size, seed=self.config.run.seed, chat=model.chat,
+            system_prompt=model.system_prompt,
             enforce_eager={"auto": None, "never": True, "always": False}[model.compile],
             load_format=model.load_format, log_file=self.log_file(name)))
         self._started(name, began)

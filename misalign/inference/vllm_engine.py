@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from misalign.inference.lifetime import mark_owner
-from misalign.inference.base import (AnswerProbs, EngineError, EngineStats, Generation, Prompt, SamplingConfig,
+from misalign.inference.base import (AnswerProbs, chat_messages, EngineError, EngineStats, Generation, Prompt, SamplingConfig,
                                      Timer, check_choices, mass_of, prefix_order, renormalise)
 
 
@@ -51,6 +51,7 @@ class EngineConfig:
                                                 # on a CPU only (compiling SmolLM2 there: +140 s, 1.2x the steps)
     load_format: str = "auto"                   # "dummy": random weights, from config.json alone
     chat: bool | None = None                    # None: use the chat template when the model has one
+    system_prompt: str = ""                     # a system message before every request (chat only)
     order_by_prefix: bool = True                # send requests sharing a prefix together
     log_file: str | None = None                 # where vLLM's own output goes (None: the terminal)
 
@@ -151,8 +152,8 @@ class VLLMEngine:
             if not isinstance(prompt, str):
                 raise EngineError(f"model {self.model!r} has no chat template; pass plain text prompts")
             return prompt
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(chat_messages(prompt, self.config.system_prompt), tokenize=False,
+                                                  add_generation_prompt=True)
 
     def _fits(self, texts: list[str]) -> list[bool]:
         """Whether each prompt leaves the context room for one generated token.  vLLM rejects a

@@ -52,6 +52,7 @@ from typing import Callable
 import pyarrow as pa
 
 from misalign.inference.base import Pool
+from misalign.prompting import PromptTemplates
 from misalign.stats import EngineUsage, StageCounts
 
 
@@ -73,12 +74,14 @@ class Stage:
     name: str = ""
     rowwise: bool = True          # False: the stage needs every row at once (expand, dedup, split)
     version: int = 1              # bumped when the stage's output changes for the same settings and input
-    templates: tuple[str, ...] = ()    # the prompt templates it renders (misalign/prompts/NAME.txt)
+    templates: tuple[str, ...] = ()    # the prompt templates it renders (misalign/prompts/NAME.txt, or the
+                                       # user's: protocol.templates), from self.prompt_templates
     columns: tuple[str, ...] = ()      # Stage I: columns it adds that the dataset keeps (beyond Stage I's own)
     domain_counts: tuple[str, ...] = ()    # Stage I: what it counts per domain (count_domains), for stats.csv
 
-    def __init__(self, pool: Pool | None = None):
+    def __init__(self, pool: Pool | None = None, prompt_templates: PromptTemplates | None = None):
         self.pool = pool
+        self.prompt_templates = prompt_templates or PromptTemplates.bundled()   # what `templates` name
         self.counts: Counter = Counter()          # name -> n
         self.per_domain: Counter = Counter()      # (what, dimension, domain) -> n; `domain_counts` names the whats
         self.reasons: Counter = Counter()         # (kind, detail) -> n

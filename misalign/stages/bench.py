@@ -36,7 +36,7 @@ from misalign.config import BenchConfig
 from misalign.errors import ConfigError
 from misalign.items import LENGTH_BASELINE, SAMPLE_SCHEMA, VERIFIED, Items
 from misalign.classifiers import fit_softmax, softmax
-from misalign.prompting import SIDES, detector_prompt
+from misalign.prompting import SIDES, PromptTemplates
 from misalign.inference.base import EMBEDDER, Pool, SamplingConfig
 from misalign.stages.base import Stage, section_values
 from misalign.stages.common import ask_yes_no, item_seed, polarity_balanced
@@ -107,8 +107,9 @@ class DetectStage(Stage):
     rowwise = True
     templates = ("detect",)
 
-    def __init__(self, config: BenchConfig, pool: Pool, model: str, seed: int = 0):
-        super().__init__(pool)
+    def __init__(self, config: BenchConfig, pool: Pool, model: str, seed: int = 0,
+                 prompt_templates: PromptTemplates | None = None):
+        super().__init__(pool, prompt_templates)
         self.name = f"bench-{model}"
         self.config, self.model, self.runs, self.seed = config, model, config.runs, seed
         self.threshold, self.temperature = config.threshold, config.temperature
@@ -120,10 +121,12 @@ class DetectStage(Stage):
             r: table.column(f"{r}_response").to_pylist() for r in SIDES}
         if self.config.verdict == "generate":
             return self._written(table, asked, prompts, responses)
-        yes = ask_yes_no(self.pool.get(self.model) if asked else None,
-                         lambda k, quality: detector_prompt(asked[k][2], prompts[asked[k][0]],
-                                                            responses[asked[k][1]][asked[k][0]], quality),
-                         list(range(len(asked))), self.balanced)
+        def question(k: int, quality: str) -> str:
+            i, response, q = asked[k]
+            return self.prompt_templates.detector_prompt(q, prompts[i], responses[response][i], quality)
+
+        yes = ask_yes_no(self.pool.get(self.model) if asked else None, question, list(range(len(asked))),
+                         self.balanced)
         p = polarity_balanced(*yes, self.config.no_opinion)
         items = table.column("item").to_pylist()
         keys = [(self.model, items[i], r, q) for i, r, q in asked]
@@ -133,7 +136,7 @@ class DetectStage(Stage):
     def _written(self, table: pa.Table, asked: list[tuple], prompts: list, responses: dict) -> pa.Table:
         """Each run, the model writes its answer to every question; P is the answer's Yes (1) or No (0)."""
         items = table.column("item").to_pylist()
-        requests = [detector_prompt(q, prompts[i], responses[r][i]) for i, r, q in asked]
+        requests = [self.prompt_templates.detector_prompt(q, prompts[i], responses[r][i]) for i, r, q in asked]
         sampling = SamplingConfig(self.config.max_tokens, self.config.temperature, self.config.top_p)
         p = np.full((self.runs, len(asked)), np.nan)
         for run in range(self.runs if asked else 0):

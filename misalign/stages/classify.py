@@ -10,6 +10,7 @@ from misalign.config import ClassifyConfig
 from misalign.errors import MisalignError
 from misalign.inference.base import EMBEDDER, Pool
 from misalign.identity import file_digest
+from misalign.prompting import PromptTemplates
 from misalign.stages.base import Stage, section_values
 from misalign.stages.common import count_domains
 from misalign.taxonomy import DIMENSIONS, Taxonomy
@@ -26,8 +27,9 @@ class ClassifyStage(Stage):
     domain and gets the classifier's probability for it."""
     rowwise = True
 
-    def __init__(self, config: ClassifyConfig, pool: Pool, taxonomy: Taxonomy, expanded: bool = False):
-        super().__init__(pool)
+    def __init__(self, config: ClassifyConfig, pool: Pool, taxonomy: Taxonomy, expanded: bool = False,
+                 prompt_templates: PromptTemplates | None = None):
+        super().__init__(pool, prompt_templates)
         self.config, self.taxonomy, self.expanded = config, taxonomy, expanded
         self.name = "classify-expanded" if expanded else "classify"
         self.llm = config.model if config.method == "llm" else ""
@@ -41,7 +43,7 @@ class ClassifyStage(Stage):
             self.engine = self.pool.get(self.llm)
             if self.llm_classifier is None or self.llm_classifier.engine is not self.engine:   # restarted
                 self.llm_classifier = LLMClassifier(self.engine, self.taxonomy, self.config.delta,
-                                                    self.config.min_mass)
+                                                    self.config.min_mass, self.prompt_templates["classify"])
             labels = self.llm_classifier.classify(prompts)
         else:
             self.engine = self.pool.embedder()

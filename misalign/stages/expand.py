@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from misalign.dedup import Deduplicator, NearDuplicateFilter
 from misalign.inference import SamplingConfig
-from misalign.prompting import template
+from misalign.prompting import PromptTemplates
 from misalign.config import DedupConfig, ExpandConfig
 from misalign.inference.base import Pool
 from misalign.stages.base import Stage, section_values
@@ -108,8 +108,9 @@ class ExpandStage(Stage):
     rowwise = False
     templates = ("expand", "expand_more")
 
-    def __init__(self, config: ExpandConfig, pool: Pool, taxonomy: Taxonomy, dedup: DedupConfig, seed: int = 0):
-        super().__init__(pool)
+    def __init__(self, config: ExpandConfig, pool: Pool, taxonomy: Taxonomy, dedup: DedupConfig, seed: int = 0,
+                 prompt_templates: PromptTemplates | None = None):
+        super().__init__(pool, prompt_templates)
         self.config, self.taxonomy, self.seed = config, taxonomy, seed
         self.tau, self.features = dedup.tau, dedup.features
         self.sampling = SamplingConfig(max_tokens=config.max_tokens, temperature=config.temperature,
@@ -184,7 +185,7 @@ class ExpandStage(Stage):
         seeds = (_rotate(own, attempt) + _rotate(others, attempt))[: self.config.seeds]
         messages = []
         for k, (shown, prompt) in enumerate([*seeds, (domain, None)]):
-            ask = template("expand" if k == 0 else "expand_more")
+            ask = self.prompt_templates["expand" if k == 0 else "expand_more"]
             messages.append({"role": "user", "content": ask.format(domain=shown.name, description=shown.description)})
             if prompt is not None:
                 messages.append({"role": "assistant", "content": prompt})

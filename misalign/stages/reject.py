@@ -27,15 +27,16 @@ from functools import partial
 
 import pyarrow as pa
 
-from misalign.prompting import SIDES, judge_prompt, response_prompt, template, verify_prompt
+from misalign.prompting import SIDES, PromptTemplates
 from misalign.config import RejectConfig, RespondConfig
-from misalign.inference.base import Pool
+from misalign.inference.base import Pool, SamplingConfig
 from misalign.stages.base import Pass, Stage, section_values
 from misalign.stages.common import (REFUSAL, ask_yes_no, count_domains, item_seed, polarity_balanced,
                                     sampling_of)
 from misalign.taxonomy import DIMENSIONS, row_domains
 
 TRUNCATED = "cut off at the token limit"
+JUDGED = "a reviewer judged it"       # how a reason given by the judge begins
 
 
 def latin_share(text: str) -> float:
@@ -73,11 +74,12 @@ class Side:
     resampled: int = 0               # resampling rounds asked for
     reason: str = "no candidate"     # why the last failed candidate failed
     attempt: str = ""                # that candidate's text, shown to the generator
+    critique: str = ""               # reject.feedback = "critique": the judge's critique of it, shown instead of `reason`
 
 
 SIDE_STATE = pa.struct([("text", pa.string()), ("score", pa.float64()), ("round", pa.int64()),
                         ("filtered", pa.int64()), ("truncated", pa.int64()), ("resampled", pa.int64()),
-                        ("reason", pa.string()), ("attempt", pa.string())])
+                        ("reason", pa.string()), ("attempt", pa.string()), ("critique", pa.string())])
 STATE = {kind: f"{kind}_side" for kind in SIDES}      # a side's state between passes
 WORKING = {*STATE.values(), *(f"{kind}{part}" for kind in SIDES for part in ("_candidates", "_truncated"))}
 
@@ -96,11 +98,17 @@ class RejectStage(Stage):
     and kept, and in total the pairs dropped."""
     name = "reject"
     rowwise = True
-    templates = ("judge", "verify", "feedback", "respond_aligned", "respond_misaligned")
+    version = 2                      # a side's state holds the judge's critique
 
-    def __init__(self, config: RejectConfig, pool: Pool, respond: RespondConfig, seed: int = 0):
-        super().__init__(pool)
+    def __init__(self, config: RejectConfig, pool: Pool, respond: RespondConfig, seed: int = 0,
+                 prompt_templates: PromptTemplates | None = None):
+        super().__init__(pool, prompt_templates)
         self.config, self.respond, self.seed = config, respond, seed
+
+    @property
+    def templates(self) -> tuple[str, ...]:
+        return ("judge", "verify", "feedback", "respond_aligned", "respond_misaligned",
+                *(("critique",) if self.config.feedback == "critique" else ()))
 
     def settings(self) -> dict[str, object]:
         return {**section_values("reject", self.config), **section_values("respond", self.respond),
@@ -111,7 +119,7 @@ class RejectStage(Stage):
         if not rows:
             return []
         yes_mis, yes_al = ask_yes_no(self.pool.get(self.config.judge),
-                                     lambda k, quality: judge_prompt(rows[k], texts[k], quality),
+                                     lambda k, quality: self.prompt_templates.judge_prompt(rows[k], texts[k], quality),
                                      list(range(len(rows))), self.config.balanced, polarity="aligned")
         return [float(1.0 - p) for p in polarity_balanced(yes_mis, yes_al, self.config.no_opinion)]
 
@@ -142,9 +150,9 @@ class RejectStage(Stage):
             if not math.isfinite(score):         # over the judge's context, no usable answer, or no opinion
                 self._fail(side, c, "the judge gave no usable answer (or the same answer both ways)")
             elif score < self.config.threshold:
-                verdict = ("a reviewer judged it misaligned (P = {p:.2f}): it must be safe, respectful and "
+                verdict = (JUDGED + " misaligned (P = {p:.2f}): it must be safe, respectful and "
                            "culturally sensitive" if c.kind == "aligned" else
-                           "a reviewer judged it aligned (P = {p:.2f}): it must plainly overlook safety, values "
+                           JUDGED + " aligned (P = {p:.2f}): it must plainly overlook safety, values "
                            "or culture")
                 self._fail(side, c, verdict.format(p=1 - score))
             elif side.text is None or (side.round == round_no and score > side.score):
@@ -153,8 +161,21 @@ class RejectStage(Stage):
     def _fail(self, side: Side, candidate: Candidate, reason: str) -> None:
         side.filtered += 1
         side.truncated += candidate.truncated
-        side.reason, side.attempt = reason, candidate.text
+        side.reason, side.attempt, side.critique = reason, candidate.text, ""
         self.reasons[("rejected", f"{candidate.kind}: {reason_kind(reason)}")] += 1
+
+    def _critique(self, rows: list[dict], sides: dict, judged_out: list[tuple[int, str]]) -> None:
+        """The judge writes, greedily, a short critique of each side's last attempt it rejected;
+        the resampling round shows it to the generator in place of the fixed reason."""
+        if not judged_out:
+            return
+        requests = [self.prompt_templates.critique_prompt(rows[i], sides[(i, kind)].attempt, kind)
+                    for i, kind in judged_out]
+        written = self.pool.get(self.config.judge).generate(requests, SamplingConfig(self.config.critique_tokens, 0.0))
+        for key, critique in zip(judged_out, written):
+            sides[key].critique = " ".join(critique.text.split())
+        self.counts["critiques"] += len(judged_out)
+        self.counts["critiques_empty"] += sum(not sides[key].critique for key in judged_out)
 
     def passes(self) -> list[Pass]:
         """Judge the first candidates; then, per round, each generator resamples the sides it
@@ -179,6 +200,9 @@ class RejectStage(Stage):
         sides = {(i, kind): Side(**row[STATE[kind]]) if row.get(STATE[kind]) else Side()
                  for i, row in enumerate(rows) for kind in SIDES}
         self._pick(rows, sides, self.pending(rows), round_no)
+        if self.config.feedback == "critique" and round_no < self.config.rounds:
+            self._critique(rows, sides, judged_out=[key for key, side in sides.items()
+                                                    if side.text is None and side.reason.startswith(JUDGED)])
         for i, row in enumerate(rows):
             for kind in SIDES:
                 row[STATE[kind]] = asdict(sides[(i, kind)])
@@ -199,7 +223,8 @@ class RejectStage(Stage):
             return table
         k = self.respond.candidates
         sides = {key: Side(**rows[key[0]][STATE[key[1]]]) for key in keys}
-        requests = [response_prompt(kind, rows[i], feedback(sides[(i, kind)])) for i, kind in keys for _ in range(k)]
+        requests = [self.prompt_templates.response_prompt(kind, rows[i], feedback(sides[(i, kind)], self.prompt_templates))
+                    for i, kind in keys for _ in range(k)]
         seeds = [item_seed(self.seed, rows[i]["id"], name, kind, "round", round_no, c)
                  for i, kind in keys for c in range(k)]
         gens = self.pool.get(name).generate(requests, sampling_of(self.respond), seeds)
@@ -246,8 +271,9 @@ class RejectStage(Stage):
         asked = [(i, dim, name) for i, row in enumerate(rows) if row["accepted"] for dim, name in row_domains(row)]
         yes_mis, yes_al = ask_yes_no(
             self.pool.get(self.config.judge) if asked else None,
-            lambda k, quality: verify_prompt(asked[k][1], asked[k][2], rows[asked[k][0]]["prompt"],
-                                             rows[asked[k][0]]["misaligned_response"], quality),
+            lambda k, quality: self.prompt_templates.verify_prompt(
+                asked[k][1], asked[k][2], rows[asked[k][0]]["prompt"], rows[asked[k][0]]["misaligned_response"],
+                quality),
             list(range(len(asked))), self.config.balanced)
         found = {(i, dim): float(p) for (i, dim, _), p in zip(asked, polarity_balanced(yes_mis, yes_al,
                                                                                        self.config.no_opinion))}
@@ -285,10 +311,11 @@ def reason_kind(reason: str) -> str:
     return re.sub(r" \(P = [0-9.]+\)", "", reason).split(":")[0].removeprefix("it was ")
 
 
-def feedback(side: Side, limit: int = 600) -> str:
+def feedback(side: Side, prompt_templates: PromptTemplates, limit: int = 600) -> str:
     """What the generator is told on a resampling round: its last rejected attempt (one
-    paragraph, at most `limit` characters) and why it was rejected."""
+    paragraph, at most `limit` characters) and why it was rejected (the judge's critique of it,
+    where reject.feedback = "critique" had one written)."""
     attempt = " ".join(side.attempt.split())
     if len(attempt) > limit:
         attempt = attempt[:limit].rsplit(" ", 1)[0] + " …"
-    return template("feedback").format(reason=side.reason, attempt=attempt)
+    return prompt_templates["feedback"].format(reason=side.critique or side.reason, attempt=attempt)

@@ -11,7 +11,7 @@ from functools import partial
 
 import pyarrow as pa
 
-from misalign.prompting import SIDES, response_prompt
+from misalign.prompting import SIDES, PromptTemplates
 from misalign.config import RespondConfig
 from misalign.inference.base import Pool
 from misalign.stages.base import Pass, Stage, section_values
@@ -30,8 +30,9 @@ class RespondStage(Stage):
     rowwise = True
     templates = ("respond_aligned", "respond_misaligned")
 
-    def __init__(self, config: RespondConfig, pool: Pool, seed: int = 0):
-        super().__init__(pool)
+    def __init__(self, config: RespondConfig, pool: Pool, seed: int = 0,
+                 prompt_templates: PromptTemplates | None = None):
+        super().__init__(pool, prompt_templates)
         self.config, self.seed = config, seed
         self.generators = list(config.models)
         self.sampling = sampling_of(config)
@@ -53,7 +54,7 @@ class RespondStage(Stage):
         # one batch, aligned prompts then misaligned ones: the shared instruction prefix of each
         # half stays together for the prefix cache
         keys = [(kind, row, c) for kind in SIDES for row in rows for c in range(k)]
-        requests = [response_prompt(kind, row) for kind, row, _ in keys]
+        requests = [self.prompt_templates.response_prompt(kind, row) for kind, row, _ in keys]
         seeds = [item_seed(self.seed, row["id"], name, kind, c) for kind, row, c in keys]
         gens = self.pool.get(name).generate(requests, self.sampling, seeds) if requests else []
         half = len(rows) * k
