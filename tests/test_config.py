@@ -45,6 +45,16 @@ def test_paper_config_loads_and_names_missing_weights_before_any_work():
         check_models(config)
 
 
+def test_paper_protocol_config_judges_as_the_paper_does():
+    from pathlib import Path
+    config = config_mod.load(Path(__file__).parents[1] / "configs" / "paper-protocol.toml")
+    assert (config.reject.feedback, config.reject.rounds, config.reject.balanced) == ("critique", 2, False)
+    bench = config.bench
+    assert (bench.verdict, bench.temperature, bench.top_p, bench.max_tokens, bench.runs, bench.balanced) == \
+        ("generate", 0.7, 0.9, 512, 3, False)
+    assert (config.respond.candidates, config.respond.temperature, config.respond.top_p) == (3, 0.7, 0.9)
+
+
 def test_embedded_default_is_the_cpu_demo():
     config = config_mod.load(config_mod.embedded_default())
     assert config.expand.floor == 1 and config.respond.models == ["smollm2"] and config.run.dir == "runs/demo"
