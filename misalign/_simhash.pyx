@@ -542,6 +542,14 @@ cdef inline int _popcount(uint64_t x) noexcept nogil:
     return __builtin_popcountll(x)
 
 
+cdef inline int64_t _root(int64_t *p, int64_t a) noexcept nogil:
+    """The root of a's tree, halving the path on the way."""
+    while p[a] != a:
+        p[a] = p[p[a]]
+        a = p[a]
+    return a
+
+
 cdef struct PairBuffer:
     int64_t *i
     int64_t *j
@@ -777,63 +785,151 @@ cdef class HammingIndex:
             free(buf.j)
             free(buf.d)
 
-    cdef int _join_block(self, int b, PairBuffer *buf) noexcept nogil:
-        """Counting-sort the fingerprints by block b, then compare each bucket with every bucket
-        within radius: contiguous runs, so the verification loop streams through cache."""
-        cdef Py_ssize_t nb = <Py_ssize_t>1 << self.widths[b], n = self.size, k, m
+    def components(self, int threads=1):
+        """Connected components of the within-tau graph over the stored fingerprints, each id
+        labelled by the smallest id of its component: what `components(len(self), i, j)` gives
+        on the pairs of `pairs()`, without listing them.  Each pair a block finds within tau is a
+        union at once, so memory grows with the fingerprints, never with the pairs (near-copies
+        of one prompt, k of them, would list k(k-1)/2).  The blocks run on `threads` threads,
+        each into a union-find of its own; the partitions are then merged (the components of
+        the union of the blocks' pairs)."""
+        cdef Py_ssize_t n = self.size, k
+        parents = np.empty((self.nblocks, max(n, 1)), dtype=np.int64)
+        parents[:] = np.arange(max(n, 1), dtype=np.int64)
+        cdef int64_t[:, ::1] pb = parents
+        failed = np.zeros(self.nblocks, dtype=np.int32)       # per block: its pass ran out of memory
+        cdef int32_t[::1] failed_v = failed
+        cdef int b
+        threads = max(1, min(threads, self.nblocks))
+        with nogil:
+            for b in prange(self.nblocks, num_threads=threads, schedule="dynamic"):
+                failed_v[b] = self._union_block(b, &pb[b, 0])
+        if failed.any():
+            raise MemoryError()
+        labels = parents[0][:n].copy()
+        cdef int64_t[::1] p = labels
+        cdef int64_t ra, rb
+        with nogil:
+            for b in range(1, self.nblocks):
+                for k in range(n):
+                    if pb[b, k] != k:            # a union this block made: k joined its parent
+                        ra = _root(&p[0], k)
+                        rb = _root(&p[0], pb[b, k])
+                        if ra < rb:
+                            p[rb] = ra
+                        elif rb < ra:
+                            p[ra] = rb
+            for k in range(n):
+                p[k] = p[p[k]]     # parents point lower and roots are smallest: one pass resolves all
+        return labels
+
+    cdef int _sorted_block(self, int b, int64_t **start, uint64_t **sfp, int32_t **sid) noexcept nogil:
+        """Counting-sort the fingerprints by block b: bucket v holds sfp[start[v]:start[v + 1]]
+        (ids in sid, ascending inside a bucket).  The caller frees the three arrays."""
+        cdef Py_ssize_t nb = <Py_ssize_t>1 << self.widths[b], n = self.size, k
         cdef uint64_t keymask = (<uint64_t>1 << self.widths[b]) - 1
         cdef int shift = self.shifts[b]
-        cdef int64_t *start = <int64_t *> calloc(nb + 1, sizeof(int64_t))
-        cdef uint64_t *sfp = <uint64_t *> malloc(max(n, 1) * sizeof(uint64_t))
-        cdef int32_t *sid = <int32_t *> malloc(max(n, 1) * sizeof(int32_t))
-        cdef uint32_t v, u, key
-        cdef int64_t a, a_end, c, c_start, c_end, pos
-        cdef uint64_t x
-        cdef int d, status = 0
-        if start == NULL or sfp == NULL or sid == NULL:
-            free(start)
-            free(sfp)
-            free(sid)
+        cdef uint32_t key
+        cdef int64_t pos
+        start[0] = <int64_t *> calloc(nb + 1, sizeof(int64_t))
+        sfp[0] = <uint64_t *> malloc(max(n, 1) * sizeof(uint64_t))
+        sid[0] = <int32_t *> malloc(max(n, 1) * sizeof(int32_t))
+        if start[0] == NULL or sfp[0] == NULL or sid[0] == NULL:
             return -1
+        cdef int64_t *st = start[0]
         for k in range(n):
-            start[((self.fps[k] >> shift) & keymask) + 1] += 1
+            st[((self.fps[k] >> shift) & keymask) + 1] += 1
         for k in range(nb):
-            start[k + 1] += start[k]
+            st[k + 1] += st[k]
         for k in range(n):     # stable: ids stay ascending inside a bucket
             key = <uint32_t> ((self.fps[k] >> shift) & keymask)
-            pos = start[key]
-            sfp[pos] = self.fps[k]
-            sid[pos] = <int32_t> k
-            start[key] = pos + 1
+            pos = st[key]
+            sfp[0][pos] = self.fps[k]
+            sid[0][pos] = <int32_t> k
+            st[key] = pos + 1
         for k in range(nb, 0, -1):
-            start[k] = start[k - 1]
-        start[0] = 0
-        for v in range(<uint32_t> nb):
-            if start[v] == start[v + 1]:
-                continue
-            for m in range(self.nmasks[b]):
-                u = v ^ self.masks[b][m]
-                if u < v:
+            st[k] = st[k - 1]
+        st[0] = 0
+        return 0
+
+    cdef int _join_block(self, int b, PairBuffer *buf) noexcept nogil:
+        """Compare each bucket of block b with every bucket within radius: contiguous runs, so
+        the verification loop streams through cache; each pair is listed by the first block
+        that sees it."""
+        cdef int64_t *start = NULL
+        cdef uint64_t *sfp = NULL
+        cdef int32_t *sid = NULL
+        cdef Py_ssize_t nb = <Py_ssize_t>1 << self.widths[b], m
+        cdef uint32_t v, u
+        cdef int64_t a, c, c_start, c_end
+        cdef uint64_t x
+        cdef int d, status = self._sorted_block(b, &start, &sfp, &sid)
+        if status == 0:
+            for v in range(<uint32_t> nb):
+                if start[v] == start[v + 1]:
                     continue
-                for a in range(start[v], start[v + 1]):
-                    x = sfp[a]
-                    c_start = a + 1 if u == v else start[u]
-                    c_end = start[u + 1]
-                    for c in range(c_start, c_end):
-                        d = _popcount(x ^ sfp[c])
-                        if d <= self.tau and self._first_block_seeing(b, x ^ sfp[c]):
-                            if sid[a] < sid[c]:
-                                status = _push_pair(buf, sid[a], sid[c], <uint8_t> d)
-                            else:
-                                status = _push_pair(buf, sid[c], sid[a], <uint8_t> d)
-                            if status:
-                                break
+                for m in range(self.nmasks[b]):
+                    u = v ^ self.masks[b][m]
+                    if u < v:
+                        continue
+                    for a in range(start[v], start[v + 1]):
+                        x = sfp[a]
+                        c_start = a + 1 if u == v else start[u]
+                        c_end = start[u + 1]
+                        for c in range(c_start, c_end):
+                            d = _popcount(x ^ sfp[c])
+                            if d <= self.tau and self._first_block_seeing(b, x ^ sfp[c]):
+                                if sid[a] < sid[c]:
+                                    status = _push_pair(buf, sid[a], sid[c], <uint8_t> d)
+                                else:
+                                    status = _push_pair(buf, sid[c], sid[a], <uint8_t> d)
+                                if status:
+                                    break
+                        if status:
+                            break
                     if status:
                         break
                 if status:
                     break
-            if status:
-                break
+        free(start)
+        free(sfp)
+        free(sid)
+        return status
+
+    cdef int _union_block(self, int b, int64_t *p) noexcept nogil:
+        """The join of block b with every pair within tau made a union in `p` (union-find with
+        path halving, the smaller root the parent); the same candidates as `_join_block`."""
+        cdef int64_t *start = NULL
+        cdef uint64_t *sfp = NULL
+        cdef int32_t *sid = NULL
+        cdef Py_ssize_t nb = <Py_ssize_t>1 << self.widths[b], m
+        cdef uint32_t v, u
+        cdef int64_t a, c, c_start, c_end, ra, rc
+        cdef uint64_t x
+        cdef int status = self._sorted_block(b, &start, &sfp, &sid)
+        if status == 0:
+            for v in range(<uint32_t> nb):
+                if start[v] == start[v + 1]:
+                    continue
+                for m in range(self.nmasks[b]):
+                    u = v ^ self.masks[b][m]
+                    if u < v:
+                        continue
+                    for a in range(start[v], start[v + 1]):
+                        x = sfp[a]
+                        ra = -1
+                        c_start = a + 1 if u == v else start[u]
+                        c_end = start[u + 1]
+                        for c in range(c_start, c_end):
+                            if _popcount(x ^ sfp[c]) <= self.tau:
+                                if ra < 0:
+                                    ra = _root(p, sid[a])
+                                rc = _root(p, sid[c])
+                                if rc < ra:
+                                    p[ra] = rc
+                                    ra = rc
+                                elif ra < rc:
+                                    p[rc] = ra
         free(start)
         free(sfp)
         free(sid)

@@ -24,7 +24,7 @@ from misalign import _simhash
 from misalign._simhash import HammingIndex, components
 from misalign.features import DEFAULT_FEATURES, FEATURES_HELP, canonical_features, parse_features
 
-__all__ = ["fingerprint", "parse_features", "plan_blocks", "HammingIndex", "DedupResult", "Deduplicator",
+__all__ = ["fingerprint", "parse_features", "plan_blocks", "HammingIndex", "components", "DedupResult", "Deduplicator",
            "NearDuplicateFilter", "DEFAULT_FEATURES", "DEFAULT_TAU", "FEATURES_HELP"]
 
 DEFAULT_TAU = 10
@@ -93,7 +93,9 @@ class DedupResult:
 
 
 class Deduplicator:
-    """Batch near-duplicate removal: fingerprint, self-join within tau, union-find clusters.
+    """Batch near-duplicate removal: fingerprint, then the self-join within tau, each pair it
+    finds a union at once (clusters are the connected components).  `threads` spread the
+    fingerprinting and the join's blocks; the result is the same on any number.
 
     Texts with no shingles never merge with each other unless `merge_empty=True`; they are
     never merged with texts that have some.
@@ -126,22 +128,21 @@ class Deduplicator:
         empty = np.zeros(n, dtype=bool) if empty is None else np.asarray(empty, dtype=bool)
         worded = np.flatnonzero(~empty)
         # Identical fingerprints join once: each distinct one is searched for its neighbours, and
-        # every later row that repeats it is linked to its first row.  The clusters are those of
-        # the join over all rows, but the pairs listed grow with distinct fingerprints, not with
-        # the square of a repeated one's count (400,000 copies would be 8e10 pairs).
-        distinct, first, inverse = np.unique(fps[worded], return_index=True, return_inverse=True)
-        leader = worded[first]                       # each distinct fingerprint's first row
+        # every row that repeats it joins its component.  Near-copies are unioned as the join
+        # finds them (HammingIndex.components), never listed as pairs: time and memory grow with
+        # the rows and the candidates, not with the square of a near-copy family's size.
+        distinct, inverse = np.unique(fps[worded], return_inverse=True)
         index = HammingIndex(self.tau, plan_blocks(self.tau, len(distinct)))
         index.add(distinct)
-        i, j, _ = index.pairs()
-        copies = np.flatnonzero(worded != leader[inverse])
-        i = np.concatenate([leader[i], worded[copies]])
-        j = np.concatenate([leader[j], leader[inverse[copies]]])
+        component = np.full(n, -1, dtype=np.int64)
+        component[worded] = index.components(self.threads)[inverse]
         if self.merge_empty:
-            blank = np.flatnonzero(empty)
-            i = np.concatenate([i, np.full(max(len(blank) - 1, 0), blank[0] if len(blank) else 0)])
-            j = np.concatenate([j, blank[1:]])
-        representative = components(n, i, j)
+            component[empty] = len(distinct)           # one more component: every text without shingles
+        alone = np.flatnonzero(component < 0)
+        component[alone] = len(distinct) + 1 + np.arange(len(alone))
+        # each row's representative is the first row of its component (rows are in input order)
+        labels, first = np.unique(component, return_index=True)
+        representative = first[np.searchsorted(labels, component)]
         keep = representative == np.arange(n)
         cluster = np.cumsum(keep) - 1
         cluster = cluster[representative]

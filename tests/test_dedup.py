@@ -2,7 +2,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from misalign.dedup import Deduplicator, NearDuplicateFilter, components
+from misalign.dedup import Deduplicator, HammingIndex, NearDuplicateFilter, components, plan_blocks
 
 
 def test_first_of_each_cluster_is_kept_in_order():
@@ -70,3 +70,21 @@ def test_four_hundred_thousand_copies_cluster_in_linear_memory():
     fps = np.repeat(np.array([7, far, far + 1], dtype=np.uint64), 400_000 // 3)
     result = Deduplicator(tau=3).fit_fingerprints(fps)
     assert result.n_clusters == 2 and result.keep[[0, 133_333]].all()
+
+
+@settings(deadline=None)
+@given(st.integers(0, 2**32), st.integers(0, 14), st.integers(1, 3))
+def test_unions_made_as_pairs_are_found_give_the_components_of_every_listed_pair(seed, tau, threads):
+    """Near-copies (up to 3 bits from one of 12 sources) unioned as the join finds them, on 1-3
+    threads, make the clusters that listing every pair and then union-find makes."""
+    rng = np.random.default_rng(seed)
+    sources = rng.integers(0, 2**63, 12, dtype=np.int64).view(np.uint64)
+    fps = sources[rng.integers(0, 12, 300)]
+    for _ in range(3):
+        fps = fps ^ np.left_shift(np.uint64(1), rng.integers(0, 64, len(fps)).astype(np.uint64))
+    index = HammingIndex(tau, plan_blocks(tau, len(fps)))
+    index.add(fps)
+    i, j, _ = index.pairs()
+    assert index.components(threads).tolist() == components(len(fps), i, j).tolist()
+    assert Deduplicator(tau=tau, threads=threads).fit_fingerprints(fps).representative.tolist() == \
+        components(len(fps), i, j).tolist()

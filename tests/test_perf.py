@@ -143,7 +143,7 @@ def test_the_core_suite_writes_the_result_schema(tmp_path):
     assert {"cpu", "cores", "python", "versions", "revision", "config_sha256", "models"} <= set(record["environment"])
     names = [b["name"] for b in record["benchmarks"]]
     assert names == ["fingerprint char4, ASCII", "fingerprint char4, non-ASCII", "self-join 1M, tau 3",
-                     "self-join 1M, tau 10", "dedup 1.5M rows, 90% repeats, tau 10",
+                     "self-join 1M, tau 10", "dedup 1.5M rows, 90% exact or near copies, tau 10, 2 threads",
                      "streaming filter char4, insert and query"]
     for b in record["benchmarks"]:
         assert len(b["samples"]) == 2 and b["min"] <= b["median"] <= b["max"] and b["min"] > 0
@@ -162,6 +162,7 @@ def test_the_quick_pipeline_suite_runs_mistrals_shape_on_this_cpu(tmp_path):
     assert found["pipeline respond: tokens/s"]["median"] > 0 and found["pipeline: engine start-up"]["median"] > 0
     for stage in ("respond", "judge"):                   # the pipeline's speed over raw vLLM's
         assert 0 < found[f"{stage} efficiency vs raw vLLM"]["median"] < 10
+        assert 0 < found[f"{stage} efficiency vs raw vLLM given all requests at once"]["median"] < 10
     assert record["environment"]["models"] == ["shape"]
 
 

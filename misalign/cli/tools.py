@@ -1,6 +1,7 @@
 """The tools beside the runs: dedup, taxonomy, classify, perf and models."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,8 +38,9 @@ def _features_option(ctx, param, value):
                    "reproduces older results (benchmarks/RESULTS.md compares them).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1),
               help="Seed of the shingle hashes.")
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 256),
-              help="Threads for fingerprinting.")
+@click.option("--threads", default=min(os.cpu_count() or 1, 16), show_default="this machine's cores, at most 16",
+              type=click.IntRange(1, 256),
+              help="Threads for fingerprinting and for the join's blocks (the result is the same on any number).")
 @click.option("--format", "fmt", type=click.Choice(tables.FORMATS),
               help="Input and output format; by default taken from each file's extension.")
 @click.option("--clusters", "clusters_path", type=OutputFile(),
