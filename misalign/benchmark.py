@@ -161,6 +161,7 @@ def benchmark(config: Config, pool: Pool, on_progress=None, executor=None, sched
     items.write_problems(rejected_items_path(config))
     stages.append(LengthBaseline(bench, seed=config.run.seed))
     runner = Runner(bench_dir, config.run.shard_rows, on_progress, executor, on_pass=pool.at_pass,
+                    batch_shards=config.run.batch_shards,
                     identify=pool.identity, fresh=fresh, on_decisions=on_decisions)
     with atomic_path(run_dir / "samples.parquet") as tmp, pq.ParquetWriter(tmp, SAMPLE_SCHEMA) as samples:
         for verdicts in runner.run_each(stages, items.table):      # one model's at a time

@@ -62,6 +62,7 @@ def build(config: Config, pool: Pool, stages: list[Stage], inputs: Prompts, on_p
 
     taxonomy = config.protocol.read_taxonomy()
     runner = Runner(run_dir, config.run.shard_rows, on_progress, executor, on_pass=pool.at_pass,
+                    batch_shards=config.run.batch_shards,
                     identify=pool.identity, fresh=fresh, on_decisions=on_decisions)
     final = runner.run(stages, table)
     sizes = write_dataset(final, run_dir / "dataset", dataset_columns(stages))

@@ -188,6 +188,8 @@ class RunConfig:
     seed: int = 0
     limit: int = 0                 # 0: every input row
     shard_rows: int = 256
+    batch_shards: int = 4          # shards per engine call in a pass that keeps its rows one to one, so that
+                                   # the engine never drains between shards (checkpoints stay per shard)
     executor: str = "local"        # "local" (this process) or "ray" (row-wise stages on Ray actors)
     resident_models: int = 0       # engines alive at once at most; 0: as many as the memory plan fits
     answer_cache: bool = True      # answer label questions and greedy requests asked before from the cache
@@ -419,6 +421,7 @@ def validate(config: Config) -> None:
     within("run", "seed", 0, MAX_SEED)
     at_least("run", "limit", 0)
     at_least("run", "shard_rows", 1)
+    at_least("run", "batch_shards", 1)
     at_least("run", "resident_models", 0)
     one_of("run", "executor", ("local", "ray"))
     one_of("input", "format", ("", "jsonl", "csv", "parquet"))

@@ -424,14 +424,15 @@ def pipeline_suite(times: int, config: Config, work_dir: Path) -> list[Benchmark
 
 
 def stage_efficiency(config: Config, pool, run_dir: Path, times: int) -> dict[str, list[float]]:
-    """Respond's generation pass and reject's judge pass, each timed on the run's prompts shard by
-    shard, against raw vLLM (`LLM.generate`, with the same answer log-probabilities for the judge)
+    """Respond's generation pass and reject's judge pass, each timed on the run's prompts in the
+    calls the runner makes (run.batch_shards shards each), against raw vLLM (`LLM.generate`, with the same answer log-probabilities for the judge)
     on the very same requests and batches, and against raw vLLM given every request of the pass
     in one call (the limit: no batch drains between shards); tokens/s of the stage over raw's,
     prefix caches emptied before each.  The judge reads, as candidates, other prompts of the run: plain text that passes
     the mechanical filter (a random-weight model's own answers rarely do)."""
     import pyarrow as pa
 
+    from misalign.pipeline import batched
     from misalign.prompting import POLARITIES, SIDES, PromptTemplates
     from misalign.stages.reject import RejectStage
     from misalign.stages.respond import RespondStage
@@ -456,7 +457,9 @@ def stage_efficiency(config: Config, pool, run_dir: Path, times: int) -> dict[st
                   (1, judge.first_tokens(["Yes", "No"])))}
     ratios = {}
     for name, (engine, stage_pass, items, requests, (max_tokens, answers)) in cases.items():
-        parts = [items[i:i + shard] for i in range(0, n, shard)]
+        # the calls the runner makes: run.batch_shards shards at a time (both passes are one to one)
+        parts = [sum(group, []) for group in batched([items[i:i + shard] for i in range(0, n, shard)],
+                                                     config.run.batch_shards)]
         same, whole = f"{name} efficiency vs raw vLLM", f"{name} efficiency vs raw vLLM given all requests at once"
         ratios[same], ratios[whole] = [], []
         stage_pass(pa.Table.from_pylist(parts[0]))          # warm up: the first call of a kind is slower

@@ -25,7 +25,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -89,6 +89,38 @@ class StageProfile:
 
 SHARD_FIELDS = ("items_in", "items_out", "seconds", "prompt_tokens", "generated_tokens", "cached_tokens",
                 "startup_seconds")
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """`items` in lists of `size` (the last may be shorter), taken lazily."""
+    group = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def run_shards(stage: Stage, shards: list[tuple[int, pa.Table]], pass_no: int = 0) -> list[tuple[int, pa.Table, dict]]:
+    """Shards of a one-to-one pass (misalign.stages.base.Pass) in one call, the output cut back
+    into the shards: [(index, output, stats)].  The call's counters go with its last shard (the
+    others count their rows only), so that the shards' stats still sum to the stage's."""
+    if len(shards) == 1:
+        return [run_shard(stage, *shards[0], pass_no)]
+    _, out, stats = run_shard(stage, -1, pa.concat_tables([part for _, part in shards], promote_options="default"),
+                              pass_no)
+    if out.num_rows != sum(part.num_rows for _, part in shards):
+        raise MisalignError(f"stage {stage.name!r}: pass {stage.passes()[pass_no].name!r} is declared one to one "
+                            f"but returned {out.num_rows} rows for {stats['items_in']}")
+    found, at = [], 0
+    for k, (index, part) in enumerate(shards):
+        piece = out.slice(at, part.num_rows).combine_chunks()
+        at += part.num_rows
+        counted = stats if k == len(shards) - 1 else {name: 0 for name in stats}
+        found.append((index, piece, {**counted, "items_in": part.num_rows, "items_out": piece.num_rows}))
+    return found
 
 
 def run_shard(stage: Stage, index: int, part: pa.Table, pass_no: int = 0) -> tuple[int, pa.Table, dict]:
@@ -166,6 +198,7 @@ class Runner:
     identify: Callable[[str], dict] | None = None   # model name -> its identity (the pool's), for the keys
     fresh: bool = False            # recompute every stage, whatever its checkpoint holds
     on_decisions: Callable[[list[Decision]], None] | None = None   # the stages' decisions, before any runs
+    batch_shards: int = 1          # shards per call of a one-to-one pass with a model (run.batch_shards)
     profiles: list = field(default_factory=list)
     decisions: list = field(default_factory=list)
     _identities: dict = field(default_factory=dict)
@@ -286,23 +319,25 @@ class Runner:
             pending = ((index, self._input(stage_dir, manifest, pass_no, index, table, shard_rows))
                        for index in range(n_shards) if index not in done)
             spread = self.executor is not None and stage.rowwise and len(done) < n_shards
-            results = self.executor.map(stage, pass_no, pending) if spread else \
-                (run_shard(stage, index, part, pass_no) for index, part in pending)
+            together = self.batch_shards if step.one_to_one and step.model else 1
+            results = ([found] for found in self.executor.map(stage, pass_no, pending)) if spread else \
+                (run_shards(stage, group, pass_no) for group in batched(pending, together))
             finished = len(done)
             label = step.name if len(passes) > 1 else stage.name
-            for index, out, stats in results:        # in order of completion (any order on Ray)
-                name = f"{pass_no:02d}-{step.name}/shard-{index:05d}.parquet"
-                (stage_dir / name).parent.mkdir(exist_ok=True)
-                with atomic_path(stage_dir / name) as tmp:
-                    pq.write_table(out, tmp)
-                # the stage's rows in and out: those of its first and its last pass
-                stats["items_in"] *= pass_no == 0
-                stats["items_out"] *= pass_no == len(passes) - 1
-                entry["shards"].append({"index": index, "file": name, "rows": out.num_rows, "stats": stats})
-                manifest.write(manifest_path)
-                profile.add(stats)
-                profile.shards_run += 1
-                finished += 1
+            for group in results:        # the shards of one call, in order of completion (any order on Ray)
+                for index, out, stats in group:
+                    name = f"{pass_no:02d}-{step.name}/shard-{index:05d}.parquet"
+                    (stage_dir / name).parent.mkdir(exist_ok=True)
+                    with atomic_path(stage_dir / name) as tmp:
+                        pq.write_table(out, tmp)
+                    # the stage's rows in and out: those of its first and its last pass
+                    stats["items_in"] *= pass_no == 0
+                    stats["items_out"] *= pass_no == len(passes) - 1
+                    entry["shards"].append({"index": index, "file": name, "rows": out.num_rows, "stats": stats})
+                    profile.add(stats)
+                    profile.shards_run += 1
+                    finished += 1
+                manifest.write(manifest_path)        # a call's shards are checkpointed together, or none
                 if self.on_progress:
                     self.on_progress(label, min(finished * shard_rows, table.num_rows), table.num_rows)
         manifest.complete = True

@@ -38,9 +38,9 @@ class NoNewEngines(SessionPool):
         raise AssertionError("the embedder asked for in a run that should reuse everything")
 
 
-def prompts_file(path, edit=None):
+def prompts_file(path, edit=None, count=30):
     from misalign.inference.tiny import bundled_prompts
-    prompts = bundled_prompts()[:30]
+    prompts = bundled_prompts()[:count]
     if edit is not None:
         prompts[edit] = prompts[edit] + " Please answer briefly."
     path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
@@ -94,6 +94,27 @@ def test_a_rebuild_reuses_what_is_unchanged_and_recomputes_from_the_first_change
 
     _, said, _ = built(configured(tmp_path, "reject.threshold=0.6"), session_pool, fresh=True)
     assert list(said.values()) == ["recomputed: --fresh"] * 7
+
+
+def test_shards_given_to_the_engine_together_are_checkpointed_as_one_by_one(session_pool, tmp_path):
+    """run.batch_shards: a one-to-one pass gets several shards per engine call (the engine is
+    not left to drain between them), and under greedy decoding every checkpointed shard, the
+    dataset and the counts are what one shard per call gives."""
+    prompts_file(tmp_path / "prompts.jsonl", count=12)
+    found = {}
+    for together in (1, 4):
+        config = configured(tmp_path, f'run.dir="{tmp_path / f"run-{together}"}"', "run.shard_rows=3",
+                            f"run.batch_shards={together}")
+        summary, _, pairs = built(config, session_pool)
+        shards = {str(f.relative_to(config.run.dir)): pq.read_table(f)
+                  for f in sorted(Path(config.run.dir, "stages").rglob("shard-*.parquet"))}
+        counts = {p["stage"]: {k: v for k, v in p["counters"].items() if "seconds" not in k and "cached" not in k}
+                  for p in summary["profile"]}
+        found[together] = (shards, counts, pairs)
+    (one, counts_one, pairs_one), (four, counts_four, pairs_four) = found[1], found[4]
+    assert list(one) == list(four) and len(one) >= 8
+    assert all(one[name].equals(four[name]) for name in one)
+    assert counts_one == counts_four and pairs_one == pairs_four
 
 
 def test_a_second_process_on_the_same_run_directory_is_refused_in_one_line(tmp_path):

@@ -58,10 +58,14 @@ from misalign.stats import EngineUsage, StageCounts
 
 @dataclass(frozen=True)
 class Pass:
-    """One sweep of a stage over its rows with one model (None: no model)."""
+    """One sweep of a stage over its rows with one model (None: no model).  `one_to_one`: each
+    output row is its input row's, in order (columns added or filled in, none dropped), so the
+    runner may give the pass several shards in one call and cut the output back into shards:
+    the engine then has the next shard's requests before the last of this one's finish."""
     name: str
     model: str | None
     run: Callable[[pa.Table], pa.Table]
+    one_to_one: bool = False
 
 
 def section_values(section: str, values, only: tuple[str, ...] | None = None) -> dict[str, object]:
@@ -78,6 +82,7 @@ class Stage:
                                        # user's: protocol.templates), from self.prompt_templates
     columns: tuple[str, ...] = ()      # Stage I: columns it adds that the dataset keeps (beyond Stage I's own)
     domain_counts: tuple[str, ...] = ()    # Stage I: what it counts per domain (count_domains), for stats.csv
+    one_to_one: bool = False     # `run` returns one row per input row, in order (see Pass)
 
     def __init__(self, pool: Pool | None = None, prompt_templates: PromptTemplates | None = None):
         self.pool = pool
@@ -95,7 +100,7 @@ class Stage:
         if len(models) > 1:
             raise NotImplementedError(f"stage {self.name!r} uses {len(models)} models: it must split its work "
                                       "into passes() of one model each")
-        return [Pass(self.name, models[0] if models else None, self.run)]
+        return [Pass(self.name, models[0] if models else None, self.run, self.one_to_one)]
 
     def run_passes(self, table: pa.Table) -> pa.Table:
         """Every pass in turn on one table: `run` for a stage of several passes."""

@@ -33,6 +33,9 @@ class ClassifyStage(Stage):
         self.config, self.taxonomy, self.expanded = config, taxonomy, expanded
         self.name = "classify-expanded" if expanded else "classify"
         self.llm = config.model if config.method == "llm" else ""
+        # several shards per call for an LLM; the embedder's floats differ in their last bits
+        # with its batch's padding, so it keeps one shard per call and its checkpoints as they were
+        self.one_to_one = bool(self.llm)
         self.probe = LinearProbe.load(config.probe) if config.probe else None
         self.engine = self.zero_shot = self.llm_classifier = None
         self.method = (f"LLM answer probabilities ({self.llm})" if self.llm else

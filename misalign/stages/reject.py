@@ -180,14 +180,14 @@ class RejectStage(Stage):
     def passes(self) -> list[Pass]:
         """Judge the first candidates; then, per round, each generator resamples the sides it
         failed and the judge reads the new candidates; last, the pairs are written out."""
-        steps = [Pass("judge-0", self.config.judge, partial(self.judge, 0))]
+        steps = [Pass("judge-0", self.config.judge, partial(self.judge, 0), one_to_one=True)]
         for round_no in range(1, self.config.rounds + 1):
-            steps += [Pass(f"resample-{round_no}-{name}", name, partial(self.resample, name, round_no))
+            steps += [Pass(f"resample-{round_no}-{name}", name, partial(self.resample, name, round_no), one_to_one=True)
                       for name in self.respond.models]
-            steps.append(Pass(f"judge-{round_no}", self.config.judge, partial(self.judge, round_no)))
+            steps.append(Pass(f"judge-{round_no}", self.config.judge, partial(self.judge, round_no), one_to_one=True))
         steps.append(Pass("pairs", None, self.pairs))
         if self.config.verify_dimensions:
-            steps.append(Pass("verify", self.config.judge, self.verify))
+            steps.append(Pass("verify", self.config.judge, self.verify, one_to_one=True))
         return steps
 
     def run(self, table: pa.Table) -> pa.Table:

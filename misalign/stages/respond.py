@@ -41,7 +41,7 @@ class RespondStage(Stage):
         return {**section_values("respond", self.config), "run.seed": self.seed}
 
     def passes(self) -> list[Pass]:
-        return [*(Pass(f"respond-{name}", name, partial(self.respond, name)) for name in self.generators),
+        return [*(Pass(f"respond-{name}", name, partial(self.respond, name), one_to_one=True) for name in self.generators),
                 Pass("respond-rows", None, self.rows)]
 
     def run(self, table: pa.Table) -> pa.Table:
