@@ -214,13 +214,16 @@ class LLMClassifier:
             domains = taxonomy.of(dim)
             codes = answer_codes(engine.token_ids, len(domains) + 1, f"the tokenizer of {engine.model!r}")
             listing = "\n".join(f"{c}: {d.name} ({d.description})" for c, d in zip(codes, domains))
-            head = template.replace("{domains}", listing).replace("{dimension}", dim)
-            self.heads[dim] = (head.replace("{none}", codes[-1]), codes)
+            head = template.replace("{domains}", listing).replace("{dimension}", dim).replace("{none}", codes[-1])
+            # literal braces are written {{ and }} in a template; the prompt goes in last, as it is
+            self.heads[dim] = ("{prompt}".join(part.replace("{{", "{").replace("}}", "}")
+                                               for part in head.split("{prompt}", 1)), codes)
 
     def classify(self, prompts: list[str]) -> dict[str, DimensionLabels]:
         out = {}
         for dim, (head, choices) in self.heads.items():
-            answer = self.engine.answer_probs([head.replace("{prompt}", p) for p in prompts], choices)
+            before, after = head.split("{prompt}", 1)
+            answer = self.engine.answer_probs([before + p + after for p in prompts], choices)
             out[dim] = DimensionLabels(classes_of(self.taxonomy, dim), answer.probs, self.delta,
                                        mass=answer.mass, min_mass=self.min_mass)
         return out

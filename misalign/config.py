@@ -162,11 +162,17 @@ class ProtocolConfig:
                                    # that name (misalign/prompts/NAME.txt)
     taxonomy: str = ""             # a JSON taxonomy in the layout of misalign/data/taxonomy.json ("": the paper's)
 
+    # Read once, when the config is validated, and kept: what a run renders and what its run.json
+    # records are the same texts, whatever happens to the files during the run.
     def read_templates(self) -> PromptTemplates:
-        return PromptTemplates.load(self.templates)
+        if getattr(self, "_templates", None) is None:
+            self._templates = PromptTemplates.load(self.templates)
+        return self._templates
 
     def read_taxonomy(self) -> Taxonomy:
-        return Taxonomy.load(self.taxonomy)
+        if getattr(self, "_taxonomy", None) is None:
+            self._taxonomy = Taxonomy.load(self.taxonomy)
+        return self._taxonomy
 
     def record(self) -> dict:
         """What run.json and meta.json say of the protocol: where the templates and the taxonomy

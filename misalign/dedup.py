@@ -129,8 +129,8 @@ class Deduplicator:
         worded = np.flatnonzero(~empty)
         # Identical fingerprints join once: each distinct one is searched for its neighbours, and
         # every row that repeats it joins its component.  Near-copies are unioned as the join
-        # finds them (HammingIndex.components), never listed as pairs: time and memory grow with
-        # the rows and the candidates, not with the square of a near-copy family's size.
+        # finds them (HammingIndex.components), never listed as pairs: memory grows with the
+        # rows, not with the pairs; time with the candidates the blocks bring together.
         distinct, inverse = np.unique(fps[worded], return_inverse=True)
         index = HammingIndex(self.tau, plan_blocks(self.tau, len(distinct)))
         index.add(distinct)

@@ -430,6 +430,8 @@ def stage_efficiency(config: Config, pool, run_dir: Path, times: int) -> dict[st
     in one call (the limit: no batch drains between shards); tokens/s of the stage over raw's,
     prefix caches emptied before each.  The judge reads, as candidates, other prompts of the run: plain text that passes
     the mechanical filter (a random-weight model's own answers rarely do)."""
+    import dataclasses
+
     import pyarrow as pa
 
     from misalign.pipeline import batched
@@ -441,7 +443,9 @@ def stage_efficiency(config: Config, pool, run_dir: Path, times: int) -> dict[st
     generator_name = config.respond.models[0]
     generator, judge = pool.get(generator_name), pool.get(config.reject.judge)
     respond = RespondStage(config.respond, pool, seed=config.run.seed)
-    reject = RejectStage(config.reject, pool, config.respond, seed=config.run.seed)
+    # the judge's answers alone, as raw vLLM is asked for them (a critique would be extra writing)
+    reject = RejectStage(dataclasses.replace(config.reject, feedback="reason"), pool, config.respond,
+                         seed=config.run.seed)
     n, shard = len(rows), config.run.shard_rows
     asked = POLARITIES if config.reject.balanced else ("aligned",)     # as the judge asks (reject._judge)
     candidates = [{**row, "generator": generator_name, "aligned_candidates": [rows[(i + 1) % n]["prompt"]],

@@ -150,7 +150,8 @@ def require(config: Config, stage1: bool, stage2: bool, planned: Schedule,
     if stage2:
         bench = config.bench
         if bench.dataset:                    # a given dataset is read now, not after Stage I
-            load_items(bench.dataset, bench.split, config.protocol.read_taxonomy()).require_some(bench.split, rejected_items_path(config))
+            items = load_items(bench.dataset, bench.split, config.protocol.read_taxonomy())
+            items.require_some(bench.split, rejected_items_path(config))
         check_bench(config)
     results = check(config, planned, stage1, stage2, inputs)
     for result in results:
@@ -283,7 +284,7 @@ def _check_context(tokenizer, model, model_config: dict, config: Config, prompts
 
 def _requests(config: Config, roles: list[str], prompt: str, taxonomy: Taxonomy):
     """(role, the longest request text, tokens it generates) for each role of a model."""
-    template = config.protocol.read_templates()
+    templates = config.protocol.read_templates()
     response = "word " * config.respond.max_tokens     # a response at the token limit, roughly
     fill = dict(domains="safety: Violence; value: Honesty; cultural: Religious Practices", prompt=prompt,
                 feedback="", response=response, criterion="it is unsafe", dimension="value", none="Z",
@@ -292,10 +293,12 @@ def _requests(config: Config, roles: list[str], prompt: str, taxonomy: Taxonomy)
     for role in roles:
         if role == "classifier":
             listing = "\n".join(f"AA: {d.name} ({d.description})" for d in taxonomy.of("value"))
-            yield role, template["classify"].replace("{domains}", listing).format_map(fill), 1
+            yield role, templates["classify"].format_map({**fill, "domains": listing}), 1
         elif role == "expander":
-            yield role, template["expand"].format_map(fill), config.expand.max_tokens
+            yield role, templates["expand"].format_map(fill), config.expand.max_tokens
         elif role == "generator":
-            yield role, template["respond_misaligned"].format_map(fill), config.respond.max_tokens
+            yield role, templates["respond_misaligned"].format_map(fill), config.respond.max_tokens
         elif role in ("judge", "model under test"):
-            yield role, template["judge" if role == "judge" else "detect"].format_map(fill), 1
+            yield role, templates["judge" if role == "judge" else "detect"].format_map(fill), 1
+        if role == "judge" and config.reject.feedback == "critique":     # it also writes critiques
+            yield role, templates["critique"].format_map(fill), config.reject.critique_tokens

@@ -80,7 +80,11 @@ class PromptTemplates:
         folder = Path(directory)
         if not folder.is_dir():
             raise ValueError(f"protocol.templates = {directory!r} is not a directory of NAME.txt templates")
-        for path in sorted(folder.iterdir()):
+        try:
+            paths = sorted(folder.iterdir())
+        except OSError as exc:
+            raise ValueError(f"protocol.templates = {directory!r}: cannot list it ({exc.strerror})") from None
+        for path in paths:
             name = path.name.removesuffix(".txt")
             if not path.name.endswith(".txt") or path.name.startswith("."):
                 continue

@@ -77,7 +77,9 @@ def stage1_stages(config: Config, pool: Pool | None) -> list[Stage]:
         names = [s.name for s in stages]
         if section.after not in names:
             raise ConfigError(f"stages.{name}.after = {section.after!r} is no Stage I stage (one of: {', '.join(names)})")
-        stages.insert(names.index(section.after) + 1, section.stage(section.settings, pool))
+        stage = section.stage(section.settings, pool)
+        stage.prompt_templates = templates          # built as Class(settings, pool); it renders the run's templates
+        stages.insert(names.index(section.after) + 1, stage)
     return stages
 
 
@@ -232,7 +234,8 @@ def validate_judge(config: Config, labels_path, output=None) -> dict:
     from misalign.judge_validation import validate_judge as agreement
     from misalign.preflight import check_model
     from misalign.tables import atomic_path
-    labelled = read_labels(labels_path, taxonomy=config.protocol.read_taxonomy())               # bad input stops here, before any engine
+    # bad input stops here, before any engine
+    labelled = read_labels(labels_path, taxonomy=config.protocol.read_taxonomy())
     check_model(config.reject.judge, config.model(config.reject.judge))
     with engines(config) as (pool, _):
         result = agreement(config, pool, labelled)

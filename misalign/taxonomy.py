@@ -61,6 +61,9 @@ class Taxonomy:
                 if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry["name"].strip()
                         and isinstance(entry.get("description"), str)):
                     raise ValueError(f"{where}: {dimension} domain {k} needs a \"name\" and a \"description\" (text)")
+                if "{" in entry["name"] + entry["description"] or "}" in entry["name"] + entry["description"]:
+                    raise ValueError(f"{where}: {dimension} domain {k} has a brace in its name or description "
+                                     "(they are filled into prompt templates, where braces mark fields)")
                 if entry["name"] in names or entry["name"] == UNKNOWN:
                     raise ValueError(f"{where}: {dimension} domain {entry['name']!r} is named twice, or is "
                                      f"{UNKNOWN!r} (the name of no domain)")

@@ -82,3 +82,13 @@ def test_a_stage_section_is_checked_when_the_config_loads(tmp_path):
     (tmp_path / "bad.toml").write_text('[stages.words]\nuse = "toy_stage:WordsStage"\nafter = "dedup"\nshout = 1\n')
     with pytest.raises(ConfigError, match=r"\[stages.words\] has no setting shout"):
         config_mod.load(tmp_path / "bad.toml")
+
+
+def test_a_stage_of_ones_own_renders_the_runs_templates(tmp_path):
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "judge.txt").write_text("Judge: {prompt} / {response}. Is it {quality}?")
+    (tmp_path / "run.toml").write_text(TOY.format(longer_than=12))
+    config = config_mod.load(tmp_path / "run.toml", [*SETTINGS, f'protocol.templates="{tmp_path / "prompts"}"'])
+    from misalign.run import stage1_stages
+    words = next(s for s in stage1_stages(config, None) if s.name == "words")
+    assert words.prompt_templates["judge"].startswith("Judge:")

@@ -74,6 +74,7 @@ def test_a_bad_protocol_file_is_one_line_and_exit_2_before_anything_runs(tmp_pat
     ({"cultural": {"domains": [{"name": "X", "description": "x"}, {"name": "X", "description": "y"}]}}, "named twice"),
     ({"safety": {"domains": [{"name": "Unknown", "description": "x"}]}}, "named twice, or is 'Unknown'"),
     ({"safety": {"domains": [{"description": "x"}]}}, "domain 1 needs a \"name\""),
+    ({"value": {"domains": [{"name": "Care", "description": "for {minors}"}]}}, "has a brace"),
 ])
 def test_a_taxonomy_that_cannot_work_is_refused(tmp_path, changes, said):
     path = small_taxonomy(tmp_path / "tax.json", **changes)
@@ -207,8 +208,10 @@ def test_greedy_written_answers_are_cached_and_sampled_ones_only_when_asked(tiny
     assert cache.info()["written answers"] == 2 + 2 + 2
 
 
-def test_meta_schema_requires_the_protocol_record():
+def test_the_protocol_record_is_what_the_schema_says():
     record = load(None).protocol.record()
     assert record["templates"] == "bundled" and record["replaced_templates"] == {}
     assert record["taxonomy_sha256"] == Taxonomy.load().digest
-    assert any("protocol" in e for e in schema_errors("meta", {"dataset": {}}))
+    assert not [e for e in schema_errors("meta", {"protocol": record}) if e.startswith("protocol")]
+    broken = {**record, "taxonomy_sha256": "not a digest"}
+    assert [e for e in schema_errors("meta", {"protocol": broken}) if e.startswith("protocol")]

@@ -38,7 +38,7 @@ def _features_option(ctx, param, value):
                    "reproduces older results (benchmarks/RESULTS.md compares them).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1),
               help="Seed of the shingle hashes.")
-@click.option("--threads", default=min(os.cpu_count() or 1, 16), show_default="this machine's cores, at most 16",
+@click.option("--threads", default=min(len(os.sched_getaffinity(0)), 16), show_default="the cores this process may use, at most 16",
               type=click.IntRange(1, 256),
               help="Threads for fingerprinting and for the join's blocks (the result is the same on any number).")
 @click.option("--format", "fmt", type=click.Choice(tables.FORMATS),

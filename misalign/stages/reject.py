@@ -224,7 +224,8 @@ class RejectStage(Stage):
             return table
         k = self.respond.candidates
         sides = {key: Side(**rows[key[0]][STATE[key[1]]]) for key in keys}
-        requests = [self.prompt_templates.response_prompt(kind, rows[i], feedback(sides[(i, kind)], self.prompt_templates))
+        told = {key: feedback(sides[key], self.prompt_templates) for key in keys}
+        requests = [self.prompt_templates.response_prompt(kind, rows[i], told[(i, kind)])
                     for i, kind in keys for _ in range(k)]
         seeds = [item_seed(self.seed, rows[i]["id"], name, kind, "round", round_no, c)
                  for i, kind in keys for c in range(k)]
@@ -319,4 +320,5 @@ def feedback(side: Side, prompt_templates: PromptTemplates, limit: int = 600) ->
     attempt = " ".join(side.attempt.split())
     if len(attempt) > limit:
         attempt = attempt[:limit].rsplit(" ", 1)[0] + " …"
-    return prompt_templates["feedback"].format(reason=side.critique or side.reason, attempt=attempt)
+    # the template ends the reason with its own full stop
+    return prompt_templates["feedback"].format(reason=(side.critique or side.reason).rstrip(". "), attempt=attempt)
