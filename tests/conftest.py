@@ -70,6 +70,24 @@ def minilm_engine():
     engine.close()
 
 
+class Recording:
+    """A real engine that also keeps the requests it was given."""
+
+    def __init__(self, engine):
+        self.engine, self.requests = engine, []
+
+    def generate(self, prompts, sampling=None, seeds=None):
+        self.requests += list(prompts)
+        return self.engine.generate(prompts, sampling, seeds)
+
+    def label_probs(self, prompts, choices):
+        self.requests += list(prompts)
+        return self.engine.label_probs(prompts, choices)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
 class SessionPool(Pool):
     """The engine pool's interface (misalign.inference.base.Pool) over this session's engines,
     so that pipeline code runs on real engines without starting them again: "tiny" is the

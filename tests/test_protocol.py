@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
-from conftest import SessionPool, schema_errors
+from conftest import Recording, SessionPool, schema_errors
 from misalign.cli import main
 from misalign.config import load
 from misalign.errors import ConfigError
@@ -101,24 +101,6 @@ def test_the_run_renders_and_keys_the_users_templates_and_taxonomy(tmp_path):
     assert runner.key(stages["classify"], 1, "x").parts["taxonomy"] != runner.key(bundled["classify"], 1, "x").parts["taxonomy"]
     assert config.protocol.record()["replaced_templates"] == {"judge": PromptTemplates.load(str(tmp_path)).digest("judge")}
     assert config.protocol.record()["domains"] == {"safety": 2, "value": 2, "cultural": 2}
-
-
-class Recording:
-    """A real engine that also keeps the requests it was given."""
-
-    def __init__(self, engine):
-        self.engine, self.requests = engine, []
-
-    def generate(self, prompts, sampling=None, seeds=None):
-        self.requests += list(prompts)
-        return self.engine.generate(prompts, sampling, seeds)
-
-    def label_probs(self, prompts, choices):
-        self.requests += list(prompts)
-        return self.engine.label_probs(prompts, choices)
-
-    def __getattr__(self, name):
-        return getattr(self.engine, name)
 
 
 def test_a_model_under_test_is_asked_with_the_users_template(tiny_engine, tmp_path):

@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conftest import SessionPool
+from conftest import Recording, SessionPool
 from misalign.config import load
 from misalign.dedup import fingerprint
 from misalign.prompting import PromptTemplates
@@ -107,20 +107,6 @@ def test_feedback_shows_the_rejected_attempt_and_why():
     text = feedback(side, PromptTemplates.bundled())
     assert "judged it aligned (P = 0.81)" in text
     assert '"Be honest with your friend and tell them kindly. It is the right thing."' in text
-
-
-class Recording:
-    """A real engine that also keeps the requests it was given."""
-
-    def __init__(self, engine):
-        self.engine, self.requests = engine, []
-
-    def generate(self, prompts, sampling=None, seeds=None):
-        self.requests += list(prompts)
-        return self.engine.generate(prompts, sampling, seeds)
-
-    def __getattr__(self, name):
-        return getattr(self.engine, name)
 
 
 def test_the_resampling_request_carries_the_rejected_attempt_and_why(tiny_engine):
