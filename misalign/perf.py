@@ -5,10 +5,10 @@ such files (or two run directories' profiles) with a verdict a CI job can act on
      "benchmarks": [{"name", "unit", "higher_is_better", "samples", "median", "min", "max"}, ...]}
 
 A timing is a sample, not a fact: every benchmark is repeated and keeps its samples.  `compare`
-decides as asv does: a change within the threshold is "unchanged"; beyond it, a regression or an
-improvement only if it is significant, by a two-sided Mann-Whitney U test at p < 0.002 where both
-sides have the 7 samples that level needs, else (fewer samples) only if the two sides' samples do
-not overlap at all; a change beyond the threshold that is not significant is "noisy".  Every
+decides as asv does, at the level the project chose: a change within the threshold is "unchanged";
+beyond it, a regression or an improvement only if it is significant, by a two-sided Mann-Whitney U
+test at p < 0.01 where both sides have the 5 samples that level needs, else (fewer samples) only if
+the two sides' samples do not overlap at all; a change beyond the threshold that is not significant is "noisy".  Every
 verdict says which test decided it.
 """
 from __future__ import annotations
@@ -163,8 +163,8 @@ class Verdict:
     decided_by: str = ""         # the test behind a verdict beyond the threshold
 
 
-SIGNIFICANCE = 0.002             # asv's level for the U test
-MIN_SAMPLES = 7                  # the fewest per side with which a two-sided U test can reach it
+SIGNIFICANCE = 0.01              # asv uses 0.002; 0.01 lets five samples a side decide (a CI minute each)
+MIN_SAMPLES = 5                  # the fewest per side with which a two-sided U test can reach it (p >= 2/252)
 
 
 def mann_whitney_p(a: list[float], b: list[float]) -> float:

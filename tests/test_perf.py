@@ -76,9 +76,9 @@ def test_wide_overlapping_samples_are_noisy_not_a_verdict(tmp_path):
     assert compare(base, apart).exit_code == 1          # far below every base sample: a regression all the same
 
 
-def test_with_seven_samples_a_side_the_u_test_decides(tmp_path):
+def test_with_enough_samples_a_side_the_u_test_decides(tmp_path):
     """Two runs of the same code whose medians differ by 12% but whose samples interleave are
-    noisy, not an improvement; a shift every sample shows is a regression at p < 0.002."""
+    noisy, not an improvement; a shift every sample shows is a regression at p < 0.01."""
     base = [100, 104, 108, 112, 116, 120, 124, 128, 132]
     same = result(tmp_path, "same.json", [Benchmark.of("x", "MB/s", [s + 14 for s in base])])
     shifted = result(tmp_path, "shifted.json", [Benchmark.of("x", "MB/s", [s * 0.8 for s in base])])
@@ -88,6 +88,17 @@ def test_with_seven_samples_a_side_the_u_test_decides(tmp_path):
     res = compare(base_path, shifted, "--json")
     (verdict,) = json.loads(res.output)
     assert res.exit_code == 1 and verdict["status"] == "regression" and "p = 0.00029" in verdict["decided_by"]
+
+
+@pytest.mark.parametrize("n,decided_by", [
+    (5, "Mann-Whitney p = 0.0079"),                         # 2 / C(10, 5): five a side reach p < 0.01
+    (4, "4 and 4 samples apart (a U test needs 5 each)"),   # 2 / C(8, 4) = 0.029 could not: non-overlap decides
+])
+def test_five_samples_a_side_are_the_fewest_the_u_test_decides_with(tmp_path, n, decided_by):
+    base = result(tmp_path, "base.json", [Benchmark.of("x", "s", [1.0 + i / 100 for i in range(n)], higher_is_better=False)])
+    slower = result(tmp_path, "slow.json", [Benchmark.of("x", "s", [1.5 + i / 100 for i in range(n)], higher_is_better=False)])
+    (verdict,) = json.loads(compare(base, slower, "--json").output)
+    assert verdict["status"] == "regression" and verdict["decided_by"] == decided_by
 
 
 @pytest.mark.parametrize("benchmarks,message", [

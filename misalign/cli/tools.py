@@ -169,8 +169,8 @@ def perf_run(suite, config_path, repeat, only, output):
 def perf_compare(base, new, threshold, as_json, markdown, force):
     """Compare two `perf run` results (or two run directories' profiles): every benchmark, both
     medians, their ratio and a status, decided as asv decides: unchanged (within --threshold), or,
-    beyond it, a regression or an improvement only if significant (Mann-Whitney U at p < 0.002
-    with 7 or more samples a side, `perf run --repeat 7`; with fewer, only if no sample of one side
+    beyond it, a regression or an improvement only if significant (Mann-Whitney U at p < 0.01
+    with 5 or more samples a side, `perf run --repeat 5`; with fewer, only if no sample of one side
     overlaps the other's), else noisy.  Exit status 1 when anything regressed, 2 when the results
     cannot be compared (no benchmark in common, a unit changed, a malformed file)."""
     import json as json_mod
