@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test setup bench clean
 
-$(STAMP): pyproject.toml setup.py misalign/_simhash.pyx misalign/_xxh3.h misalign/_words.h misalign/_bitcount.h misalign/_chars.h scripts/setup.sh
+$(STAMP): pyproject.toml setup.py misalign/_simhash.pyx misalign/_lines.pyx misalign/_xxh3.h misalign/_words.h misalign/_bitcount.h misalign/_chars.h scripts/setup.sh
 	bash scripts/setup.sh
 	touch $(STAMP)
 
@@ -25,4 +25,4 @@ bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_detect.py
 
 clean:
-	rm -rf build runs $(VENV) misalign/*.so misalign/_simhash.c
+	rm -rf build runs $(VENV) misalign/*.so misalign/_simhash.c misalign/_lines.c

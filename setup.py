@@ -16,4 +16,6 @@ simhash = Extension(
     extra_link_args=["-fopenmp"],
 )
 
-setup(ext_modules=cythonize([simhash], compiler_directives={"language_level": "3"}))
+lines = Extension("misalign._lines", sources=["misalign/_lines.pyx"], extra_compile_args=["-O3"])
+
+setup(ext_modules=cythonize([simhash, lines], compiler_directives={"language_level": "3"}))

@@ -248,10 +248,10 @@ def format_value(value: float | None, unit: str) -> str:
 
 # ---------------------------------------------------------------------------------------- suites
 
-def core_suite(times: int, texts: list[str]) -> list[Benchmark]:
+def core_suite(times: int, texts: list[str], work_dir: Path) -> list[Benchmark]:
     """The C core: fingerprint MB/s on ASCII and non-ASCII prompts, exact self-joins of 1M random
-    fingerprints at tau 3 and 10, dedup of 1.5M rows that are mostly exact or near copies, and the
-    streaming filter's insert-and-query rate."""
+    fingerprints at tau 3 and 10, dedup of 1.5M rows that are mostly exact or near copies, the
+    streaming filter's insert-and-query rate, and the dedup command on a 40 MB file."""
     import numpy as np
 
     from misalign.dedup import (DEFAULT_FEATURES, Deduplicator, HammingIndex, NearDuplicateFilter, fingerprint,
@@ -297,6 +297,7 @@ def core_suite(times: int, texts: list[str]) -> list[Benchmark]:
         return time.perf_counter() - began
 
     stream = [f"{texts[i % len(texts)]} ({i // len(texts)})" for i in range(20_000)]
+    dedup_command = dedup_end_to_end(texts, work_dir)
 
     def streaming():
         began = time.perf_counter()
@@ -314,7 +315,31 @@ def core_suite(times: int, texts: list[str]) -> list[Benchmark]:
                          repeat(times, dedup_repeats),
                          higher_is_better=False),
             Benchmark.of(f"streaming filter {DEFAULT_FEATURES}, insert and query", "prompts/s",
-                         repeat(times, streaming))]
+                         repeat(times, streaming)),
+            Benchmark.of("dedup command end to end, 40 MB JSON Lines, whole process", "MB/s",
+                         repeat(times, dedup_command))]
+
+
+def dedup_end_to_end(texts: list[str], work_dir: Path, size_mb: float = 40.0) -> Callable[[], float]:
+    """`misalign-fast dedup` as a user runs it, in a process of its own (Python's start-up and
+    imports included), on a seeded JSON Lines file of `size_mb` MB in `work_dir` whose rows each
+    join three random `texts`: MB of file per second of the whole process."""
+    import random
+    import sys
+
+    source, rng, size = work_dir / "dedup-rows.jsonl", random.Random(0), 0
+    with open(source, "w", encoding="utf-8") as f:
+        while size < size_mb * 1e6:
+            line = json.dumps({"text": " ".join(rng.choice(texts) for _ in range(3))}, ensure_ascii=False) + "\n"
+            f.write(line)
+            size += len(line.encode())
+
+    def once():
+        began = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "misalign.cli", "dedup", str(source), str(work_dir / "dedup-kept.jsonl")],
+                       check=True, stdout=subprocess.DEVNULL)
+        return size / 1e6 / (time.perf_counter() - began)
+    return once
 
 
 PIPELINE_SHAPE = "Mistral-7B-Instruct-v0.3"     # its tokenizer ships in mistral_common (a vLLM dependency)
@@ -361,7 +386,7 @@ def run_suite(suite: str, config_path: Path | None, repeat: int, only: str | Non
         config = config_mod.load(config_path, settings={"run.limit": limit}) if config_path else \
             pipeline_config(Path(work), limit, expand=suite == "full")
         if only != "pipeline":
-            benchmarks += core_suite(repeat, bundled_prompts())
+            benchmarks += core_suite(repeat, bundled_prompts(), Path(work))
         if only != "core":
             benchmarks += pipeline_suite(repeat, config, Path(work))
     write(output, suite, environment(config_mod.to_toml(config), sorted(config.roles())), benchmarks)

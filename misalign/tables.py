@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
-import pyarrow.parquet as pq
 
+from misalign._lines import newline_offsets
 from misalign.errors import InputError, OutputError
 
 FORMATS = ("jsonl", "csv", "parquet")
@@ -71,6 +71,7 @@ def _parquet(path, head: bytes, source) -> pa.Table:
     if head != _PARQUET_MAGIC:
         raise InputError(path, "is not a Parquet file (it does not start with PAR1)")
     try:
+        import pyarrow.parquet as pq      # imported where used: a JSON Lines dedup starts ~20 ms sooner
         return pq.read_table(source)
     except (pa.ArrowException, OSError) as exc:
         raise InputError(path, f"is not a readable Parquet file: {exc}") from None
@@ -212,10 +213,33 @@ def _locate_jsonl_problem(path) -> None:
                                            f"{seen.__name__} on earlier lines", row=line_no)
 
 
+def jsonl_lines(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) byte offsets of each data row's line in `raw`, newline included (pyarrow
+    skips blank lines, so rows and lines can differ)."""
+    if not raw:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    data = np.frombuffer(raw, dtype=np.uint8)
+    newlines = newline_offsets(raw)
+    start = np.concatenate([[0], newlines + 1])
+    end = np.concatenate([newlines + 1, [len(raw)]])
+    # a line is blank when it holds only whitespace: only one that is empty or begins with
+    # whitespace can be, and only those are looked at one by one
+    maybe_blank = np.flatnonzero((start == end) | np.isin(data[np.minimum(start, len(raw) - 1)], _WHITESPACE))
+    blank = [i for i in maybe_blank.tolist() if not raw[start[i]:end[i]].strip()]
+    data_rows = np.ones(len(start), dtype=bool)
+    data_rows[blank] = False
+    return start[data_rows], end[data_rows]
+
+
+_WHITESPACE = np.frombuffer(b" \t\n\r\x0b\x0c", dtype=np.uint8)      # what bytes.strip() removes
+
+
 def jsonl_line_numbers(path) -> np.ndarray:
-    """Line number of each data row (pyarrow skips blank lines, so rows and lines can differ)."""
+    """Line number (1-based) of each data row."""
     with open(path, "rb") as f:
-        return np.array([n for n, line in enumerate(f, start=1) if line.strip()], dtype=np.int64)
+        raw = f.read()
+    start, _ = jsonl_lines(raw)
+    return np.searchsorted(newline_offsets(raw), start) + 1
 
 
 def text_column(table: pa.Table, column: str, path, fmt: str) -> pa.ChunkedArray:
@@ -344,6 +368,7 @@ def write_table(table: pa.Table, path, fmt: str | None = None) -> None:
     fmt = detect_format(path, fmt)
     with atomic_path(path) as tmp:
         if fmt == "parquet":
+            import pyarrow.parquet as pq
             pq.write_table(table, tmp)
         elif fmt == "csv":
             pacsv.write_csv(table, tmp)
@@ -364,8 +389,11 @@ def write_rows_like(source, table: pa.Table, keep: np.ndarray, path, fmt: str) -
     if fmt != "jsonl":
         write_table(table.filter(pa.array(keep)), path, fmt)
         return
-    wanted = set(jsonl_line_numbers(source)[keep].tolist())
-    with atomic_path(path) as tmp, open(source, "rb") as src, open(tmp, "wb") as dst:
-        for line_no, line in enumerate(src, start=1):
-            if line_no in wanted:
-                dst.write(line if line.endswith(b"\n") else line + b"\n")
+    with open(source, "rb") as src:
+        raw = src.read()
+    start, end = jsonl_lines(raw)
+    view = memoryview(raw)
+    with atomic_path(path) as tmp, open(tmp, "wb") as dst:
+        dst.write(b"".join(view[a:b] for a, b in zip(start[keep].tolist(), end[keep].tolist())))
+        if keep.any() and raw[end[keep][-1] - 1:end[keep][-1]] != b"\n":     # the last line had none
+            dst.write(b"\n")

@@ -155,7 +155,8 @@ def test_the_core_suite_writes_the_result_schema(tmp_path):
     names = [b["name"] for b in record["benchmarks"]]
     assert names == ["fingerprint char4, ASCII", "fingerprint char4, non-ASCII", "self-join 1M, tau 3",
                      "self-join 1M, tau 10", "dedup 1.5M rows, 90% exact or near copies, tau 10, 2 threads",
-                     "streaming filter char4, insert and query"]
+                     "streaming filter char4, insert and query",
+                     "dedup command end to end, 40 MB JSON Lines, whole process"]
     for b in record["benchmarks"]:
         assert len(b["samples"]) == 2 and b["min"] <= b["median"] <= b["max"] and b["min"] > 0
     assert compare(out, out).exit_code == 0

@@ -10,8 +10,12 @@ import signal
 
 import click
 
-from misalign.cli import runs, tools
 from misalign.cli.common import Group
+
+# each command's module is imported only when that command runs (or --help lists them all)
+COMMANDS = {name: f"misalign.cli.{module}:{name.replace('-', '_')}" for module, names in {
+    "runs": ("build", "bench", "run", "check", "plan", "report", "compare", "validate-judge"),
+    "tools": ("dedup", "taxonomy", "classify", "perf", "models", "cache")}.items() for name in names}
 
 
 def _stop(signum, frame):
@@ -21,7 +25,7 @@ def _stop(signum, frame):
     raise SystemExit(128 + signum)
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="misalign-fast")
 @click.option("--verbose", is_flag=True, envvar="MISALIGN_VERBOSE",
               help="Show vLLM's own output (by default it goes to RUN_DIR/logs/MODEL.log).")
@@ -39,7 +43,3 @@ def main(verbose):
     for stopping in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(stopping, _stop)
 
-
-for command in (runs.build, runs.bench, runs.run, runs.check, runs.plan, runs.report, runs.compare, runs.validate_judge,
-                tools.dedup, tools.taxonomy, tools.classify, tools.perf, tools.models, tools.cache):
-    main.add_command(command)

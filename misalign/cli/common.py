@@ -4,6 +4,7 @@ shows them."""
 from __future__ import annotations
 
 import errno
+import importlib
 import math
 import sys
 import warnings
@@ -34,7 +35,23 @@ def one_line(text: str) -> str:
 
 
 class Group(click.Group):
-    """Turn our own errors into one line on stderr and exit status 2."""
+    """Turn our own errors into one line on stderr and exit status 2.  Commands named in
+    `lazy_commands` ("name": "module:attribute") are imported when invoked or listed, so that
+    a quick command (dedup, taxonomy) does not pay for importing every other one (click's own
+    recipe for lazy subcommands)."""
+
+    def __init__(self, *args, lazy_commands: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx, name):
+        if name in self.lazy_commands and name not in self.commands:
+            module, attribute = self.lazy_commands[name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx):
         try:
