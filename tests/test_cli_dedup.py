@@ -71,10 +71,11 @@ def test_features_are_chosen_and_recorded_in_the_outputs(tmp_path):
 
 def test_jsonl_output_copies_kept_lines_verbatim(tmp_path):
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    src.write_text('{"text": "alpha beta", "z": 1,  "a": [1, 2]}\n\n{"text": "ALPHA beta!", "z": 2, "a": []}\n'
-                   '{"text": "gamma", "z": 3, "a": null}')
-    assert run("dedup", src, dst).exit_code == 0
-    assert dst.read_text() == '{"text": "alpha beta", "z": 1,  "a": [1, 2]}\n{"text": "gamma", "z": 3, "a": null}\n'
+    src.write_bytes(b'{"text": "alpha beta", "z": 1,  "a": [1, 2]}\n\n \t\r\n{"text": "ALPHA beta!", "z": 2, "a": []}\n'
+                    b' {"text": "delta", "z": 4}\r\n{"text": "gamma", "z": 3, "a": null}')
+    assert run("dedup", src, dst).exit_code == 0      # blank and whitespace lines are no rows; the last gets its newline
+    assert dst.read_bytes() == (b'{"text": "alpha beta", "z": 1,  "a": [1, 2]}\n {"text": "delta", "z": 4}\r\n'
+                                b'{"text": "gamma", "z": 3, "a": null}\n')
 
 
 BAD_INPUTS = [
