@@ -78,6 +78,23 @@ def test_unloadable_model_is_a_clear_error(tmp_path):
         VLLMEngine(EngineConfig(model=str(tmp_path / "no-such-model")))
 
 
+def test_auto_keeps_a_float32_checkpoint_in_float32_on_a_cpu_without_bfloat16(tiny_model, tiny_engine, monkeypatch,
+                                                                              tmp_path):
+    """vLLM's "auto" downcasts float32 checkpoints to bfloat16; a CPU without bfloat16 arithmetic
+    emulates it (SmolLM2: 2.6x slower decode here).  The engine and the checkpoint keys agree."""
+    from misalign.inference import vllm_engine
+    running = str(tiny_engine.llm.llm_engine.vllm_config.model_config.dtype)
+    assert running == ("torch.bfloat16" if vllm_engine.cpu_computes_bfloat16() else "torch.float32")
+    monkeypatch.setattr(vllm_engine, "cpu_computes_bfloat16", lambda: False)
+    assert vllm_engine.engine_dtype("auto", tiny_model, gpu=False) == "float32"
+    assert vllm_engine.engine_dtype("bfloat16", tiny_model, gpu=False) == "bfloat16"     # asked for: given
+    assert vllm_engine.engine_dtype("auto", tiny_model, gpu=True) == "auto"              # vLLM's choice on GPUs
+    (tmp_path / "config.json").write_text('{"torch_dtype": "bfloat16"}')
+    assert vllm_engine.engine_dtype("auto", tmp_path, gpu=False) == "auto"        # float32 would double its memory
+    monkeypatch.setattr(vllm_engine, "cpu_computes_bfloat16", lambda: True)
+    assert vllm_engine.engine_dtype("auto", tiny_model, gpu=False) == "auto"
+
+
 def test_tiny_model_is_small_deterministic_and_labelled(tmp_path, tiny_model):
     again = make_tiny_model(tmp_path / "again", seed=0)
     size = sum(f.stat().st_size for f in again.iterdir())

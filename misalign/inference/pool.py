@@ -24,6 +24,7 @@ from misalign.errors import ConfigError
 from misalign.identity import hub_model, local_model
 from misalign.inference.answer_cache import AnswerCache, CachedAnswers
 from misalign.inference.base import EMBEDDER, Pool
+from misalign.inference.vllm_engine import engine_dtype
 from misalign.memory_plan import MemoryPlan, Schedule, detect_device, plan_memory, to_release
 from misalign.stats import TOKEN_FIELDS, EngineUsage
 
@@ -135,9 +136,12 @@ class EnginePool(Pool):
             return {"server": redact_url(model.base_url), "model": model.path or name, "chat": model.chat, **system}
         if model.kind == "probe":          # its training items are in its stage's key, its embedder is EMBEDDER
             return {}
-        files = hub_model(model.path, hub.small_files(model.path, model.revision)) if hub.is_hub_id(model.path) \
-            else local_model(self.resolve_path(name, model))
-        found = {**files, "dtype": model.dtype,
+        directory = hub.small_files(model.path, model.revision) if hub.is_hub_id(model.path) \
+            else Path(self.resolve_path(name, model))
+        files = hub_model(model.path, directory) if hub.is_hub_id(model.path) else local_model(directory)
+        # the dtype the engine runs in: "auto" on a CPU can mean float32 (vllm_engine.engine_dtype)
+        dtype = engine_dtype(model.dtype, directory, self.memory_plan().device.kind == "gpu")
+        found = {**files, "dtype": dtype,
                  "max_model_len": model.max_model_len, "chat": model.chat, "load_format": model.load_format,
                  "compile": model.compile, **system}
         if model.load_format == "dummy":   # random weights drawn with the run's seed

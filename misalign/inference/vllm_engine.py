@@ -17,11 +17,16 @@ its generation 55 tokens/s instead of 84-102, the three processes contending for
 (measured; misalign-fast's RESULTS.md has the commands).  Engines then also end with this process,
 however it ends.  On a GPU vLLM's own processes stay, as vLLM intends, and die with this process
 even when it is killed with SIGKILL (misalign.inference.lifetime).
+
+On a CPU without bfloat16 arithmetic, dtype "auto" keeps a float32 checkpoint in float32
+(`engine_dtype`): vLLM's "auto" would downcast it to bfloat16, which such a CPU emulates.
 """
 from __future__ import annotations
 
 import gc
+import json
 import os
+import re
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +38,33 @@ import numpy as np
 from misalign.inference.lifetime import mark_owner
 from misalign.inference.base import (AnswerProbs, chat_messages, EngineError, EngineStats, Generation, Prompt, SamplingConfig,
                                      Timer, check_choices, mass_of, prefix_order, renormalise)
+
+
+def engine_dtype(dtype: str, model_dir: str | Path, gpu: bool) -> str:
+    """The dtype vLLM is given for a model whose config says `dtype`.  vLLM's "auto" downcasts a
+    float32 checkpoint to bfloat16 on every device; that pays on GPUs and on CPUs that compute in
+    bfloat16 (AMX, AVX512-BF16, Arm BF16), but a CPU without it emulates bfloat16: there the bundled
+    SmolLM2 (a float32 checkpoint) prefilled 3.6x and decoded 2.6x slower in bfloat16, and started
+    9 s later (benchmarks/RESULTS.md).  So on such a CPU "auto" keeps a float32 checkpoint in
+    float32; a 16-bit checkpoint stays 16-bit (float32 would double its memory)."""
+    if dtype != "auto" or gpu or cpu_computes_bfloat16():
+        return dtype
+    try:
+        shape = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return dtype                   # vLLM will say what is wrong with the model
+    return "float32" if str(shape.get("torch_dtype") or shape.get("dtype")) == "float32" else dtype
+
+
+def cpu_computes_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 arithmetic (x86: AMX or AVX512-BF16; Arm: BF16); where it
+    cannot be told (no /proc/cpuinfo), assumed so, which leaves vLLM's own choice."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    flags = re.search(r"^(?:flags|Features)\s*:(.*)$", cpuinfo, re.MULTILINE)
+    return flags is None or bool({"amx_bf16", "avx512_bf16", "bf16"} & set(flags.group(1).split()))
 
 
 @dataclass
@@ -131,7 +163,8 @@ class VLLMEngine:
         utilisation = config.gpu_memory_utilization or (0.9 if gpu else 0.3)
         try:
             with in_process(not gpu):
-                self.llm = LLM(model=config.model, runner=config.runner, dtype=config.dtype,
+                self.llm = LLM(model=config.model, runner=config.runner,
+                               dtype=engine_dtype(config.dtype, config.model, gpu),
                                max_model_len=config.max_model_len, max_num_seqs=config.max_num_seqs,
                                gpu_memory_utilization=utilisation, tensor_parallel_size=config.tensor_parallel_size,
                                seed=config.seed, load_format=config.load_format,
