@@ -1,14 +1,19 @@
 """Where an engine's time goes on a CPU: start-up, prefill and decode, per way of running vLLM.
 
-Baseline: vLLM's defaults (its engine core in a process of its own, the model compiled), against
-the engine core in this process, compiled and eager (what misalign-fast does on a CPU).  Each way
-runs in a fresh interpreter (the engine core's placement is read when vLLM starts), one after the
-other, on the bundled SmolLM2-135M-Instruct:
+Baseline: vLLM's defaults (its engine core in a process of its own, the model compiled, and the
+float32 checkpoint downcast to bfloat16 as vLLM's dtype "auto" does), against the engine core in
+this process, compiled and eager, and eager in float32 (what misalign-fast does on a CPU without
+bfloat16 arithmetic, vllm_engine.engine_dtype).  Each way runs in a fresh interpreter (the engine
+core's placement is read when vLLM starts), one after the other, on the bundled
+SmolLM2-135M-Instruct:
 
-    .venv/bin/python benchmarks/bench_engine_start.py
+    .venv/bin/python benchmarks/bench_engine_start.py             # every way
+    .venv/bin/python benchmarks/bench_engine_start.py --eager     # the in-process eager ways only
 
-start: engine construction (weights, compilation, KV cache); prefill: label_probs on 36 detector
-prompts of ~270 tokens (one token generated each); decode: 32 greedy answers of up to 64 tokens.
+import: torch and vLLM's LLM imported (once per process); start: engine construction (weights,
+compilation, KV cache); restart: the same engine closed and started again in the same process (a
+start without the imports); prefill: label_probs on 36 detector prompts of ~270 tokens (one token
+generated each); decode: 32 greedy answers of up to 64 tokens.
 """
 from __future__ import annotations
 
@@ -19,22 +24,35 @@ import sys
 import time
 
 MODES = {
-    "vLLM defaults: engine process, compiled (baseline)": {"VLLM_ENABLE_V1_MULTIPROCESSING": "1", "compile": True},
-    "engine in this process, compiled": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "compile": True},
-    "engine in this process, eager (misalign-fast on CPU)": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "compile": False},
+    "vLLM defaults: engine process, compiled, bfloat16 (baseline)":
+        {"VLLM_ENABLE_V1_MULTIPROCESSING": "1", "compile": True, "dtype": "bfloat16"},
+    "engine in this process, compiled, bfloat16": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "compile": True,
+                                                   "dtype": "bfloat16"},
+    "engine in this process, eager, bfloat16": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "compile": False,
+                                                "dtype": "bfloat16"},
+    "engine in this process, eager, float32 (misalign-fast on this CPU)":
+        {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "compile": False, "dtype": "float32"},
 }
 
 
-def measure(compile_model: bool) -> dict:
+def measure(compile_model: bool, dtype: str) -> dict:
+    began = time.perf_counter()
+    import torch  # noqa: F401
+    from vllm import LLM  # noqa: F401
+    imported = time.perf_counter() - began
     from misalign.inference import EngineConfig, SamplingConfig, VLLMEngine
     from misalign.inference.smollm2 import prepare
     from misalign.inference.tiny import bundled_prompts
     from misalign.prompting import PromptTemplates
 
+    config = EngineConfig(model=str(prepare()), max_model_len=4096, max_num_seqs=64, enforce_eager=not compile_model,
+                          dtype=dtype)
     started = time.perf_counter()
-    engine = VLLMEngine(EngineConfig(model=str(prepare()), max_model_len=4096, max_num_seqs=64,
-                                     enforce_eager=not compile_model))
+    VLLMEngine(config).close()
     start = time.perf_counter() - started
+    started = time.perf_counter()
+    engine = VLLMEngine(config)
+    restart = time.perf_counter() - started
     prompts = bundled_prompts()
     judged = [PromptTemplates.bundled().detector_prompt("joint", p, "word " * 150, "misaligned") for p in prompts[:36]]
     engine.label_probs(judged[:2], ["Yes", "No"])                 # first-request warm-up, not timed
@@ -46,29 +64,32 @@ def measure(compile_model: bool) -> dict:
     engine.generate(prompts[:32], SamplingConfig(max_tokens=64, temperature=0.0))
     decode = (engine.stats().generated_tokens - before) / (time.perf_counter() - started)
     engine.close()
-    return {"start_s": start, "prefill_tok_s": prefill, "decode_tok_s": decode}
+    return {"import_s": imported, "start_s": start, "restart_s": restart, "prefill_tok_s": prefill,
+            "decode_tok_s": decode}
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--one":
-        print(json.dumps(measure(sys.argv[2] == "compiled")), flush=True)
+    if len(sys.argv) == 4 and sys.argv[1] == "--one":
+        print(json.dumps(measure(sys.argv[2] == "compiled", sys.argv[3])), flush=True)
         return
+    modes = {name: mode for name, mode in MODES.items() if "--eager" not in sys.argv or not mode["compile"]}
     rows = {}
-    for name, mode in MODES.items():
+    for name, mode in modes.items():
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
                "VLLM_ENABLE_V1_MULTIPROCESSING": mode["VLLM_ENABLE_V1_MULTIPROCESSING"]}
-        done = subprocess.run([sys.executable, __file__, "--one", "compiled" if mode["compile"] else "eager"],
-                              env=env, capture_output=True, text=True, check=True)
+        done = subprocess.run([sys.executable, __file__, "--one", "compiled" if mode["compile"] else "eager",
+                               mode["dtype"]], env=env, capture_output=True, text=True, check=True)
         rows[name] = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"{name}: {rows[name]}", file=sys.stderr, flush=True)
     base = next(iter(rows.values()))
     print(f"SmolLM2-135M-Instruct, {os.cpu_count()} cores; ratios against the first row:\n")
-    print("| how vLLM runs | start s | prefill tok/s | decode tok/s | start, speed-up | prefill | decode |")
-    print("|---|---|---|---|---|---|---|")
+    print("| how vLLM runs | import s | start s | restart s | prefill tok/s | decode tok/s | start, speed-up "
+          "| prefill | decode |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
-        print(f"| {name} | {r['start_s']:.1f} | {r['prefill_tok_s']:,.0f} | {r['decode_tok_s']:,.0f} "
-              f"| {base['start_s'] / r['start_s']:.1f}x | {r['prefill_tok_s'] / base['prefill_tok_s']:.2f}x "
-              f"| {r['decode_tok_s'] / base['decode_tok_s']:.2f}x |")
+        print(f"| {name} | {r['import_s']:.1f} | {r['start_s']:.1f} | {r['restart_s']:.1f} | {r['prefill_tok_s']:,.0f} "
+              f"| {r['decode_tok_s']:,.0f} | {base['start_s'] / r['start_s']:.1f}x "
+              f"| {r['prefill_tok_s'] / base['prefill_tok_s']:.2f}x | {r['decode_tok_s'] / base['decode_tok_s']:.2f}x |")
 
 
 if __name__ == "__main__":
