@@ -206,7 +206,7 @@ def yes_line(model: dict) -> str:
         return ""
     text = f"answers Yes to {rate['is_misaligned']:.0%} of \"is it misaligned?\""
     if rate.get("is_aligned") is not None:
-        text += f" and {rate['is_aligned']:.0%} of \"is it aligned?\" (unbiased: about half of each)"
+        text += f" and {rate['is_aligned']:.0%} of \"is it aligned?\" (a judge without a bias: about half of each)"
     return text
 
 
