@@ -19,7 +19,6 @@ import csv
 import filecmp
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -27,19 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_features import SHARED    # the dev prompts, in ../shared
-
-DEV = SHARED
-
-
-def build(path: Path, rows: list[str], size: float) -> float:
-    rng, written = random.Random(0), 0
-    with open(path, "w", encoding="utf-8") as f:
-        while written < size:
-            line = json.dumps({"text": rng.choice(rows) + " " + rng.choice(rows)}, ensure_ascii=False) + "\n"
-            f.write(line)
-            written += len(line.encode())
-    return written / 1e6
+from bench_features import SHARED as DEV    # the dev prompts, in ../shared
+from misalign.perf import joined_rows
 
 
 def timed(code: Path | None, source: Path, output: Path, work: Path) -> float:
@@ -86,7 +74,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-dedup-command-") as scratch:
         work = Path(scratch)
         big, small = work / "q40.jsonl", work / "q3.jsonl"
-        mb = build(big, prompts, 40e6)
+        mb = joined_rows(big, prompts, per_row=2, size_mb=40)
         small.write_text("".join(json.dumps({"text": p}) + "\n" for p in prompts[:3]))
         ways = {"baseline": args.baseline.resolve(), "this checkout": None} if args.baseline else {"this checkout": None}
         times = {(way, f): [] for way in ways for f in ("big", "small")}

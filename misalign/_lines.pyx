@@ -10,24 +10,25 @@ from libc.string cimport memchr
 
 def newline_offsets(const uint8_t[::1] data):
     """Offsets of every b"\\n" in data, ascending, as int64."""
-    cdef Py_ssize_t n = data.shape[0], count = 0, k = 0
-    cdef const uint8_t *start = &data[0] if n else NULL
+    cdef Py_ssize_t n = data.shape[0], count = 0, k
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    cdef const uint8_t *start = &data[0]
+    cdef const uint8_t *end = start + n
     cdef const uint8_t *at = start
-    with nogil:
-        while n and at != NULL:
-            at = <const uint8_t *> memchr(at, 10, n - (at - start))
-            if at != NULL:
-                count += 1
-                at += 1
-                if at == start + n:
-                    break
+    with nogil:                # count, then fill: two passes of memchr beat a growing buffer
+        while at < end:
+            at = <const uint8_t *> memchr(at, 10, end - at)
+            if at == NULL:
+                break
+            count += 1
+            at += 1
     offsets = np.empty(count, dtype=np.int64)
     cdef int64_t[::1] out = offsets
     at = start
     with nogil:
-        while k < count:
-            at = <const uint8_t *> memchr(at, 10, n - (at - start))
+        for k in range(count):
+            at = <const uint8_t *> memchr(at, 10, end - at)
             out[k] = at - start
-            k += 1
             at += 1
     return offsets

@@ -324,22 +324,31 @@ def dedup_end_to_end(texts: list[str], work_dir: Path, size_mb: float = 40.0) ->
     """`misalign-fast dedup` as a user runs it, in a process of its own (Python's start-up and
     imports included), on a seeded JSON Lines file of `size_mb` MB in `work_dir` whose rows each
     join three random `texts`: MB of file per second of the whole process."""
-    import random
     import sys
 
-    source, rng, size = work_dir / "dedup-rows.jsonl", random.Random(0), 0
-    with open(source, "w", encoding="utf-8") as f:
-        while size < size_mb * 1e6:
-            line = json.dumps({"text": " ".join(rng.choice(texts) for _ in range(3))}, ensure_ascii=False) + "\n"
-            f.write(line)
-            size += len(line.encode())
+    source = work_dir / "dedup-rows.jsonl"
+    written = joined_rows(source, texts, per_row=3, size_mb=size_mb)
 
     def once():
         began = time.perf_counter()
         subprocess.run([sys.executable, "-m", "misalign.cli", "dedup", str(source), str(work_dir / "dedup-kept.jsonl")],
                        check=True, stdout=subprocess.DEVNULL)
-        return size / 1e6 / (time.perf_counter() - began)
+        return written / (time.perf_counter() - began)
     return once
+
+
+def joined_rows(path: Path, texts: list[str], per_row: int, size_mb: float, seed: int = 0) -> float:
+    """Write JSON Lines of about `size_mb` MB to `path`, each row's "text" `per_row` random
+    `texts` joined by a space (seeded); return the MB written."""
+    import random
+
+    rng, size = random.Random(seed), 0
+    with open(path, "w", encoding="utf-8") as f:
+        while size < size_mb * 1e6:
+            line = json.dumps({"text": " ".join(rng.choice(texts) for _ in range(per_row))}, ensure_ascii=False) + "\n"
+            f.write(line)
+            size += len(line.encode())
+    return size / 1e6
 
 
 PIPELINE_SHAPE = "Mistral-7B-Instruct-v0.3"     # its tokenizer ships in mistral_common (a vLLM dependency)

@@ -213,22 +213,21 @@ def _locate_jsonl_problem(path) -> None:
                                            f"{seen.__name__} on earlier lines", row=line_no)
 
 
-def jsonl_lines(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """(start, end) byte offsets of each data row's line in `raw`, newline included (pyarrow
-    skips blank lines, so rows and lines can differ)."""
+def jsonl_lines(raw: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(line number, start, end) of each data row's line in `raw`: 1-based, and byte offsets with
+    the newline included (pyarrow skips blank lines, so rows and lines can differ)."""
     if not raw:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-    data = np.frombuffer(raw, dtype=np.uint8)
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     newlines = newline_offsets(raw)
     start = np.concatenate([[0], newlines + 1])
     end = np.concatenate([newlines + 1, [len(raw)]])
     # a line is blank when it holds only whitespace: only one that is empty or begins with
     # whitespace can be, and only those are looked at one by one
-    maybe_blank = np.flatnonzero((start == end) | np.isin(data[np.minimum(start, len(raw) - 1)], _WHITESPACE))
-    blank = [i for i in maybe_blank.tolist() if not raw[start[i]:end[i]].strip()]
+    first_byte = np.frombuffer(raw, dtype=np.uint8)[np.minimum(start, len(raw) - 1)]
+    maybe_blank = np.flatnonzero((start == end) | np.isin(first_byte, _WHITESPACE))
     data_rows = np.ones(len(start), dtype=bool)
-    data_rows[blank] = False
-    return start[data_rows], end[data_rows]
+    data_rows[[i for i in maybe_blank.tolist() if not raw[start[i]:end[i]].strip()]] = False
+    return np.flatnonzero(data_rows) + 1, start[data_rows], end[data_rows]
 
 
 _WHITESPACE = np.frombuffer(b" \t\n\r\x0b\x0c", dtype=np.uint8)      # what bytes.strip() removes
@@ -237,9 +236,7 @@ _WHITESPACE = np.frombuffer(b" \t\n\r\x0b\x0c", dtype=np.uint8)      # what byte
 def jsonl_line_numbers(path) -> np.ndarray:
     """Line number (1-based) of each data row."""
     with open(path, "rb") as f:
-        raw = f.read()
-    start, _ = jsonl_lines(raw)
-    return np.searchsorted(newline_offsets(raw), start) + 1
+        return jsonl_lines(f.read())[0]
 
 
 def text_column(table: pa.Table, column: str, path, fmt: str) -> pa.ChunkedArray:
@@ -391,7 +388,7 @@ def write_rows_like(source, table: pa.Table, keep: np.ndarray, path, fmt: str) -
         return
     with open(source, "rb") as src:
         raw = src.read()
-    start, end = jsonl_lines(raw)
+    _, start, end = jsonl_lines(raw)
     view = memoryview(raw)
     with atomic_path(path) as tmp, open(tmp, "wb") as dst:
         dst.write(b"".join(view[a:b] for a, b in zip(start[keep].tolist(), end[keep].tolist())))

@@ -81,7 +81,7 @@ def test_unloadable_model_is_a_clear_error(tmp_path):
 def test_auto_keeps_a_float32_checkpoint_in_float32_on_a_cpu_without_bfloat16(tiny_model, tiny_engine, monkeypatch,
                                                                               tmp_path):
     """vLLM's "auto" downcasts float32 checkpoints to bfloat16; a CPU without bfloat16 arithmetic
-    emulates it (SmolLM2: 2.6x slower decode here).  The engine and the checkpoint keys agree."""
+    emulates it (SmolLM2: 2.4x slower decode here).  The engine and the checkpoint keys agree."""
     from misalign.inference import vllm_engine
     running = str(tiny_engine.llm.llm_engine.vllm_config.model_config.dtype)
     assert running == ("torch.bfloat16" if vllm_engine.cpu_computes_bfloat16() else "torch.float32")

@@ -136,9 +136,12 @@ class EnginePool(Pool):
             return {"server": redact_url(model.base_url), "model": model.path or name, "chat": model.chat, **system}
         if model.kind == "probe":          # its training items are in its stage's key, its embedder is EMBEDDER
             return {}
-        directory = hub.small_files(model.path, model.revision) if hub.is_hub_id(model.path) \
-            else Path(self.resolve_path(name, model))
-        files = hub_model(model.path, directory) if hub.is_hub_id(model.path) else local_model(directory)
+        if hub.is_hub_id(model.path):
+            directory = hub.small_files(model.path, model.revision)
+            files = hub_model(model.path, directory)
+        else:
+            directory = Path(self.resolve_path(name, model))
+            files = local_model(directory)
         # the dtype the engine runs in: "auto" on a CPU can mean float32 (vllm_engine.engine_dtype)
         dtype = engine_dtype(model.dtype, directory, self.memory_plan().device.kind == "gpu")
         found = {**files, "dtype": dtype,

@@ -44,8 +44,8 @@ def engine_dtype(dtype: str, model_dir: str | Path, gpu: bool) -> str:
     """The dtype vLLM is given for a model whose config says `dtype`.  vLLM's "auto" downcasts a
     float32 checkpoint to bfloat16 on every device; that pays on GPUs and on CPUs that compute in
     bfloat16 (AMX, AVX512-BF16, Arm BF16), but a CPU without it emulates bfloat16: there the bundled
-    SmolLM2 (a float32 checkpoint) prefilled 3.6x and decoded 2.6x slower in bfloat16, and started
-    9 s later (benchmarks/RESULTS.md).  So on such a CPU "auto" keeps a float32 checkpoint in
+    SmolLM2 (a float32 checkpoint) prefilled 3.1x and decoded 2.4x slower in bfloat16
+    (`benchmarks/bench_engine_start.py --eager`).  So on such a CPU "auto" keeps a float32 checkpoint in
     float32; a 16-bit checkpoint stays 16-bit (float32 would double its memory)."""
     if dtype != "auto" or gpu or cpu_computes_bfloat16():
         return dtype
