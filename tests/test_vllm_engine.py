@@ -6,6 +6,7 @@ import pytest
 
 from misalign.inference import ChoiceError, EngineConfig, EngineError, SamplingConfig, VLLMEngine, prefix_order
 from misalign.inference.base import cache_root
+from misalign.inference.nucleus import ARG
 from misalign.inference.tiny import STAND_IN_NOTE, make_tiny_model
 from misalign.inference.vllm_engine import CPU_BLOCK_SIZE
 
@@ -76,6 +77,17 @@ def test_vllms_own_caches_are_kept_in_ours(tiny_engine):
     root = cache_root() / "vllm"
     assert Path(vllm.envs.VLLM_CACHE_ROOT) == root
     assert any((root / "modelinfos").iterdir())         # written while the session's engine started
+
+
+def test_top_p_is_applied_on_a_cpu_by_the_nucleus_processor(tiny_engine):
+    """vLLM is asked for top_p = 1 on a CPU (its own top-p sorts the vocabulary) and
+    misalign-fast's processor applies p: a nucleus too small for any token but the most likely
+    one makes sampling at temperature 1 greedy."""
+    narrow = SamplingConfig(max_tokens=12, temperature=1.0, top_p=1e-6)
+    params = tiny_engine.sampling_params(narrow)
+    assert (params.top_p, params.extra_args) == (1.0, {ARG: 1e-6})
+    greedy = tiny_engine.generate(PROMPTS, SamplingConfig(max_tokens=12, temperature=0.0))
+    assert [g.text for g in tiny_engine.generate(PROMPTS, narrow)] == [g.text for g in greedy]
 
 
 def test_prefix_order_groups_shared_prefixes_stably():

@@ -168,6 +168,7 @@ class VLLMEngine:
     def _start(self, config: EngineConfig, gpu: bool) -> None:
         try:
             from vllm import LLM
+            from misalign.inference.nucleus import NucleusProcessor
         except ImportError as exc:
             raise EngineError("vLLM is not installed: install misalign-fast[cpu] (CPU) or "
                               f"misalign-fast[gpu] (NVIDIA GPU) ({exc})") from None
@@ -185,6 +186,7 @@ class VLLMEngine:
                                num_gpu_blocks_override=config.kv_cache_blocks, block_size=config.block_size or (None if gpu else CPU_BLOCK_SIZE),
                                # encoder-only pooling models keep no KV cache to share
                                enable_prefix_caching=config.runner == "generate",
+                               logits_processors=[NucleusProcessor] if config.runner == "generate" and not gpu else None,
                                disable_log_stats=False)
         except Exception as exc:   # vLLM raises many kinds; the user needs the model and the reason
             log = f" (vLLM's output: {config.log_file})" if config.log_file else ""
@@ -241,18 +243,24 @@ class VLLMEngine:
         """`seeds`, one per prompt, make sampled outputs independent of batching and resume; they
         are used on GPUs only (vLLM's CPU backend refuses per-request seeds), and are moot when
         decoding is greedy."""
-        from vllm import SamplingParams
-        sampling = sampling or SamplingConfig()
-        fields = dict(max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p)
-        if seeds is not None and self.gpu and sampling.temperature > 0:
-            params = [SamplingParams(**fields, seed=int(s)) for s in seeds]
-        else:
-            params = SamplingParams(**fields)
-        outputs = self._run([self.render(p) for p in prompts], params)
+        outputs = self._run([self.render(p) for p in prompts], self.sampling_params(sampling or SamplingConfig(), seeds))
         return [Generation(text=o.outputs[0].text, prompt_tokens=len(o.prompt_token_ids),
                            completion_tokens=len(o.outputs[0].token_ids), cached_tokens=o.num_cached_tokens or 0,
                            truncated=o.outputs[0].finish_reason == "length")
                 if o is not None else Generation(text="", prompt_tokens=0, completion_tokens=0) for o in outputs]
+
+    def sampling_params(self, sampling: SamplingConfig, seeds: Sequence[int] | None = None):
+        """vLLM's SamplingParams for `sampling`: one, or one per seed.  On a CPU, top-p goes to
+        misalign-fast's nucleus processor and vLLM is asked for top_p = 1 (its own sorts the
+        vocabulary: nucleus.py)."""
+        from vllm import SamplingParams
+        from misalign.inference.nucleus import ARG
+        fields = dict(max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p)
+        if not self.gpu and sampling.temperature > 0 and sampling.top_p < 1:
+            fields.update(top_p=1.0, extra_args={ARG: sampling.top_p})
+        if seeds is not None and self.gpu and sampling.temperature > 0:
+            return [SamplingParams(**fields, seed=int(s)) for s in seeds]
+        return SamplingParams(**fields)
 
     def token_ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
