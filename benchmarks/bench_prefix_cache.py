@@ -19,7 +19,7 @@ import time
 
 from misalign.inference import EngineConfig, VLLMEngine
 from misalign.inference.tiny import bundled_prompts, make_tiny_model
-from misalign.inference.vllm_engine import CPU_BLOCK_SIZE
+from misalign.inference.vllm_engine import CPU_BLOCK_SIZE, on_gpu
 
 
 def workload(n_items: int, n_prefixes: int, seed: int) -> list[str]:
@@ -53,8 +53,9 @@ def main():
     model = args.model or str(make_tiny_model(tempfile.mkdtemp() + "/tiny"))
     prompts = workload(args.requests, args.prefixes, seed=0)
     random.Random(1).shuffle(prompts)
+    block = 16 if on_gpu() else CPU_BLOCK_SIZE          # the engine's own choice on either (16: vLLM's on GPUs)
     engine = VLLMEngine(EngineConfig(model=model, max_model_len=2048, max_num_seqs=args.max_num_seqs,
-                                     block_size=CPU_BLOCK_SIZE, kv_cache_blocks=args.kv_tokens // CPU_BLOCK_SIZE or None))
+                                     block_size=block, kv_cache_blocks=args.kv_tokens // block or None))
     engine.label_probs(prompts[:8], ["A", "B"])           # warm-up
     best = {}
     for _ in range(2):

@@ -3,9 +3,10 @@
 vLLM's CPU sampler applies top-p by sorting every sequence's whole vocabulary at every step: for
 SmolLM2's 49,152 tokens and 64 sequences that is ~120 ms a step on 2 cores, more than the
 model's forward pass, and top_p = 0.95 halved decoding (benchmarks/RESULTS.md, "Nucleus sampling
-on a CPU").  This logits processor keeps the same nucleus, the fewest most likely tokens whose
-probabilities reach p, found among the CANDIDATES most likely ones with the row's log-sum-exp;
-only a row whose nucleus is wider than that is sorted whole.  vLLM applies argmax-invariant
+on a CPU").  This logits processor keeps the same nucleus (to rounding, and to which of tokens
+tied at its edge), the fewest most likely tokens whose probabilities reach p, found among the
+CANDIDATES most likely ones with the row's log-sum-exp; only a row whose nucleus is wider than
+that is sorted whole.  vLLM applies argmax-invariant
 processors after the temperature and before its own top-k/top-p, where top-p belongs, so the
 engine asks vLLM for top_p = 1 and hands p to this processor instead (CPUs only: on GPUs vLLM's
 kernels need no sort).  Imported by the engine only: it imports vLLM.
@@ -23,12 +24,14 @@ CANDIDATES = 256                # covers the nucleus of nearly every step; topk 
 def outside_nucleus(logits: torch.Tensor, p: torch.Tensor, candidates: int = CANDIDATES) -> torch.Tensor:
     """True where a token of each row of `logits` lies outside the row's nucleus of mass p: the
     fewest most likely tokens whose probabilities sum to at least p (vLLM's rule, which always
-    keeps the most likely token)."""
+    keeps the most likely token).  Counted by position, as vLLM's sort does: of tokens tied at
+    the nucleus' edge (common in bfloat16) only as many as it needs are kept."""
     k = min(candidates, logits.shape[-1])
-    top = logits.topk(k, dim=-1).values
-    mass = (top - logits.logsumexp(dim=-1, keepdim=True)).exp().cumsum(dim=-1)
+    top = logits.topk(k, dim=-1)
+    mass = (top.values - logits.logsumexp(dim=-1, keepdim=True)).exp().cumsum(dim=-1)
     before = (mass < p.unsqueeze(1)).sum(dim=-1, keepdim=True)      # tokens before the mass reaches p
-    outside = logits < top.gather(1, before.clamp(max=k - 1))
+    beyond = torch.arange(k) > before                               # by rank: past the token that reaches p
+    outside = torch.ones_like(logits, dtype=torch.bool).scatter_(1, top.indices, beyond)
     wide = before.squeeze(1) >= k
     if k < logits.shape[-1] and wide.any():                         # the nucleus runs past the candidates
         outside[wide] = outside_nucleus(logits[wide], p[wide], logits.shape[-1])

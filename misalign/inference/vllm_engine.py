@@ -168,10 +168,10 @@ class VLLMEngine:
     def _start(self, config: EngineConfig, gpu: bool) -> None:
         try:
             from vllm import LLM
-            from misalign.inference.nucleus import NucleusProcessor
         except ImportError as exc:
             raise EngineError("vLLM is not installed: install misalign-fast[cpu] (CPU) or "
                               f"misalign-fast[gpu] (NVIDIA GPU) ({exc})") from None
+        from misalign.inference.nucleus import NucleusProcessor     # after the check above: it imports vLLM
         self.gpu = gpu
         mark_owner()                      # the engine's own processes die with this one (lifetime.py)
         utilisation = config.gpu_memory_utilization or (0.9 if gpu else 0.3)
