@@ -6,10 +6,10 @@ model's forward pass, and top_p = 0.95 halved decoding (benchmarks/RESULTS.md, "
 on a CPU").  This logits processor keeps the same nucleus (to rounding, and to which of tokens
 tied at its edge), the fewest most likely tokens whose probabilities reach p, found among the
 CANDIDATES most likely ones with the row's log-sum-exp; only a row whose nucleus is wider than
-that is sorted whole.  vLLM applies argmax-invariant
-processors after the temperature and before its own top-k/top-p, where top-p belongs, so the
-engine asks vLLM for top_p = 1 and hands p to this processor instead (CPUs only: on GPUs vLLM's
-kernels need no sort).  Imported by the engine only: it imports vLLM.
+that is sorted whole.  vLLM applies argmax-invariant processors after the temperature and before
+its own top-k/top-p, where top-p belongs, so the engine asks vLLM for top_p = 1 and hands p to
+this processor instead (CPUs only: on GPUs vLLM's kernels need no sort).  Imported by the engine
+only: it imports vLLM.
 """
 from __future__ import annotations
 

@@ -183,7 +183,8 @@ class VLLMEngine:
                                gpu_memory_utilization=utilisation, tensor_parallel_size=config.tensor_parallel_size,
                                seed=config.seed, load_format=config.load_format,
                                enforce_eager=not gpu if config.enforce_eager is None else config.enforce_eager,
-                               num_gpu_blocks_override=config.kv_cache_blocks, block_size=config.block_size or (None if gpu else CPU_BLOCK_SIZE),
+                               num_gpu_blocks_override=config.kv_cache_blocks,
+                               block_size=config.block_size or (None if gpu else CPU_BLOCK_SIZE),
                                # encoder-only pooling models keep no KV cache to share
                                enable_prefix_caching=config.runner == "generate",
                                logits_processors=[NucleusProcessor] if config.runner == "generate" and not gpu else None,
