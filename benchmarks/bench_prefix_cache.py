@@ -49,11 +49,13 @@ def main():
     parser.add_argument("--prefixes", type=int, default=30, help="distinct instruction prefixes")
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--kv-tokens", type=int, default=8192, help="KV cache size in tokens (0: all)")
+    parser.add_argument("--block-size", type=int, help="tokens per KV block (default: the engine's own, "
+                        f"{CPU_BLOCK_SIZE} on a CPU, vLLM's 16 on a GPU)")
     args = parser.parse_args()
     model = args.model or str(make_tiny_model(tempfile.mkdtemp() + "/tiny"))
     prompts = workload(args.requests, args.prefixes, seed=0)
     random.Random(1).shuffle(prompts)
-    block = 16 if on_gpu() else CPU_BLOCK_SIZE          # the engine's own choice on either (16: vLLM's on GPUs)
+    block = args.block_size or (16 if on_gpu() else CPU_BLOCK_SIZE)
     engine = VLLMEngine(EngineConfig(model=model, max_model_len=2048, max_num_seqs=args.max_num_seqs,
                                      block_size=block, kv_cache_blocks=args.kv_tokens // block or None))
     engine.label_probs(prompts[:8], ["A", "B"])           # warm-up
@@ -66,7 +68,7 @@ def main():
                 best[name] = result
     print(f"model: {model}{' (tiny random-weight stand-in)' if not args.model else ''}; {args.requests} requests, "
           f"{args.prefixes} prefixes, max_num_seqs={args.max_num_seqs}, "
-          f"KV cache {engine.cache_tokens():,} tokens; best of 2\n")
+          f"KV cache {engine.cache_tokens():,} tokens in blocks of {block}; best of 2\n")
     print("| order | seconds | requests/s | prompt tokens/s | share of prompt tokens from cache |")
     print("|---|---|---|---|---|")
     for name, (seconds, hit, tokens) in best.items():
