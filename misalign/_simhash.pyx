@@ -55,12 +55,19 @@ cdef extern from "_chars.h" nogil:
     uint64_t mf_char_simhash_codepoints(const mf_char_hash *h, const void *data, int width, Py_ssize_t length,
                                         int n, uint32_t *fold, uint8_t *bytes, int64_t *shingles)
 
+cdef extern from "_within.h" nogil:
+    enum: MF_WITHIN_COLUMNS
+    int mf_within_lanes()
+    uint32_t mf_within_masks(int lanes, const uint64_t *a, int64_t na, const uint64_t *b, int nb, int tau,
+                             uint32_t *masks)
+
 cdef extern from "_words.h" nogil:
     Py_ssize_t mf_ascii_words(const uint8_t *s, Py_ssize_t n, uint8_t *low, Py_ssize_t *starts,
                               Py_ssize_t *ends)
 
 cdef extern from *:
     int __builtin_popcountll(unsigned long long) nogil
+    int __builtin_ctz(unsigned int) nogil
 
 cdef extern from "Python.h":
     bint Py_UNICODE_ISALNUM(Py_UCS4 ch) nogil
@@ -528,6 +535,12 @@ def counts_four_abreast():
     return bool(mf_bitcount4_available())
 
 
+def scan_lanes():
+    """How many fingerprints the Hamming search compares at a time on this CPU: 8 (AVX-512
+    VPOPCNTQ), 4 (AVX2) or 1."""
+    return mf_within_lanes()
+
+
 def xxh3_64(bytes data, uint64_t seed=0):
     """XXH3-64 of `data` (exposed so tests can check our C hash against the reference)."""
     cdef uint8_t long_secret[192]
@@ -548,6 +561,21 @@ cdef inline int64_t _root(int64_t *p, int64_t a) noexcept nogil:
         p[a] = p[p[a]]
         a = p[a]
     return a
+
+
+cdef inline uint32_t _after(int64_t k) noexcept nogil:
+    """The mask of columns j > k: a bucket joined with itself sees each pair once, and no row
+    with itself."""
+    if k < 0:
+        return 0xFFFFFFFF
+    return <uint32_t> ~((<uint64_t> 2 << min(k, 62)) - 1)
+
+
+cdef inline Py_ssize_t _largest_bucket(const int64_t *start, Py_ssize_t nb) noexcept nogil:
+    cdef Py_ssize_t v, largest = 1
+    for v in range(nb):
+        largest = max(largest, start[v + 1] - start[v])
+    return largest
 
 
 cdef struct PairBuffer:
@@ -592,10 +620,13 @@ cdef class HammingIndex:
     """Exact Hamming search within `tau` (inclusive) over 64-bit fingerprints.
 
     One index serves both modes: `add` / `query` / `add_unique` for streaming insert-and-query,
-    and `pairs` for the batch self-join of everything added.  `plan` is a list of
-    (shift, width, radius) blocks; build one with `misalign.dedup.plan_blocks`.
+    and `pairs` / `components` for the batch self-join of everything added.  `plan` is a list of
+    (shift, width, radius) blocks; build one with `misalign.dedup.plan_blocks`.  Candidates are
+    compared `lanes` at a time: by default the most this CPU can (`scan_lanes()`: 8 with
+    AVX-512 VPOPCNTQ, 4 with AVX2, else 1); any of them gives the same answers.
     """
     cdef readonly int tau
+    cdef readonly int lanes
     cdef readonly object plan
     cdef int nblocks
     cdef int shifts[16]
@@ -610,7 +641,7 @@ cdef class HammingIndex:
     cdef Py_ssize_t cap
     cdef object _mask_arrays
 
-    def __cinit__(self, int tau, plan):
+    def __cinit__(self, int tau, plan, int lanes=0):
         cdef int b
         if not 0 <= tau <= 63:
             raise ValueError(f"tau must be between 0 and 63, got {tau}")
@@ -623,6 +654,10 @@ cdef class HammingIndex:
         if sorted((s, w) for s, w, _ in plan) != _tiling(plan):
             raise ValueError(f"plan {plan} must tile the 64 bits with blocks of 1 to 24 bits")
         self.tau = tau
+        if lanes not in (0, 1, 4, 8) or lanes > mf_within_lanes():
+            raise ValueError(f"lanes must be 0 (the most this CPU can), 1, 4 or 8, at most {mf_within_lanes()} "
+                             f"here; got {lanes}")
+        self.lanes = lanes or mf_within_lanes()
         self.plan = plan
         self.nblocks = len(plan)
         self._mask_arrays = []
@@ -861,34 +896,36 @@ cdef class HammingIndex:
         cdef int64_t *start = NULL
         cdef uint64_t *sfp = NULL
         cdef int32_t *sid = NULL
+        cdef uint32_t *hits = NULL
         cdef Py_ssize_t nb = <Py_ssize_t>1 << self.widths[b], m
-        cdef uint32_t v, u
-        cdef int64_t a, c, c_start, c_end
-        cdef uint64_t x
-        cdef int d, status = self._sorted_block(b, &start, &sfp, &sid)
+        cdef uint32_t v, u, left
+        cdef int64_t a0, na, c0, c1, i, a, c
+        cdef int status = self._sorted_block(b, &start, &sfp, &sid)
+        if status == 0:
+            hits = <uint32_t *> malloc(_largest_bucket(start, nb) * sizeof(uint32_t))
+            status = -1 if hits == NULL else 0
         if status == 0:
             for v in range(<uint32_t> nb):
-                if start[v] == start[v + 1]:
+                a0, na = start[v], start[v + 1] - start[v]
+                if na == 0:
                     continue
                 for m in range(self.nmasks[b]):
                     u = v ^ self.masks[b][m]
                     if u < v:
                         continue
-                    for a in range(start[v], start[v + 1]):
-                        x = sfp[a]
-                        c_start = a + 1 if u == v else start[u]
-                        c_end = start[u + 1]
-                        for c in range(c_start, c_end):
-                            d = _popcount(x ^ sfp[c])
-                            if d <= self.tau and self._first_block_seeing(b, x ^ sfp[c]):
-                                if sid[a] < sid[c]:
-                                    status = _push_pair(buf, sid[a], sid[c], <uint8_t> d)
-                                else:
-                                    status = _push_pair(buf, sid[c], sid[a], <uint8_t> d)
-                                if status:
-                                    break
-                        if status:
-                            break
+                    c0 = start[u]
+                    while c0 < start[u + 1] and status == 0:
+                        c1 = min(c0 + MF_WITHIN_COLUMNS, start[u + 1])
+                        if mf_within_masks(self.lanes, sfp + a0, na, sfp + c0, c1 - c0, self.tau, hits):
+                            for i in range(na):
+                                left = hits[i] if u != v else hits[i] & _after(a0 + i - c0)
+                                while left and status == 0:
+                                    a, c = a0 + i, c0 + __builtin_ctz(left)
+                                    left &= left - 1
+                                    if self._first_block_seeing(b, sfp[a] ^ sfp[c]):
+                                        status = _push_pair(buf, min(sid[a], sid[c]), max(sid[a], sid[c]),
+                                                            <uint8_t> _popcount(sfp[a] ^ sfp[c]))
+                        c0 = c1
                     if status:
                         break
                 if status:
@@ -896,47 +933,55 @@ cdef class HammingIndex:
         free(start)
         free(sfp)
         free(sid)
+        free(hits)
         return status
 
     cdef int _union_block(self, int b, int64_t *p) noexcept nogil:
         """The join of block b with every pair within tau made a union in `p` (union-find with
-        path halving, the smaller root the parent); the same candidates as `_join_block`.  Kept
-        apart from it on purpose: one loop serving both (a branch on the mode inside it) ran
-        both 1.5x slower, the compiler no longer keeping the popcount loop tight."""
+        path halving, the smaller root the parent); the same candidates as `_join_block`, which
+        lists the pairs instead (kept apart: a branch on the mode inside the loop cost both)."""
         cdef int64_t *start = NULL
         cdef uint64_t *sfp = NULL
         cdef int32_t *sid = NULL
+        cdef uint32_t *hits = NULL
         cdef Py_ssize_t nb = <Py_ssize_t>1 << self.widths[b], m
-        cdef uint32_t v, u
-        cdef int64_t a, c, c_start, c_end, ra, rc
-        cdef uint64_t x
+        cdef uint32_t v, u, left
+        cdef int64_t a0, na, c0, c1, i, ra, rc
         cdef int status = self._sorted_block(b, &start, &sfp, &sid)
         if status == 0:
+            hits = <uint32_t *> malloc(_largest_bucket(start, nb) * sizeof(uint32_t))
+            status = -1 if hits == NULL else 0
+        if status == 0:
             for v in range(<uint32_t> nb):
-                if start[v] == start[v + 1]:
+                a0, na = start[v], start[v + 1] - start[v]
+                if na == 0:
                     continue
                 for m in range(self.nmasks[b]):
                     u = v ^ self.masks[b][m]
                     if u < v:
                         continue
-                    for a in range(start[v], start[v + 1]):
-                        x = sfp[a]
-                        ra = -1
-                        c_start = a + 1 if u == v else start[u]
-                        c_end = start[u + 1]
-                        for c in range(c_start, c_end):
-                            if _popcount(x ^ sfp[c]) <= self.tau:
-                                if ra < 0:
-                                    ra = _root(p, sid[a])
-                                rc = _root(p, sid[c])
-                                if rc < ra:
-                                    p[ra] = rc
-                                    ra = rc
-                                elif ra < rc:
-                                    p[rc] = ra
+                    c0 = start[u]
+                    while c0 < start[u + 1]:
+                        c1 = min(c0 + MF_WITHIN_COLUMNS, start[u + 1])
+                        if mf_within_masks(self.lanes, sfp + a0, na, sfp + c0, c1 - c0, self.tau, hits):
+                            for i in range(na):
+                                left = hits[i] if u != v else hits[i] & _after(a0 + i - c0)
+                                if left == 0:
+                                    continue
+                                ra = _root(p, sid[a0 + i])
+                                while left:
+                                    rc = _root(p, sid[c0 + __builtin_ctz(left)])
+                                    left &= left - 1
+                                    if rc < ra:
+                                        p[ra] = rc
+                                        ra = rc
+                                    elif ra < rc:
+                                        p[rc] = ra
+                        c0 = c1
         free(start)
         free(sfp)
         free(sid)
+        free(hits)
         return status
 
     cdef inline bint _first_block_seeing(self, int b, uint64_t diff) noexcept nogil:

@@ -2,14 +2,16 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from misalign.dedup import HammingIndex, plan_blocks
+from misalign._simhash import scan_lanes
+from misalign.dedup import HammingIndex, components, plan_blocks
 from reference import brute_pairs
 
 U64 = st.integers(0, 2**64 - 1)
+LANES = [w for w in (1, 4, 8) if w <= scan_lanes()]     # each scan this CPU runs
 
 
-def pairs_of(fps, tau, plan=None):
-    index = HammingIndex(tau, plan or plan_blocks(tau, len(fps)))
+def pairs_of(fps, tau, plan=None, lanes=0):
+    index = HammingIndex(tau, plan or plan_blocks(tau, len(fps)), lanes=lanes)
     index.add(np.array(fps, dtype=np.uint64))
     i, j, d = index.pairs()
     return list(zip(i.tolist(), j.tolist(), d.tolist()))
@@ -37,9 +39,9 @@ def near(base, k, rng):
 
 
 @settings(deadline=None)
-@given(st.lists(U64, max_size=60), st.integers(0, 16))
-def test_random_fingerprints_match_brute_force(fps, tau):
-    assert pairs_of(fps, tau) == brute_pairs(fps, tau)
+@given(st.lists(U64, max_size=60), st.integers(0, 16), st.sampled_from(LANES))
+def test_random_fingerprints_match_brute_force(fps, tau, lanes):
+    assert pairs_of(fps, tau, lanes=lanes) == brute_pairs(fps, tau)
 
 
 @settings(deadline=None)
@@ -54,7 +56,7 @@ def test_adversarial_fingerprints_match_brute_force(data, tau, seed):
     fps += [near(base, int(k), rng) for k in rng.integers(0, 2 * tau + 3, size=data.draw(st.integers(0, 10)))]
     rng.shuffle(fps)
     plan = random_plan(tau, rng)
-    assert pairs_of(fps, tau, plan) == brute_pairs(fps, tau)
+    assert pairs_of(fps, tau, plan, lanes=LANES[seed % len(LANES)]) == brute_pairs(fps, tau)
 
 
 def test_larger_random_set_with_planted_neighbours():
@@ -63,6 +65,33 @@ def test_larger_random_set_with_planted_neighbours():
     fps[1000:1100] = [near(fps[k], int(rng.integers(0, 13)), rng) for k in range(100)]
     for tau in (0, 3, 10, 12):
         assert pairs_of(fps, tau) == brute_pairs(fps, tau)
+
+
+@pytest.mark.parametrize("lanes", [1, 4, 8])
+def test_buckets_larger_than_one_scan_are_joined_whole(lanes):
+    """Near-copies of three fingerprints fill buckets of hundreds, which the scan takes 32 at a
+    time: every pair within tau is still found once, and none twice, with each width of scan."""
+    if lanes > scan_lanes():
+        pytest.skip(f"this CPU compares at most {scan_lanes()} fingerprints at a time")
+    rng = np.random.default_rng(11)
+    sources = rng.integers(0, 2**64, size=3, dtype=np.uint64)
+    fps = [near(sources[k % 3], int(rng.integers(0, 4)), rng) for k in range(700)]
+    fps += rng.integers(0, 2**64, size=300, dtype=np.uint64).tolist()
+    for tau in (3, 10):
+        expected = brute_pairs(fps, tau)
+        assert pairs_of(fps, tau, lanes=lanes) == expected
+        index = HammingIndex(tau, plan_blocks(tau, len(fps)), lanes=lanes)
+        index.add(np.array(fps, dtype=np.uint64))
+        i, j, _ = np.array(expected).T
+        assert index.components(2).tolist() == components(len(fps), i, j).tolist()
+
+
+def test_the_widest_scan_is_the_default_and_a_wider_one_is_refused():
+    assert HammingIndex(10, plan_blocks(10)).lanes == scan_lanes() in (1, 4, 8)
+    assert HammingIndex(10, plan_blocks(10), lanes=1).lanes == 1
+    for lanes in (2, 16, *[w for w in (4, 8) if w > scan_lanes()]):
+        with pytest.raises(ValueError, match="lanes must be"):
+            HammingIndex(10, plan_blocks(10), lanes=lanes)
 
 
 @settings(deadline=None)
