@@ -46,7 +46,8 @@ def phases(source: Path, output: Path) -> dict[str, float]:
     best: dict[str, float] = {}
     for _ in range(3):
         clock = {"began": time.perf_counter()}
-        table = tables.read_table(source, "jsonl")
+        raw = tables.read_bytes(source)
+        table = tables.jsonl_table(source, raw)
         texts = tables.text_column(table, "text", source, "jsonl")
         clock["read"] = time.perf_counter()
         deduper = Deduplicator(tau=10, threads=2)
@@ -54,7 +55,7 @@ def phases(source: Path, output: Path) -> dict[str, float]:
         clock["fingerprint"] = time.perf_counter()
         result = deduper.fit_fingerprints(fps, shingles == 0)
         clock["join"] = time.perf_counter()
-        tables.write_rows_like(source, table, result.keep, output, "jsonl")
+        tables.write_rows_like(raw, table, result.keep, output, "jsonl")
         clock["write"] = time.perf_counter()
         marks = list(clock.items())
         for (_, before), (name, after) in zip(marks, marks[1:]):

@@ -41,7 +41,8 @@ def dedup_file(input_path: Path, output_path: Path, deduper: Deduplicator, colum
                             f"give it a .{in_fmt} name")
     if clusters_path is not None:
         tables.detect_format(clusters_path)
-    table = tables.read_table(input_path, in_fmt)
+    raw = tables.read_bytes(input_path) if in_fmt == "jsonl" else None    # read once: its kept lines are copied
+    table = tables.jsonl_table(input_path, raw) if raw is not None else tables.read_table(input_path, in_fmt)
     texts = tables.text_column(table, column, input_path, in_fmt)
     fps, shingles = np.empty(len(texts), np.uint64), np.empty(len(texts), np.int64)
     for start in range(0, len(texts), CHUNK_ROWS):
@@ -51,7 +52,7 @@ def dedup_file(input_path: Path, output_path: Path, deduper: Deduplicator, colum
             on_progress(stop, len(texts))
     result = deduper.fit_fingerprints(fps, shingles == 0)
     settings = {b"misalign.dedup": json.dumps(deduper.settings()).encode()}
-    tables.write_rows_like(input_path, table.replace_schema_metadata({**(table.schema.metadata or {}), **settings}),
+    tables.write_rows_like(raw, table.replace_schema_metadata({**(table.schema.metadata or {}), **settings}),
                            result.keep, output_path, in_fmt)
     if clusters_path is not None:
         clusters = pa.table({"row": np.arange(len(fps)), "cluster": result.cluster,

@@ -1,11 +1,15 @@
 import json
+import os
+import threading
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from misalign._lines import take_ranges
 from misalign.cli import main
 
 ROWS = [
@@ -78,6 +82,31 @@ def test_jsonl_output_copies_kept_lines_verbatim(tmp_path):
                                 b'{"text": "gamma", "z": 3, "a": null}\n')
 
 
+def test_kept_lines_are_gathered_from_their_ranges_and_a_range_outside_is_refused():
+    raw = b"ab\ncd\nef"
+    assert take_ranges(raw, np.array([0, 6]), np.array([3, 8])) == b"ab\nef"
+    assert take_ranges(raw, np.array([], np.int64), np.array([], np.int64)) == b""
+    for starts, ends in (([6], [9]), ([3], [2]), ([-1], [2])):
+        with pytest.raises(ValueError, match="outside"):
+            take_ranges(raw, np.array(starts), np.array(ends))
+
+
+def test_a_json_lines_fifo_is_read_once(tmp_path):
+    """INPUT a FIFO (a pipe, process substitution): the kept lines are copied from the one reading
+    (a second open would wait for a writer that never comes: the watchdog ends it with no lines)."""
+    fifo, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_bytes, args=("".join(json.dumps(r) + "\n" for r in ROWS).encode(),))
+    watchdog = threading.Timer(20, lambda: open(fifo, "wb").close())
+    writer.start()
+    watchdog.start()
+    result = run("dedup", fifo, dst, "--tau", 6)
+    watchdog.cancel()
+    writer.join()
+    assert result.exit_code == 0, result.output
+    assert [r["id"] for r in read(dst, "jsonl")] == [1, 2, 4]
+
+
 BAD_INPUTS = [
     ("missing.jsonl", None, "cannot read"),
     ("nocol.jsonl", '{"prompt": "x"}\n', "has no column 'text' (columns: prompt)"),
@@ -88,6 +117,7 @@ BAD_INPUTS = [
     ("utf8.jsonl", b'{"text": "ok"}\n{"text": "bad \xff byte"}\n', "row 2: column 'text' is not valid UTF-8"),
     ("utf8.csv", b'text\nok\n"bad \xfe"\n', "row 2: column 'text' is not valid UTF-8"),
     ("parquet.csv", "PARQUET", "looks like a Parquet file, not CSV"),
+    ("parquet.jsonl", "PARQUET", "looks like a Parquet file, not JSONL"),
     ("fake.parquet", "text\nnot parquet\n", "is not a Parquet file"),
     ("prompts.txt", "text\n", "cannot tell the format"),
 ]
