@@ -140,9 +140,11 @@ class Deduplicator:
             component[empty] = len(distinct)           # one more component: every text without shingles
         alone = np.flatnonzero(component < 0)
         component[alone] = len(distinct) + 1 + np.arange(len(alone))
-        # each row's representative is the first row of its component (rows are in input order)
-        labels, first = np.unique(component, return_index=True)
-        representative = first[np.searchsorted(labels, component)]
+        # each row's representative is the first row of its component (rows are in input order):
+        # a scatter-min, linear, where sorting the labels cost ~10% of the whole fit
+        first = np.full(len(distinct) + 1 + len(alone), n, dtype=np.int64)
+        np.minimum.at(first, component, np.arange(n))
+        representative = first[component]
         keep = representative == np.arange(n)
         cluster = np.cumsum(keep) - 1
         cluster = cluster[representative]
