@@ -10,7 +10,6 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from misalign.taxonomy import DIMENSIONS
 
 
 # the widest tables (a figure per column) drop the vertical rules to keep 120 columns whole
@@ -232,6 +231,7 @@ def taxonomy(console, tax, dims) -> None:
 
 def labelled(console, report, delta: float, output) -> None:
     """`misalign-fast classify`: per dimension, prompts assigned and agreement with the reference."""
+    from misalign.taxonomy import DIMENSIONS      # here: every command prints through this module, few classify
     table = _table(f"classify ({report.method} on {report.model} embeddings, delta={delta})",
                    ("dimension", "prompts", "assigned", "agreement n", "accuracy", "macro-F1"), left=("dimension",))
     for dim in DIMENSIONS:

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
 from misalign import terminal
 from misalign.errors import MisalignError
 
-# Everything we print is data (paths, model names, [sections]): never read as rich markup.
-console = Console(stderr=True, markup=False)
+# Everything we print is data (paths, model names, [sections]): never read as rich markup, nor
+# ":name:" as an emoji code.
+console = Console(stderr=True, markup=False, emoji=False)
 # A log or a pipe gets 120 columns rather than rich's 80, so that tables keep their figures whole.
-out = Console(width=None if sys.stdout.isatty() else 120, markup=False)
+out = Console(width=None if sys.stdout.isatty() else 120, markup=False, emoji=False)
 
 
 # faults of the machine, not of misalign-fast: a full disk, a read-only or forbidden place, a quota
@@ -32,6 +32,14 @@ def one_line(text: str) -> str:
     """`text` with control characters (a newline in a file's name, say) shown as escapes, so that
     an error stays one line whatever paths it names."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def progress_bars():
+    """Transient bars of rows done, on stderr; rich.progress is imported only when one is shown
+    (~10 ms of every command's start otherwise)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    return Progress(TextColumn("{task.description:<12}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} rows"),
+                    TimeRemainingColumn(), console=console, transient=True)
 
 
 class Group(click.Group):
@@ -167,9 +175,7 @@ class Display:
 
     def progress(self, stage, done, total):
         if self.bars is None:
-            self.bars = Progress(TextColumn("{task.description:<12}"), BarColumn(),
-                                 TextColumn("{task.completed:,}/{task.total:,} rows"), TimeRemainingColumn(),
-                                 console=console, transient=True)
+            self.bars = progress_bars()
             self.bars.start()
         if stage not in self.tasks:
             self.tasks[stage] = self.bars.add_task(stage, total=total)

@@ -8,7 +8,6 @@ template, head size 32 (vLLM's CPU attention rejects 16).  Same seed, same files
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 STAND_IN_NOTE = "random-weight stand-in model built by `misalign-fast models make-tiny`; its outputs mean nothing"
@@ -22,6 +21,7 @@ SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|end|>", "<|system|>", "<|u
 
 def bundled_prompts() -> list[str]:
     """The sample prompts shipped in the package (misalign/data/sample_prompts.jsonl)."""
+    from importlib import resources       # here: the CLI imports this module for its names alone
     text = resources.files("misalign").joinpath("data/sample_prompts.jsonl").read_text(encoding="utf-8")
     return [json.loads(line)["prompt"] for line in text.splitlines() if line.strip()]
 
