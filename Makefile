@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test setup bench clean
 
-$(STAMP): pyproject.toml setup.py misalign/_simhash.pyx misalign/_lines.pyx misalign/_xxh3.h misalign/_words.h misalign/_bitcount.h misalign/_chars.h scripts/setup.sh
+$(STAMP): pyproject.toml setup.py misalign/_simhash.pyx misalign/_lines.pyx misalign/_xxh3.h misalign/_words.h misalign/_bitcount.h misalign/_chars.h misalign/_within.h scripts/setup.sh
 	bash scripts/setup.sh
 	touch $(STAMP)
 
