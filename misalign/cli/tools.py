@@ -1,8 +1,6 @@
 """The tools beside the runs: dedup, taxonomy, classify, perf and models."""
 from __future__ import annotations
 
-import atexit
-import gc
 import os
 import sys
 import time
@@ -80,10 +78,6 @@ def dedup(input_path, output_path, column, tau, features, seed, threads, fmt, cl
         if bar is not None:
             bar.stop()
     terminal.deduplicated(out, report, features, tau, output_path)
-    # At exit, frozen objects are skipped by the interpreter's last garbage collection, a walk over
-    # every object of every module imported (~15 ms of a 40 MB dedup's ~400).  At exit, not now:
-    # a caller that goes on (a test calling the command in its own process) keeps its collector.
-    atexit.register(gc.freeze)
 
 
 @click.command()
