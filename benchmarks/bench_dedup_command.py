@@ -2,7 +2,7 @@
 imports included) on 40 MB of JSON Lines built from the paper's dev prompts (each row two random
 prompts joined, seeded: rows mostly distinct), and on a 3-row file (start-up alone); then the
 phases of the command inside this process (best of 3 each): read, fingerprint (two threads),
-join, write.
+join, write; and the join's search alone at each scan width this CPU runs (8, 4, 1 lanes).
 
     python benchmarks/bench_dedup_command.py                       # this checkout, 11 runs
     python benchmarks/bench_dedup_command.py --baseline DIR        # alternating with the code in DIR
@@ -25,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from bench_features import SHARED as DEV    # the dev prompts, in ../shared
 from misalign.perf import joined_rows
@@ -63,6 +65,25 @@ def phases(source: Path, output: Path) -> dict[str, float]:
     return best
 
 
+def join_by_lanes(source: Path) -> dict[int, float]:
+    """Seconds of the join's search (HammingIndex.components on the file's distinct fingerprints,
+    two threads) at each scan width this CPU runs, best of 3: the widest is what the command uses."""
+    from misalign import tables
+    from misalign.dedup import Deduplicator, HammingIndex, plan_blocks
+    from misalign._simhash import scan_lanes
+    raw = tables.read_bytes(source)
+    fps = np.unique(Deduplicator(tau=10, threads=2).fingerprints(tables.jsonl_table(source, raw).column("text"))[0])
+    best = {}
+    for lanes in (w for w in (8, 4, 1) if w <= scan_lanes()):
+        for _ in range(3):
+            index = HammingIndex(10, plan_blocks(10, len(fps)), lanes=lanes)
+            index.add(fps)
+            began = time.perf_counter()
+            index.components(2)
+            best[lanes] = min(best.get(lanes, float("inf")), time.perf_counter() - began)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=Path, help="a checkout of the code to compare against")
@@ -87,6 +108,7 @@ def main() -> None:
             same = filecmp.cmp(work / "baseline.jsonl", work / "this checkout.jsonl", shallow=False)
             print(f"outputs {'identical' if same else 'DIFFER'}")
         inside = phases(big, work / "phases.jsonl")
+        lanes = join_by_lanes(big)
     print(f"{mb:.1f} MB of JSON Lines, {args.runs} runs each{', alternating' if args.baseline else ''}\n")
     print("| code | whole process s, median (best) | MB/s, median (best) | 3-row file s, median |")
     print("|---|---|---|---|")
@@ -95,6 +117,8 @@ def main() -> None:
         print(f"| {way} | {statistics.median(big_s):.3f} ({min(big_s):.3f}) | {mb / statistics.median(big_s):.1f} "
               f"({mb / min(big_s):.1f}) | {statistics.median(small_s):.3f} |")
     print("\nthis checkout, inside the command (best of 3): " + ", ".join(f"{k} {v:.3f} s" for k, v in inside.items()))
+    print("the join's search by scan width (components, 2 threads, best of 3): "
+          + ", ".join(f"{w} lanes {v:.3f} s" for w, v in lanes.items()))
 
 
 if __name__ == "__main__":

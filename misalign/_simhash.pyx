@@ -899,7 +899,7 @@ cdef class HammingIndex:
         cdef uint32_t *hits = NULL
         cdef Py_ssize_t nb = <Py_ssize_t>1 << self.widths[b], m
         cdef uint32_t v, u, left
-        cdef int64_t a0, na, c0, c1, i, a, c
+        cdef int64_t a0, na, rows, c0, c1, i, a, c
         cdef int status = self._sorted_block(b, &start, &sfp, &sid)
         if status == 0:
             hits = <uint32_t *> malloc(_largest_bucket(start, nb) * sizeof(uint32_t))
@@ -916,8 +916,9 @@ cdef class HammingIndex:
                     c0 = start[u]
                     while c0 < start[u + 1] and status == 0:
                         c1 = min(c0 + MF_WITHIN_COLUMNS, start[u + 1])
-                        if mf_within_masks(self.lanes, sfp + a0, na, sfp + c0, c1 - c0, self.tau, hits):
-                            for i in range(na):
+                        rows = na if u != v else min(na, c1 - 1 - a0)     # with itself: rows before a column
+                        if rows > 0 and mf_within_masks(self.lanes, sfp + a0, rows, sfp + c0, c1 - c0, self.tau, hits):
+                            for i in range(rows):
                                 left = hits[i] if u != v else hits[i] & _after(a0 + i - c0)
                                 while left and status == 0:
                                     a, c = a0 + i, c0 + __builtin_ctz(left)
@@ -946,7 +947,7 @@ cdef class HammingIndex:
         cdef uint32_t *hits = NULL
         cdef Py_ssize_t nb = <Py_ssize_t>1 << self.widths[b], m
         cdef uint32_t v, u, left
-        cdef int64_t a0, na, c0, c1, i, ra, rc
+        cdef int64_t a0, na, rows, c0, c1, i, ra, rc
         cdef int status = self._sorted_block(b, &start, &sfp, &sid)
         if status == 0:
             hits = <uint32_t *> malloc(_largest_bucket(start, nb) * sizeof(uint32_t))
@@ -963,8 +964,9 @@ cdef class HammingIndex:
                     c0 = start[u]
                     while c0 < start[u + 1]:
                         c1 = min(c0 + MF_WITHIN_COLUMNS, start[u + 1])
-                        if mf_within_masks(self.lanes, sfp + a0, na, sfp + c0, c1 - c0, self.tau, hits):
-                            for i in range(na):
+                        rows = na if u != v else min(na, c1 - 1 - a0)     # with itself: rows before a column
+                        if rows > 0 and mf_within_masks(self.lanes, sfp + a0, rows, sfp + c0, c1 - c0, self.tau, hits):
+                            for i in range(rows):
                                 left = hits[i] if u != v else hits[i] & _after(a0 + i - c0)
                                 if left == 0:
                                     continue

@@ -71,9 +71,11 @@ def read_bytes(path) -> bytes | mmap.mmap:
     which leaves a mapped file whole."""
     try:
         with open(path, "rb") as f:
-            info = os.fstat(f.fileno())
-            if stat.S_ISREG(info.st_mode) and info.st_size > 0:      # mmap refuses an empty file
-                return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            if stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                try:
+                    return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                except (OSError, ValueError):      # an empty file, a file system that maps nothing
+                    pass
             return f.read()
     except OSError as exc:
         raise InputError(path, f"cannot read: {exc.strerror}") from None
@@ -399,8 +401,9 @@ def write_table(table: pa.Table, path, fmt: str | None = None) -> None:
 def write_rows_like(source: bytes | mmap.mmap | None, table: pa.Table, keep: np.ndarray, path, fmt: str) -> None:
     """Write the kept rows of `table` in its source's format.
 
-    JSON Lines output copies the kept lines of `source` (the bytes `table` was read from) byte
-    for byte, so fields keep their spelling and order; CSV and Parquet are written from the table.
+    JSON Lines output copies the kept lines of `source` (the bytes `table` was read from, which
+    JSON Lines needs) byte for byte, so fields keep their spelling and order; CSV and Parquet are
+    written from the table.
     """
     if fmt != "jsonl":
         write_table(table.filter(pa.array(keep)), path, fmt)

@@ -11,7 +11,6 @@ from rich.table import Table
 from rich.text import Text
 
 
-
 # the widest tables (a figure per column) drop the vertical rules to keep 120 columns whole
 WIDE = {"box": box.SIMPLE_HEAD, "pad_edge": False, "collapse_padding": True}
 

@@ -98,6 +98,7 @@ def test_a_json_lines_fifo_is_read_once(tmp_path):
     os.mkfifo(fifo)
     writer = threading.Thread(target=fifo.write_bytes, args=("".join(json.dumps(r) + "\n" for r in ROWS).encode(),))
     watchdog = threading.Timer(20, lambda: open(fifo, "wb").close())
+    watchdog.daemon = True        # should it fire after the command closed the FIFO, its open waits for ever
     writer.start()
     watchdog.start()
     result = run("dedup", fifo, dst, "--tau", 6)
