@@ -588,13 +588,21 @@ cdef struct PairBuffer:
 
 cdef int _push_pair(PairBuffer *buf, int64_t a, int64_t b, uint8_t d) noexcept nogil:
     cdef Py_ssize_t cap
-    if buf.size == buf.cap:
+    cdef void *grown
+    if buf.size == buf.cap:     # each array grown in turn, kept (to be freed) if the next fails
         cap = buf.cap * 2 if buf.cap else 1024
-        buf.i = <int64_t *> realloc(buf.i, cap * sizeof(int64_t))
-        buf.j = <int64_t *> realloc(buf.j, cap * sizeof(int64_t))
-        buf.d = <uint8_t *> realloc(buf.d, cap)
-        if buf.i == NULL or buf.j == NULL or buf.d == NULL:
+        grown = realloc(buf.i, cap * sizeof(int64_t))
+        if grown == NULL:
             return -1
+        buf.i = <int64_t *> grown
+        grown = realloc(buf.j, cap * sizeof(int64_t))
+        if grown == NULL:
+            return -1
+        buf.j = <int64_t *> grown
+        grown = realloc(buf.d, cap)
+        if grown == NULL:
+            return -1
+        buf.d = <uint8_t *> grown
         buf.cap = cap
     buf.i[buf.size] = a
     buf.j[buf.size] = b
