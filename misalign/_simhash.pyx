@@ -578,6 +578,20 @@ cdef inline Py_ssize_t _largest_bucket(const int64_t *start, Py_ssize_t nb) noex
     return largest
 
 
+cdef struct SortedBlock:         # the fingerprints counting-sorted by one block's bits
+    int64_t *start               # bucket v holds sfp[start[v]:start[v + 1]]
+    uint64_t *sfp
+    int32_t *sid                 # their ids, ascending inside a bucket
+    uint32_t *hits               # a scan's hit masks: room for the largest bucket
+
+
+cdef void _free_block(SortedBlock *s) noexcept nogil:
+    free(s.start)
+    free(s.sfp)
+    free(s.sid)
+    free(s.hits)
+
+
 cdef struct PairBuffer:
     int64_t *i
     int64_t *j
@@ -868,20 +882,21 @@ cdef class HammingIndex:
                 p[k] = p[p[k]]     # parents point lower and roots are smallest: one pass resolves all
         return labels
 
-    cdef int _sorted_block(self, int b, int64_t **start, uint64_t **sfp, int32_t **sid) noexcept nogil:
-        """Counting-sort the fingerprints by block b: bucket v holds sfp[start[v]:start[v + 1]]
-        (ids in sid, ascending inside a bucket).  The caller frees the three arrays."""
+    cdef int _sorted_block(self, int b, SortedBlock *s) noexcept nogil:
+        """Counting-sort the fingerprints by block b into `s` (see SortedBlock); the caller frees
+        it with _free_block, whatever this returns."""
         cdef Py_ssize_t nb = <Py_ssize_t>1 << self.widths[b], n = self.size, k
         cdef uint64_t keymask = (<uint64_t>1 << self.widths[b]) - 1
         cdef int shift = self.shifts[b]
         cdef uint32_t key
         cdef int64_t pos
-        start[0] = <int64_t *> calloc(nb + 1, sizeof(int64_t))
-        sfp[0] = <uint64_t *> malloc(max(n, 1) * sizeof(uint64_t))
-        sid[0] = <int32_t *> malloc(max(n, 1) * sizeof(int32_t))
-        if start[0] == NULL or sfp[0] == NULL or sid[0] == NULL:
+        s.start = <int64_t *> calloc(nb + 1, sizeof(int64_t))
+        s.sfp = <uint64_t *> malloc(max(n, 1) * sizeof(uint64_t))
+        s.sid = <int32_t *> malloc(max(n, 1) * sizeof(int32_t))
+        s.hits = NULL
+        if s.start == NULL or s.sfp == NULL or s.sid == NULL:
             return -1
-        cdef int64_t *st = start[0]
+        cdef int64_t *st = s.start
         for k in range(n):
             st[((self.fps[k] >> shift) & keymask) + 1] += 1
         for k in range(nb):
@@ -889,29 +904,28 @@ cdef class HammingIndex:
         for k in range(n):     # stable: ids stay ascending inside a bucket
             key = <uint32_t> ((self.fps[k] >> shift) & keymask)
             pos = st[key]
-            sfp[0][pos] = self.fps[k]
-            sid[0][pos] = <int32_t> k
+            s.sfp[pos] = self.fps[k]
+            s.sid[pos] = <int32_t> k
             st[key] = pos + 1
         for k in range(nb, 0, -1):
             st[k] = st[k - 1]
         st[0] = 0
-        return 0
+        s.hits = <uint32_t *> malloc(_largest_bucket(st, nb) * sizeof(uint32_t))
+        return -1 if s.hits == NULL else 0
 
     cdef int _join_block(self, int b, PairBuffer *buf) noexcept nogil:
         """Compare each bucket of block b with every bucket within radius: contiguous runs, so
         the verification loop streams through cache; each pair is listed by the first block
         that sees it."""
-        cdef int64_t *start = NULL
-        cdef uint64_t *sfp = NULL
-        cdef int32_t *sid = NULL
-        cdef uint32_t *hits = NULL
+        cdef SortedBlock block
         cdef Py_ssize_t nb = <Py_ssize_t>1 << self.widths[b], m
         cdef uint32_t v, u, left
         cdef int64_t a0, na, rows, c0, c1, i, a, c
-        cdef int status = self._sorted_block(b, &start, &sfp, &sid)
-        if status == 0:
-            hits = <uint32_t *> malloc(_largest_bucket(start, nb) * sizeof(uint32_t))
-            status = -1 if hits == NULL else 0
+        cdef int status = self._sorted_block(b, &block)
+        cdef const int64_t *start = block.start
+        cdef const uint64_t *sfp = block.sfp
+        cdef const int32_t *sid = block.sid
+        cdef uint32_t *hits = block.hits
         if status == 0:
             for v in range(<uint32_t> nb):
                 a0, na = start[v], start[v + 1] - start[v]
@@ -939,27 +953,22 @@ cdef class HammingIndex:
                         break
                 if status:
                     break
-        free(start)
-        free(sfp)
-        free(sid)
-        free(hits)
+        _free_block(&block)
         return status
 
     cdef int _union_block(self, int b, int64_t *p) noexcept nogil:
         """The join of block b with every pair within tau made a union in `p` (union-find with
         path halving, the smaller root the parent); the same candidates as `_join_block`, which
         lists the pairs instead (kept apart: a branch on the mode inside the loop cost both)."""
-        cdef int64_t *start = NULL
-        cdef uint64_t *sfp = NULL
-        cdef int32_t *sid = NULL
-        cdef uint32_t *hits = NULL
+        cdef SortedBlock block
         cdef Py_ssize_t nb = <Py_ssize_t>1 << self.widths[b], m
         cdef uint32_t v, u, left
         cdef int64_t a0, na, rows, c0, c1, i, ra, rc
-        cdef int status = self._sorted_block(b, &start, &sfp, &sid)
-        if status == 0:
-            hits = <uint32_t *> malloc(_largest_bucket(start, nb) * sizeof(uint32_t))
-            status = -1 if hits == NULL else 0
+        cdef int status = self._sorted_block(b, &block)
+        cdef const int64_t *start = block.start
+        cdef const uint64_t *sfp = block.sfp
+        cdef const int32_t *sid = block.sid
+        cdef uint32_t *hits = block.hits
         if status == 0:
             for v in range(<uint32_t> nb):
                 a0, na = start[v], start[v + 1] - start[v]
@@ -988,10 +997,7 @@ cdef class HammingIndex:
                                     elif ra < rc:
                                         p[rc] = ra
                         c0 = c1
-        free(start)
-        free(sfp)
-        free(sid)
-        free(hits)
+        _free_block(&block)
         return status
 
     cdef inline bint _first_block_seeing(self, int b, uint64_t diff) noexcept nogil:
