@@ -49,7 +49,7 @@ def phases(source: Path, output: Path) -> dict[str, float]:
     for _ in range(3):
         clock = {"began": time.perf_counter()}
         raw = tables.read_bytes(source)
-        table = tables.jsonl_table(source, raw)
+        table = tables.table_from_bytes(source, raw, "jsonl")
         texts = tables.text_column(table, "text", source, "jsonl")
         clock["read"] = time.perf_counter()
         deduper = Deduplicator(tau=10, threads=2)
@@ -72,7 +72,7 @@ def join_by_lanes(source: Path) -> dict[int, float]:
     from misalign.dedup import Deduplicator, HammingIndex, plan_blocks
     from misalign._simhash import scan_lanes
     raw = tables.read_bytes(source)
-    fps = np.unique(Deduplicator(tau=10, threads=2).fingerprints(tables.jsonl_table(source, raw).column("text"))[0])
+    fps = np.unique(Deduplicator(tau=10, threads=2).fingerprints(tables.table_from_bytes(source, raw, "jsonl").column("text"))[0])
     best = {}
     for lanes in (w for w in (8, 4, 1) if w <= scan_lanes()):
         for _ in range(3):

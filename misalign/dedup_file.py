@@ -41,12 +41,9 @@ def dedup_file(input_path: Path, output_path: Path, deduper: Deduplicator, colum
                             f"give it a .{in_fmt} name")
     if clusters_path is not None:
         tables.detect_format(clusters_path)
-    if in_fmt == "jsonl":          # read once: the kept lines are copied from these bytes
-        raw = tables.read_bytes(input_path)
-        table = tables.jsonl_table(input_path, raw)
-    else:
-        raw, table = None, tables.read_table(input_path, in_fmt)
-    texts = tables.text_column(table, column, input_path, in_fmt)
+    raw = tables.read_bytes(input_path)          # once (a pipe can be read no more): lines are copied from it
+    table = tables.table_from_bytes(input_path, raw, in_fmt)
+    texts = tables.text_column(table, column, input_path, in_fmt, raw)
     fps, shingles = np.empty(len(texts), np.uint64), np.empty(len(texts), np.int64)
     for start in range(0, len(texts), CHUNK_ROWS):
         stop = min(start + CHUNK_ROWS, len(texts))

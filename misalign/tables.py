@@ -50,18 +50,17 @@ def detect_format(path, fmt: str | None = None) -> str:
 def read_table(path, fmt: str | None = None) -> pa.Table:
     """Read a whole file into a Table, checking that it is the format it claims to be."""
     fmt = detect_format(path, fmt)
-    if fmt == "jsonl":
-        return jsonl_table(path, read_bytes(path))
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError as exc:
-        raise InputError(path, f"cannot read: {exc.strerror}") from None
+    return table_from_bytes(path, read_bytes(path), fmt)
+
+
+def table_from_bytes(path, raw: bytes | mmap.mmap, fmt: str) -> pa.Table:
+    """The Table of a file's bytes, already read (`path` names it in errors): what reads a FIFO
+    or a pipe, which can be read only once, and what keeps the bytes for copying lines out."""
     if fmt == "parquet":
-        return _parquet(path, head, path)
-    if head == _PARQUET_MAGIC:
+        return parquet_from_bytes(path, raw)
+    if raw[:4] == _PARQUET_MAGIC:
         raise InputError(path, f"looks like a Parquet file, not {fmt.upper()}; pass --format parquet")
-    return _read_csv(path)
+    return _csv_table(path, raw) if fmt == "csv" else _jsonl_table(path, raw)
 
 
 def read_bytes(path) -> bytes | mmap.mmap:
@@ -81,11 +80,8 @@ def read_bytes(path) -> bytes | mmap.mmap:
         raise InputError(path, f"cannot read: {exc.strerror}") from None
 
 
-def jsonl_table(path, raw: bytes | mmap.mmap) -> pa.Table:
-    """The records of a JSON Lines file's bytes, of any size (`path` names it in errors); no bytes
-    at all is a table without rows (like a CSV with only a header)."""
-    if raw[:4] == _PARQUET_MAGIC:
-        raise InputError(path, "looks like a Parquet file, not JSONL; pass --format parquet")
+def _jsonl_table(path, raw: bytes | mmap.mmap) -> pa.Table:
+    """Records of any size; no bytes at all is a table without rows (like a CSV with only a header)."""
     if not raw:                           # pyarrow refuses it; blank lines alone it reads as no rows
         return pa.table({})
     try:
@@ -96,41 +92,50 @@ def jsonl_table(path, raw: bytes | mmap.mmap) -> pa.Table:
         raise InputError(path, f"is not valid JSON Lines: {one_line(exc)}") from None
 
 
-def parquet_from_bytes(path, raw: bytes) -> pa.Table:
+def parquet_from_bytes(path, raw: bytes | mmap.mmap) -> pa.Table:
     """A Parquet file already read into memory (`path` names it in errors): a FIFO's, say."""
-    return _parquet(path, raw[:4], pa.BufferReader(raw))
-
-
-def _parquet(path, head: bytes, source) -> pa.Table:
-    if head != _PARQUET_MAGIC:
+    if raw[:4] != _PARQUET_MAGIC:
         raise InputError(path, "is not a Parquet file (it does not start with PAR1)")
     try:
         import pyarrow.parquet as pq      # imported where used: a JSON Lines dedup starts ~20 ms sooner
-        return pq.read_table(source)
+        return pq.read_table(pa.BufferReader(raw))
     except (pa.ArrowException, OSError) as exc:
         raise InputError(path, f"is not a readable Parquet file: {exc}") from None
 
 
-def _read_csv(path) -> pa.Table:
-    with csv_fields_unbounded(), open(path, "r", encoding="utf-8", errors="surrogateescape", newline="") as f:
-        header = next(csv.reader(f), None)
+def _csv_table(path, raw: bytes | mmap.mmap) -> pa.Table:
+    header = _csv_header(raw)
     if not header:
         raise InputError(path, "is empty: a CSV file needs a header row")
     header[0] = header[0].lstrip("\ufeff")
     if any(undecodable(name) for name in header):
         raise InputError(path, "the header row is not valid UTF-8", row=None)
     check_header(path, header)
-    with open(path, "rb") as f:            # quotes pair up, escaped ones too: an odd count leaves one open
-        if sum(block.count(b'"') for block in iter(lambda: f.read(1 << 24), b"")) % 2:
-            _locate_csv_problem(path, header)
+    block = 1 << 24                        # quotes pair up, escaped ones too: an odd count leaves one open
+    if sum(raw[at:at + block].count(b'"') for at in range(0, len(raw), block)) % 2:
+        _locate_csv_problem(path, header, raw)
     text = {name: pa.string() for name in header}
     try:
-        return _with_block_size(os.path.getsize(path), lambda block: pacsv.read_csv(
-            path, read_options=pacsv.ReadOptions(use_threads=True, block_size=block),
+        return _with_block_size(len(raw), lambda block: pacsv.read_csv(
+            pa.BufferReader(raw), read_options=pacsv.ReadOptions(use_threads=True, block_size=block),
             convert_options=pacsv.ConvertOptions(column_types=text, strings_can_be_null=False)))
     except pa.ArrowInvalid as exc:
-        _locate_csv_problem(path, header)
+        _locate_csv_problem(path, header, raw)
         raise InputError(path, f"is not valid CSV: {one_line(exc)}") from None
+
+
+def _csv_header(raw: bytes | mmap.mmap) -> list[str] | None:
+    """The first row of a CSV file's bytes, decoded from as short a start of them as holds it
+    (a quoted field may span lines), bytes that are not UTF-8 kept as surrogates."""
+    size = 1 << 16
+    while True:
+        text = raw[:size].decode("utf-8", errors="surrogateescape")
+        stream = io.StringIO(text, newline="")
+        with csv_fields_unbounded():
+            header = next(csv.reader(stream), None)
+        if stream.tell() < len(text) or size >= len(raw):      # the row ended inside what was decoded
+            return header
+        size *= 4
 
 
 def _with_block_size(size: int, read):
@@ -176,9 +181,9 @@ def csv_rows(path, raw: bytes | None = None) -> Iterator[tuple[int, list[str]]]:
             raise InputError(path, problem, row=row + 1) from None
 
 
-def _locate_csv_problem(path, header: list[str]) -> None:
+def _locate_csv_problem(path, header: list[str], raw: bytes | mmap.mmap) -> None:
     """Read the file with Python's strict csv module to name the first bad row; return if none."""
-    for row, record in csv_rows(path):
+    for row, record in csv_rows(path, raw[:]):
         if row == 0:
             continue
         if len(record) != len(header):
@@ -260,8 +265,9 @@ def jsonl_line_numbers(path) -> np.ndarray:
         return jsonl_lines(f.read())[0]
 
 
-def text_column(table: pa.Table, column: str, path, fmt: str) -> pa.ChunkedArray:
-    """The named column, checked to hold only non-null, valid UTF-8 strings."""
+def text_column(table: pa.Table, column: str, path, fmt: str, raw: bytes | mmap.mmap | None = None) -> pa.ChunkedArray:
+    """The named column, checked to hold only non-null, valid UTF-8 strings; `raw`, the bytes
+    `table` was read from, names a JSON Lines row's line without reading the file again."""
     if table.num_rows == 0 and table.num_columns == 0:      # an empty JSON Lines file
         return pa.chunked_array([], pa.string())
     if column not in table.column_names:
@@ -270,14 +276,14 @@ def text_column(table: pa.Table, column: str, path, fmt: str) -> pa.ChunkedArray
     if pa.types.is_large_string(values.type) or pa.types.is_string(values.type):
         pass
     elif pa.types.is_null(values.type):
-        raise InputError(path, f"column {column!r} is null in every row", row=_row_label(path, fmt, 0))
+        raise InputError(path, f"column {column!r} is null in every row", row=_row_label(path, fmt, 0, raw))
     else:
         first = next(i for i, v in enumerate(values.to_pylist()) if v is not None)
         raise InputError(path, f"column {column!r} holds {values.type} values, expected text "
-                               f"(value {values[first].as_py()!r})", row=_row_label(path, fmt, first))
+                               f"(value {values[first].as_py()!r})", row=_row_label(path, fmt, first, raw))
     if values.null_count:
         first = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
-        raise InputError(path, f"column {column!r} is null or missing", row=_row_label(path, fmt, first))
+        raise InputError(path, f"column {column!r} is null or missing", row=_row_label(path, fmt, first, raw))
     offset = 0
     for chunk in values.chunks:
         try:
@@ -289,15 +295,15 @@ def text_column(table: pa.Table, column: str, path, fmt: str) -> pa.ChunkedArray
                 except UnicodeDecodeError as exc:
                     raise InputError(path, f"column {column!r} is not valid UTF-8 "
                                            f"({exc.reason} at byte {exc.start})",
-                                     row=_row_label(path, fmt, offset + i)) from None
+                                     row=_row_label(path, fmt, offset + i, raw)) from None
         offset += len(chunk)
     return values
 
 
-def _row_label(path, fmt: str, index: int) -> int:
+def _row_label(path, fmt: str, index: int, raw: bytes | mmap.mmap | None) -> int:
     """The 1-based row (JSON Lines: line) a user sees for a 0-based table index."""
     if fmt == "jsonl":
-        return int(jsonl_line_numbers(path)[index])
+        return int((jsonl_line_numbers(path) if raw is None else jsonl_lines(raw)[0])[index])
     return index + 1
 
 
@@ -398,12 +404,11 @@ def write_table(table: pa.Table, path, fmt: str | None = None) -> None:
                         f.write("\n")
 
 
-def write_rows_like(source: bytes | mmap.mmap | None, table: pa.Table, keep: np.ndarray, path, fmt: str) -> None:
+def write_rows_like(source: bytes | mmap.mmap, table: pa.Table, keep: np.ndarray, path, fmt: str) -> None:
     """Write the kept rows of `table` in its source's format.
 
-    JSON Lines output copies the kept lines of `source` (the bytes `table` was read from, which
-    JSON Lines needs) byte for byte, so fields keep their spelling and order; CSV and Parquet are
-    written from the table.
+    JSON Lines output copies the kept lines of `source` (the bytes `table` was read from) byte
+    for byte, so fields keep their spelling and order; CSV and Parquet are written from the table.
     """
     if fmt != "jsonl":
         write_table(table.filter(pa.array(keep)), path, fmt)

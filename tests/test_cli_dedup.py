@@ -91,21 +91,37 @@ def test_kept_lines_are_gathered_from_their_ranges_and_a_range_outside_is_refuse
             take_ranges(raw, np.array(starts), np.array(ends))
 
 
-def test_a_json_lines_fifo_is_read_once(tmp_path):
-    """INPUT a FIFO (a pipe, process substitution): the kept lines are copied from the one reading
-    (a second open would wait for a writer that never comes: the watchdog ends it with no lines)."""
-    fifo, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    os.mkfifo(fifo)
-    writer = threading.Thread(target=fifo.write_bytes, args=("".join(json.dumps(r) + "\n" for r in ROWS).encode(),))
+def fed(fifo, payload: bytes, *args):
+    """Run dedup on a FIFO that a thread feeds `payload`.  A second open of the FIFO would wait for
+    a writer that never comes: the watchdog ends it (with no bytes) rather than hang the suite."""
+    writer = threading.Thread(target=fifo.write_bytes, args=(payload,))
     watchdog = threading.Timer(20, lambda: open(fifo, "wb").close())
     watchdog.daemon = True        # should it fire after the command closed the FIFO, its open waits for ever
     writer.start()
     watchdog.start()
-    result = run("dedup", fifo, dst, "--tau", 6)
+    result = run("dedup", fifo, *args)
     watchdog.cancel()
     writer.join()
+    return result
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_a_fifo_input_is_read_once_in_each_format(tmp_path, fmt):
+    """INPUT a FIFO (a pipe, `<(command)` with --format): one reading serves the table and, for
+    JSON Lines, the lines copied out."""
+    src, fifo, dst = tmp_path / f"src.{fmt}", tmp_path / f"in.{fmt}", tmp_path / f"out.{fmt}"
+    write(src, ROWS, fmt)
+    os.mkfifo(fifo)
+    result = fed(fifo, src.read_bytes(), dst, "--tau", 6)
     assert result.exit_code == 0, result.output
-    assert [r["id"] for r in read(dst, "jsonl")] == [1, 2, 4]
+    assert [str(r["id"]) for r in read(dst, fmt)] == ["1", "2", "4"]
+
+
+def test_a_bad_row_in_a_fifo_is_named_from_the_one_reading(tmp_path):
+    fifo = tmp_path / "in.jsonl"
+    os.mkfifo(fifo)
+    result = fed(fifo, b'{"text": "x"}\n\n{"text": null}\n', tmp_path / "out.jsonl")
+    assert result.exit_code == 2 and "row 3: column 'text' is null or missing" in result.output, result.output
 
 
 BAD_INPUTS = [

@@ -41,7 +41,8 @@ def _features_option(ctx, param, value):
               type=click.IntRange(1, 256),
               help="Threads for fingerprinting and for the join's blocks (the result is the same on any number).")
 @click.option("--format", "fmt", type=click.Choice(tables.FORMATS),
-              help="Input and output format; by default taken from each file's extension.")
+              help="Input and output format; by default taken from each file's extension (a pipe or "
+                   "<(command) has none: name it here).")
 @click.option("--clusters", "clusters_path", type=OutputFile(),
               help="Also write every row's cluster: row, cluster, representative, distance, and the features "
                    "and tau it was found with.")
