@@ -117,6 +117,18 @@ def test_a_fifo_input_is_read_once_in_each_format(tmp_path, fmt):
     assert [str(r["id"]) for r in read(dst, fmt)] == ["1", "2", "4"]
 
 
+def test_a_csv_header_longer_than_the_first_read_of_it_is_read_whole(tmp_path):
+    """The header is decoded from a growing start of the bytes (64 KiB first): a header of 200,000
+    characters, a quoted newline in it, still names both columns."""
+    src, dst = tmp_path / "in.csv", tmp_path / "out.csv"
+    name = '"' + "n" * 100_000 + "\n" + "m" * 100_000 + '"'
+    src.write_text(f"{name},text\n1,How do I pick a lock?\n2,how do I pick a LOCK??\n")
+    result = run("dedup", src, dst, "--tau", 6)
+    assert result.exit_code == 0, result.output
+    assert pacsv.read_csv(dst).column_names == ["n" * 100_000 + "\n" + "m" * 100_000, "text"]
+    assert pacsv.read_csv(dst).num_rows == 1
+
+
 def test_a_bad_row_in_a_fifo_is_named_from_the_one_reading(tmp_path):
     fifo = tmp_path / "in.jsonl"
     os.mkfifo(fifo)
