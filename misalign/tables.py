@@ -118,6 +118,7 @@ def _csv_table(path, raw: bytes | mmap.mmap) -> pa.Table:
     try:
         return _with_block_size(len(raw), lambda block: pacsv.read_csv(
             pa.BufferReader(raw), read_options=pacsv.ReadOptions(use_threads=True, block_size=block),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),    # a prompt may span lines
             convert_options=pacsv.ConvertOptions(column_types=text, strings_can_be_null=False)))
     except pa.ArrowInvalid as exc:
         _locate_csv_problem(path, header, raw)

@@ -129,6 +129,17 @@ def test_a_csv_header_longer_than_the_first_read_of_it_is_read_whole(tmp_path):
     assert pacsv.read_csv(dst).num_rows == 1
 
 
+def test_csv_prompts_that_span_lines_are_read_across_pyarrows_blocks(tmp_path):
+    """Quoted newlines in a file of several of pyarrow's 1 MB blocks: each row stays one row."""
+    src, dst = tmp_path / "in.csv", tmp_path / "out.csv"
+    texts = [f"prompt {i}\nabout {i * 7919 % 100_003} and\n{i * 104_729 % 1_000_003}" for i in range(100_000)]
+    pacsv.write_csv(pa.table({"text": texts}), src)
+    assert src.stat().st_size > 3 * 2**20     # several blocks
+    result = run("dedup", src, dst, "--tau", 0)
+    assert result.exit_code == 0, result.output
+    assert pacsv.read_csv(dst, parse_options=pacsv.ParseOptions(newlines_in_values=True)).num_rows > 99_000
+
+
 def test_a_bad_row_in_a_fifo_is_named_from_the_one_reading(tmp_path):
     fifo = tmp_path / "in.jsonl"
     os.mkfifo(fifo)
