@@ -126,14 +126,15 @@ def _csv_table(path, raw: bytes | mmap.mmap) -> pa.Table:
 
 
 def _csv_header(raw: bytes | mmap.mmap) -> list[str] | None:
-    """The first row of a CSV file's bytes, decoded from as short a start of them as holds it
-    (a quoted field may span lines), bytes that are not UTF-8 kept as surrogates."""
+    """The first row of a CSV file's bytes that is not blank (pyarrow skips those too), decoded
+    from as short a start of them as holds it (a quoted field may span lines), bytes that are not
+    UTF-8 kept as surrogates."""
     size = 1 << 16
     while True:
         text = raw[:size].decode("utf-8", errors="surrogateescape")
         stream = io.StringIO(text, newline="")
         with csv_fields_unbounded():
-            header = next(csv.reader(stream), None)
+            header = next((row for row in csv.reader(stream) if row not in ([], [""], ["\ufeff"])), None)
         if stream.tell() < len(text) or size >= len(raw):      # the row ended inside what was decoded
             return header
         size *= 4

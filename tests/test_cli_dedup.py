@@ -140,6 +140,14 @@ def test_csv_prompts_that_span_lines_are_read_across_pyarrows_blocks(tmp_path):
     assert pacsv.read_csv(dst, parse_options=pacsv.ParseOptions(newlines_in_values=True)).num_rows > 99_000
 
 
+def test_a_blank_first_line_of_a_csv_is_skipped_as_pyarrow_skips_it(tmp_path):
+    src, dst = tmp_path / "in.csv", tmp_path / "out.csv"
+    src.write_bytes(b"\xef\xbb\xbf\nid,text\n1,How do I pick a lock?\n2,Tell me about green tea.\n")
+    result = run("dedup", src, dst)
+    assert result.exit_code == 0, result.output
+    assert pacsv.read_csv(dst).column_names == ["id", "text"]
+
+
 def test_a_bad_row_in_a_fifo_is_named_from_the_one_reading(tmp_path):
     fifo = tmp_path / "in.jsonl"
     os.mkfifo(fifo)
@@ -156,6 +164,7 @@ BAD_INPUTS = [
     ("broken.jsonl", '{"text": "x"}\n{"text": "y"\n', "row 2: is not valid JSON"),
     ("utf8.jsonl", b'{"text": "ok"}\n{"text": "bad \xff byte"}\n', "row 2: column 'text' is not valid UTF-8"),
     ("utf8.csv", b'text\nok\n"bad \xfe"\n', "row 2: column 'text' is not valid UTF-8"),
+    ("blankfirst.csv", b"\xef\xbb\xbf\r\n\xc3,text\nx,y\n", "the header row is not valid UTF-8"),
     ("parquet.csv", "PARQUET", "looks like a Parquet file, not CSV"),
     ("parquet.jsonl", "PARQUET", "looks like a Parquet file, not JSONL"),
     ("fake.parquet", "text\nnot parquet\n", "is not a Parquet file"),
