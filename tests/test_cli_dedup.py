@@ -118,15 +118,16 @@ def test_a_fifo_input_is_read_once_in_each_format(tmp_path, fmt):
 
 
 def test_a_csv_header_longer_than_the_first_read_of_it_is_read_whole(tmp_path):
-    """The header is decoded from a growing start of the bytes (64 KiB first): a header of 200,000
-    characters, a quoted newline in it, still names both columns."""
+    """The header is decoded from a growing start of the bytes (64 KiB first): behind a name of
+    200,000 characters with a quoted newline, the id column is still known, so read as text ("007"
+    stays "007"; a header cut short would leave pyarrow to read it as a number)."""
     src, dst = tmp_path / "in.csv", tmp_path / "out.csv"
     name = '"' + "n" * 100_000 + "\n" + "m" * 100_000 + '"'
-    src.write_text(f"{name},text\n1,How do I pick a lock?\n2,how do I pick a LOCK??\n")
+    src.write_text(f"{name},id,text\nx,007,How do I pick a lock?\ny,008,how do I pick a LOCK??\n")
     result = run("dedup", src, dst, "--tau", 6)
     assert result.exit_code == 0, result.output
-    assert pacsv.read_csv(dst).column_names == ["n" * 100_000 + "\n" + "m" * 100_000, "text"]
-    assert pacsv.read_csv(dst).num_rows == 1
+    assert pacsv.read_csv(dst).column_names == ["n" * 100_000 + "\n" + "m" * 100_000, "id", "text"]
+    assert pacsv.read_csv(dst).num_rows == 1 and '"007"' in dst.read_text()
 
 
 def test_csv_prompts_that_span_lines_are_read_across_pyarrows_blocks(tmp_path):
@@ -141,11 +142,12 @@ def test_csv_prompts_that_span_lines_are_read_across_pyarrows_blocks(tmp_path):
 
 
 def test_a_blank_first_line_of_a_csv_is_skipped_as_pyarrow_skips_it(tmp_path):
+    """The header our checks read is pyarrow's, so its columns are read as text ("007" stays "007")."""
     src, dst = tmp_path / "in.csv", tmp_path / "out.csv"
-    src.write_bytes(b"\xef\xbb\xbf\nid,text\n1,How do I pick a lock?\n2,Tell me about green tea.\n")
+    src.write_bytes(b"\xef\xbb\xbf\nid,text\n007,How do I pick a lock?\n008,Tell me about green tea.\n")
     result = run("dedup", src, dst)
     assert result.exit_code == 0, result.output
-    assert pacsv.read_csv(dst).column_names == ["id", "text"]
+    assert pacsv.read_csv(dst).column_names == ["id", "text"] and '"007"' in dst.read_text()
 
 
 def test_a_bad_row_in_a_fifo_is_named_from_the_one_reading(tmp_path):
