@@ -50,7 +50,7 @@ def phases(source: Path, output: Path) -> dict[str, float]:
         clock = {"began": time.perf_counter()}
         raw = tables.read_bytes(source)
         table = tables.table_from_bytes(source, raw, "jsonl")
-        texts = tables.text_column(table, "text", source, "jsonl")
+        texts = tables.text_column(table, "text", source, "jsonl", raw)
         clock["read"] = time.perf_counter()
         deduper = Deduplicator(tau=10, threads=2)
         fps, shingles = deduper.fingerprints(texts)

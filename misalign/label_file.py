@@ -73,9 +73,8 @@ def label_file(input_path: Path, output_path: Path, column: str = "prompt", prob
 
 
 def _prompts(path: Path, column: str, labelled: bool = False) -> tuple[pa.Table, list[str]]:
-    fmt = tables.detect_format(path)
-    table = tables.read_table(path, fmt)
-    prompts = tables.text_column(table, column, path, fmt).to_pylist()
+    table, texts = tables.read_text_column(path, column)
+    prompts = texts.to_pylist()
     missing = [d for d in DIMENSIONS if labelled and d not in table.column_names]
     if missing:
         raise MisalignError(f"{path}: no label column {', '.join(missing)}")

@@ -63,11 +63,35 @@ def table_from_bytes(path, raw: bytes | mmap.mmap, fmt: str) -> pa.Table:
     return _csv_table(path, raw) if fmt == "csv" else _jsonl_table(path, raw)
 
 
+def read_text_column(path, column: str, fmt: str | None = None) -> tuple[pa.Table, pa.ChunkedArray]:
+    """A file's Table and its text `column` (see `text_column`), the file read once: a pipe works,
+    and a bad JSON Lines row's line is found in the same bytes."""
+    fmt = detect_format(path, fmt)
+    raw = read_bytes(path)
+    table = table_from_bytes(path, raw, fmt)
+    return table, text_column(table, column, path, fmt, raw)
+
+
+def input_status(path) -> os.stat_result:
+    """`path`'s status, refused unless it is a regular file or a pipe: a directory is no table,
+    and a device (/dev/zero) or a terminal could be read for ever."""
+    try:
+        status = os.stat(path)
+    except OSError as exc:
+        raise InputError(path, f"cannot read: {exc.strerror}") from None
+    if stat.S_ISDIR(status.st_mode):
+        raise InputError(path, "is a directory, not a file")
+    if not (stat.S_ISREG(status.st_mode) or stat.S_ISFIFO(status.st_mode)):
+        raise InputError(path, "is a device or a terminal, not a file: save what it gives to a file, or pipe it in")
+    return status
+
+
 def read_bytes(path) -> bytes | mmap.mmap:
     """The whole file, read once: a regular file is mapped into memory rather than copied (~25 ms
-    of a 40 MB dedup), anything else (a FIFO) read.  The price of the mapping: a file truncated
-    while a command uses it ends the process (SIGBUS); our own outputs replace files by renaming,
-    which leaves a mapped file whole."""
+    of a 40 MB dedup), a pipe read.  The price of the mapping: a file truncated while a command
+    uses it ends the process (SIGBUS); our own outputs replace files by renaming, which leaves a
+    mapped file whole."""
+    input_status(path)
     try:
         with open(path, "rb") as f:
             if stat.S_ISREG(os.fstat(f.fileno()).st_mode):
@@ -261,13 +285,7 @@ def jsonl_lines(raw: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 _WHITESPACE = np.frombuffer(b" \t\n\r\x0b\x0c", dtype=np.uint8)      # what bytes.strip() removes
 
 
-def jsonl_line_numbers(path) -> np.ndarray:
-    """Line number (1-based) of each data row."""
-    with open(path, "rb") as f:
-        return jsonl_lines(f.read())[0]
-
-
-def text_column(table: pa.Table, column: str, path, fmt: str, raw: bytes | mmap.mmap | None = None) -> pa.ChunkedArray:
+def text_column(table: pa.Table, column: str, path, fmt: str, raw: bytes | mmap.mmap) -> pa.ChunkedArray:
     """The named column, checked to hold only non-null, valid UTF-8 strings; `raw`, the bytes
     `table` was read from, names a JSON Lines row's line without reading the file again."""
     if table.num_rows == 0 and table.num_columns == 0:      # an empty JSON Lines file
@@ -302,10 +320,10 @@ def text_column(table: pa.Table, column: str, path, fmt: str, raw: bytes | mmap.
     return values
 
 
-def _row_label(path, fmt: str, index: int, raw: bytes | mmap.mmap | None) -> int:
+def _row_label(path, fmt: str, index: int, raw: bytes | mmap.mmap) -> int:
     """The 1-based row (JSON Lines: line) a user sees for a 0-based table index."""
     if fmt == "jsonl":
-        return int((jsonl_line_numbers(path) if raw is None else jsonl_lines(raw)[0])[index])
+        return int(jsonl_lines(raw)[0][index])
     return index + 1
 
 

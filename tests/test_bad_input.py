@@ -673,7 +673,7 @@ def test_the_readers_work_or_say_one_line(tmp_path, content, fmt):
     from misalign.stages.ingest import read_prompts
     path = tmp_path / f"input.{fmt}"
     path.write_bytes(content)
-    readers = [lambda: tables.text_column(tables.read_table(path), "text", path, fmt),
+    readers = [lambda: tables.read_text_column(path, "text", fmt),
                lambda: read_prompts(path, "prompt")]
     if fmt == "csv":
         readers.append(lambda: load_items(path))

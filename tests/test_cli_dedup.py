@@ -91,15 +91,15 @@ def test_kept_lines_are_gathered_from_their_ranges_and_a_range_outside_is_refuse
             take_ranges(raw, np.array(starts), np.array(ends))
 
 
-def fed(fifo, payload: bytes, *args):
-    """Run dedup on a FIFO that a thread feeds `payload`.  A second open of the FIFO would wait for
-    a writer that never comes: the watchdog ends it (with no bytes) rather than hang the suite."""
+def fed(fifo, payload: bytes, *args, command="dedup"):
+    """Run `command` on a FIFO that a thread feeds `payload`.  A second open of the FIFO would wait
+    for a writer that never comes: the watchdog ends it (with no bytes) rather than hang the suite."""
     writer = threading.Thread(target=fifo.write_bytes, args=(payload,))
     watchdog = threading.Timer(20, lambda: open(fifo, "wb").close())
     watchdog.daemon = True        # should it fire after the command closed the FIFO, its open waits for ever
     writer.start()
     watchdog.start()
-    result = run("dedup", fifo, *args)
+    result = run(command, fifo, *args)
     watchdog.cancel()
     writer.join()
     return result
@@ -155,6 +155,22 @@ def test_a_bad_row_in_a_fifo_is_named_from_the_one_reading(tmp_path):
     os.mkfifo(fifo)
     result = fed(fifo, b'{"text": "x"}\n\n{"text": null}\n', tmp_path / "out.jsonl")
     assert result.exit_code == 2 and "row 3: column 'text' is null or missing" in result.output, result.output
+
+
+def test_classify_names_a_bad_row_in_a_fifo_from_the_one_reading(tmp_path):
+    """classify reads its INPUT once too (before, the row's line was looked up by opening the FIFO
+    again, which waited for a writer that never came)."""
+    fifo = tmp_path / "in.jsonl"
+    os.mkfifo(fifo)
+    result = fed(fifo, b'{"prompt": "x"}\n\n{"prompt": null}\n', tmp_path / "out.jsonl", command="classify")
+    assert result.exit_code == 2 and "row 3: column 'prompt' is null or missing" in result.output, result.output
+
+
+def test_a_device_input_is_refused_unread(tmp_path):
+    """/dev/zero never ends: refused by what it is, before a byte is read (it used to be read for ever)."""
+    result = run("dedup", "/dev/zero", tmp_path / "out.jsonl", "--format", "jsonl")
+    assert result.exit_code == 2 and "/dev/zero: is a device or a terminal" in result.output, result.output
+    assert not list(tmp_path.iterdir())
 
 
 BAD_INPUTS = [

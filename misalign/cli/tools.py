@@ -245,8 +245,7 @@ def make_tiny(out_dir, seed, corpus, real_tokenizer, force):
                           "directory, or pass --force; nothing was written")
     prompts = None
     if corpus is not None:
-        fmt = tables.detect_format(corpus)
-        prompts = tables.text_column(tables.read_table(corpus, fmt), "prompt", corpus, fmt).to_pylist()
+        prompts = tables.read_text_column(corpus, "prompt")[1].to_pylist()
     tokenizer = REAL_TOKENIZERS[real_tokenizer]() if real_tokenizer else None
     path = make_tiny_model(out_dir, corpus=prompts, seed=seed, tokenizer=tokenizer)
     size = sum(f.stat().st_size for f in path.iterdir()) / 1e6

@@ -3,8 +3,6 @@ stopping the run: null or missing, not text, empty, over the length cap, not UTF
 from __future__ import annotations
 
 import json
-import os
-import stat
 from dataclasses import dataclass
 from importlib import resources
 
@@ -85,18 +83,12 @@ def read_prompts(path, column: str = "prompt", fmt: str | None = None, max_chars
 
 def _read_bounded(path, max_bytes: int) -> bytes:
     """The file's bytes, at most `max_bytes` of them: a regular file or a pipe (a FIFO, standard
-    input), never a device (/dev/zero would never end) or a directory."""
+    input), never a device or a directory (`tables.input_status`)."""
     too_big = (f"holds more than input.max_bytes = {max_bytes:,} bytes; raise input.max_bytes if the "
                "machine has the memory for it, or split the file")
+    if tables.input_status(path).st_size > max_bytes:
+        raise InputError(path, too_big)
     try:
-        status = os.stat(path)
-        if stat.S_ISDIR(status.st_mode):
-            raise InputError(path, "is a directory, not a file of prompts")
-        if not (stat.S_ISREG(status.st_mode) or stat.S_ISFIFO(status.st_mode)):
-            raise InputError(path, "is a device or a terminal, not a file of prompts: pipe the prompts in or "
-                                   "save them to a file")
-        if status.st_size > max_bytes:
-            raise InputError(path, too_big)
         with open(path, "rb") as f:
             raw = f.read(max_bytes + 1)
     except OSError as exc:
