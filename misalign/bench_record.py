@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 from misalign.errors import InputError
 from misalign.items import SAMPLE_SCHEMA
 from misalign.metrics import Verdicts
+from misalign.identity import file_digest
 from misalign.tables import one_line, read_table
 from misalign.taxonomy import DIMENSIONS
 
@@ -39,6 +40,11 @@ def load(run_dir) -> tuple[dict, pa.Table]:
     problem = _meta_problem(meta)
     if problem:
         raise InputError(meta_path, f"is not a misalign-fast bench record ({problem}); run the benchmark again")
+    changed = _changed_dataset_file(run_dir, meta["dataset"].get("files") or {})
+    if changed:
+        raise InputError(run_dir, f"its Stage II verdicts score {changed} as it was when benchmarked, and it has "
+                                  f"changed since (Stage I rebuilt?): run `misalign-fast bench {run_dir}` to score "
+                                  "it as it is; nothing was redrawn")
     samples = read_table(samples_path, "parquet")
     missing = [name for name in SAMPLE_SCHEMA.names if name not in samples.column_names]
     if set(missing) - set(LATER_COLUMNS):
@@ -48,12 +54,25 @@ def load(run_dir) -> tuple[dict, pa.Table]:
     return meta, samples
 
 
+def _changed_dataset_file(run_dir: Path, digests: dict) -> str | None:
+    """The first dataset file (bench/meta.json's dataset.files) whose bytes are not those the
+    verdicts were made on; a file that is gone is not judged (a run directory copied without it)."""
+    for name, digest in digests.items():
+        path = run_dir / name          # a relative name is inside the run directory; an absolute one stays
+        if path.is_file() and file_digest(path) != digest:
+            return str(path)
+    return None
+
+
 def _meta_problem(meta) -> str | None:
     if not isinstance(meta, dict):
         return "not a JSON object"
     for key, kind in META_SHAPE.items():
         if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
             return f"no {key} of the right type"
+    files = meta["dataset"].get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        return "its dataset's files are not a mapping of path to digest"
     absent = [key for key in META_DATASET if key not in meta["dataset"]]
     if absent:
         return f"its dataset has no {', '.join(absent)}"

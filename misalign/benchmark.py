@@ -22,6 +22,7 @@ from misalign import config as config_mod
 from misalign import savacu
 from misalign.config import SPLITS, Config, redact_url
 from misalign.errors import ConfigError
+from misalign.identity import file_digest
 from misalign.inference.base import EMBEDDER, Pool
 from misalign.tables import atomic_path
 from misalign.pipeline import Runner
@@ -52,7 +53,8 @@ def probe_training(config: Config, name: str, source, tested: Items) -> tuple[It
                           f"train it on other data ([models.{name}] path), or set bench.probe_overlap = \"drop\" to "
                           "leave those out of its training")
     if any(overlap):
-        train = Items(train.table.filter(pa.array([not o for o in overlap])), train.source, train.problems, train.notes)
+        train = Items(train.table.filter(pa.array([not o for o in overlap])), train.source, train.problems, train.notes,
+                      train.files)
     return train, {"source": train.source, "items": train.table.num_rows, "sha256": train.sha256,
                    "dropped_overlap": sum(overlap)}
 
@@ -85,6 +87,16 @@ def identity(models: dict, name: str) -> str:
     """What a model is, across configs: its path, else its server URL, else its name."""
     model = models.get(name) or {}
     return model.get("path") or model.get("base_url") or name
+
+
+def dataset_files(files: list[Path], run_dir: Path) -> dict[str, str]:
+    """sha256 of each file the items were read from, by path (relative to the run directory where
+    inside it, so that a run directory moved whole still checks): a report refuses to redraw
+    verdicts whose dataset has been rebuilt since (misalign.bench_record.load)."""
+    def named(path: Path) -> str:
+        resolved = Path(path).resolve()
+        return str(resolved.relative_to(run_dir.resolve())) if resolved.is_relative_to(run_dir.resolve()) else str(resolved)
+    return {named(f): file_digest(f) for f in files}
 
 
 def dataset_makers(config: Config) -> dict | None:
@@ -170,7 +182,7 @@ def benchmark(config: Config, pool: Pool, on_progress=None, executor=None, sched
     makers, generators = dataset_makers(config), sorted(set(items.table.column("generator").to_pylist()))
     meta = {"dataset": {"source": items.source, "split": split_of(items.source, bench.split),
                         "items": items.table.num_rows, "sha256": items.sha256, "set_aside": len(items.problems),
-                        "notes": items.notes},
+                        "notes": items.notes, "files": dataset_files(items.files, run_dir)},
             "models": {name: {"description": pool.describe(name), "kind": config.models[name].kind,
                               "path": config.models[name].path, "base_url": redact_url(config.models[name].base_url),
                               "stand_in": pool.is_stand_in(name), "weak": pool.is_bundled(name),

@@ -57,7 +57,6 @@ def build(config: Config, pool: Pool, stages: list[Stage], inputs: Prompts, on_p
     table, rejected = inputs.table, inputs.rejected
     run_dir = Path(config.run.dir)          # written only once the input has been read
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_text(run_dir / "config.resolved.toml", config_mod.to_toml(config))
     write_rejected(rejected, run_dir / "rejected_inputs.jsonl")
 
     taxonomy = config.protocol.read_taxonomy()
@@ -66,6 +65,8 @@ def build(config: Config, pool: Pool, stages: list[Stage], inputs: Prompts, on_p
                     identify=pool.identity, fresh=fresh, on_decisions=on_decisions)
     final = runner.run(stages, table)
     sizes = write_dataset(final, run_dir / "dataset", dataset_columns(stages))
+    # with the dataset, not before it: a run stopped midway leaves the configuration of what it holds
+    _write_text(run_dir / "config.resolved.toml", config_mod.to_toml(config))
     counts = {p.stage: p.counts() for p in runner.profiles}
     stats = domain_stats(counts, taxonomy, stats_columns(stages))
     with atomic_path(run_dir / "stats.csv") as tmp, open(tmp, "w", newline="") as f:

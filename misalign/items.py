@@ -45,6 +45,7 @@ class Items:
     source: str
     problems: list               # (where, reason) of rows set aside
     notes: list = field(default_factory=list)    # what a user should know about how labels were read
+    files: list = field(default_factory=list)    # the files read (Path): what a report checks is unchanged
 
     def write_problems(self, path) -> None:
         """The rows set aside, one JSON object (where, reason) per line."""
@@ -82,7 +83,7 @@ def load_items(source, split: str = "test", taxonomy: Taxonomy | None = None) ->
         rows = [(f"row {p.row}", {"id": p.row_index, "prompt": p.prompt, "generator": p.generator,
                                   "aligned_response": p.aligned, "misaligned_response": p.misaligned,
                                   **{f"{dim}_domain": p.labels[dim] for dim in DIMENSIONS}}) for p in pairs]
-        return _items(rows, [(f"row {row}", reason) for row, reason in problems], str(path), labels)
+        return _items(rows, [(f"row {row}", reason) for row, reason in problems], str(path), labels, [path])
     if path.is_dir():
         folder = path / "dataset" if (path / "dataset").is_dir() else path
         if split not in (*SPLITS, "all"):
@@ -99,7 +100,7 @@ def load_items(source, split: str = "test", taxonomy: Taxonomy | None = None) ->
     else:
         files, source = [path], str(path)
     rows = [row for f in files for row in _stage1_rows(f)]
-    return _items(rows, [], source, labels)
+    return _items(rows, [], source, labels, files)
 
 
 def _stage1_rows(path: Path):
@@ -118,7 +119,7 @@ def _stage1_rows(path: Path):
         yield f"{path.name} row {row}", record
 
 
-def _items(rows, problems: list, source: str, labels: savacu.DomainLabels) -> Items:
+def _items(rows, problems: list, source: str, labels: savacu.DomainLabels, files: list[Path]) -> Items:
     """The items among (where, record) rows; the others added to `problems`."""
     kept, first = [], {}
     for where, row in rows:
@@ -143,4 +144,4 @@ def _items(rows, problems: list, source: str, labels: savacu.DomainLabels) -> It
             continue
         first[item] = where
         kept.append({**dict.fromkeys(VERIFIED), **row, **domains, "item": item})
-    return Items(pa.Table.from_pylist(kept, schema=ITEM_SCHEMA), source, problems, labels.notes())
+    return Items(pa.Table.from_pylist(kept, schema=ITEM_SCHEMA), source, problems, labels.notes(), files)

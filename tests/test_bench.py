@@ -204,6 +204,24 @@ def test_probe_learns_a_plain_signal_and_its_runs_are_reproducible(session_pool)
     assert by_run[0] != by_run[1]                              # each run: its own bootstrap resample
 
 
+def test_a_report_refuses_verdicts_whose_dataset_changed_since(session_pool, tmp_path):
+    """Stage I rebuilt (or the CSV edited) after bench: redrawing the old verdicts beside the new
+    dataset would show figures of items that are no longer the test split."""
+    dataset = tmp_path / "savacu.csv"
+    dataset.write_bytes(FIXTURE.read_bytes())
+    run_dir = tmp_path / "run"
+    config = config_mod.load(None, [f'run.dir="{run_dir}"', f'bench.dataset="{dataset}"', 'bench.models=["tiny"]',
+                                    "bench.runs=1", "run.shard_rows=8", "bench.bootstrap=0", "bench.no_opinion=0.0"])
+    meta = benchmark(config, session_pool)
+    assert list(meta["dataset"]["files"]) == [str(dataset.resolve())]
+    report.report(run_dir)
+    dataset.write_bytes(FIXTURE.read_bytes().replace(b"\n", b"\r\n", 1))      # one byte more
+    before = (run_dir / "results.json").read_bytes()
+    with pytest.raises(InputError, match="changed since .* run `misalign-fast bench"):
+        report.report(run_dir)
+    assert (run_dir / "results.json").read_bytes() == before
+
+
 def test_benchmark_on_the_savacu_fixture_writes_results_plots_and_html(session_pool, tmp_path):
     config = config_mod.load(None, [f'run.dir="{tmp_path}"', f'bench.dataset="{FIXTURE}"', 'bench.models=["tiny"]',
                                     "bench.runs=2", "bench.per_dimension=true", "run.shard_rows=4",

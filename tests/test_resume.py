@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import tomllib
 
 from conftest import SessionPool
 from misalign import config as config_mod
@@ -94,6 +95,13 @@ def test_a_rebuild_reuses_what_is_unchanged_and_recomputes_from_the_first_change
 
     _, said, _ = built(configured(tmp_path, "reject.threshold=0.6"), session_pool, fresh=True)
     assert list(said.values()) == ["recomputed: --fresh"] * 7
+
+    # a change stopped before the dataset is rewritten: config.resolved.toml still describes it
+    def stop(stage, done, total):          # the first shard checkpointed (reject's: those before are reused)
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        stage1(configured(tmp_path, "reject.threshold=0.5"), session_pool, hooks=Hooks(progress=stop))
+    assert tomllib.loads((tmp_path / "run" / "config.resolved.toml").read_text())["reject"]["threshold"] == 0.6
 
 
 def test_shards_given_to_the_engine_together_are_checkpointed_as_one_by_one(session_pool, tmp_path):
