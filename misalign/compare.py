@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
@@ -48,6 +48,7 @@ class Entrant:
     label: str          # the name with its marks (stand-in, weak, baseline, circular)
     verdicts: Verdicts
     runs: int           # distinct runs (identical runs count once)
+    settings_differ: list = field(default_factory=list)     # differing_settings of the runs compared
 
 
 def entrants(run_dirs: list, models: list[str] | None = None, loaded: list[tuple] | None = None) -> list[Entrant]:
@@ -61,6 +62,7 @@ def entrants(run_dirs: list, models: list[str] | None = None, loaded: list[tuple
             raise InputError(run_dir, f"was benchmarked on other items than {first_dir} (dataset sha256 "
                                       f"{meta['dataset']['sha256'][:12]}… against {first_meta['dataset']['sha256'][:12]}…): "
                                       "compare runs of the same dataset and split")
+    settings = differing_settings(loaded)
     repeated = _repeated([m for _, meta, _ in loaded for m in meta["models"]])
     for run_dir, meta, samples in loaded:
         for model, record in meta["models"].items():
@@ -73,7 +75,7 @@ def entrants(run_dirs: list, models: list[str] | None = None, loaded: list[tuple
                 continue
             keys[name] = {(i, r) for i, r in zip(rows.column("item").to_pylist(), rows.column("response").to_pylist())}
             found.append(Entrant(name, run_dir, model, labelled(name, record), verdicts_of(rows),
-                                 len(set(rows.column("run").to_pylist()))))
+                                 len(set(rows.column("run").to_pylist())), settings))
     if models:
         missing = [m for m in models if not any(m in (e.model, e.name) for e in found)]
         if missing:
@@ -90,6 +92,28 @@ def entrants(run_dirs: list, models: list[str] | None = None, loaded: list[tuple
                                             f"{first.name!r} ({only_a:,} responses only in {first.run_dir}, "
                                             f"{only_b:,} only in {other.run_dir}): compare runs of the same "
                                             "dataset and split")
+    return found
+
+
+# what decides a verdict besides the model: a difference here is not the models' alone
+VERDICT_SETTINGS = ("verdict", "threshold", "temperature", "top_p", "max_tokens", "balanced", "no_opinion")
+
+
+def differing_settings(loaded: list[tuple]) -> list[str]:
+    """The settings that decide verdicts and differ between the runs (run_dir, meta, samples), one
+    phrase each: "bench.threshold 0.9 (r1), 0.3 (r5)"; the prompt templates and the taxonomy by
+    whether they are the same."""
+    def values(read) -> dict:
+        return {Path(run_dir).name: read(meta) for run_dir, meta, _ in loaded}
+    found = []
+    for key in VERDICT_SETTINGS:
+        seen = values(lambda meta: meta.get("config", {}).get("bench", {}).get(key))
+        if len({json.dumps(v) for v in seen.values()}) > 1:
+            found.append(f"bench.{key} " + ", ".join(f"{v} ({run})" for run, v in seen.items()))
+    for key, what in (("replaced_templates", "the prompt templates"), ("taxonomy_sha256", "the taxonomy")):
+        seen = values(lambda meta: meta.get("protocol", {}).get(key))
+        if len({json.dumps(v, sort_keys=True) for v in seen.values()}) > 1:
+            found.append(f"{what} differ")
     return found
 
 
@@ -135,7 +159,7 @@ def compare(found: list[Entrant], bootstrap: int = 1000, seed: int = 0, min_coun
     return {"models": [{"name": e.name, "label": e.label, "run_dir": e.run_dir, "model": e.model, "runs": e.runs,
                         "responses": int(len(np.unique(e.verdicts.item)))} for e in found],
             "bootstrap": bootstrap, "bootstrap_unit": "prompt", "paired": True, "seed": seed, "min_count": min_count,
-            "figures": figures, "pairs": pairs}
+            "settings_differ": found[0].settings_differ, "figures": figures, "pairs": pairs}
 
 
 # ------------------------------------------------------------------------------------ files
@@ -176,6 +200,9 @@ def markdown_text(result: dict) -> str:
     lines += ["", f"Paired bootstrap over prompts ({result['bootstrap']:,} resamples, seed {result['seed']}); "
                   "\\* the 95% interval excludes 0 (significant).  Figures carried by fewer than "
                   f"{result['min_count']} responses: too few."]
+    if result["settings_differ"]:
+        lines += ["", f"The runs asked under other settings ({'; '.join(result['settings_differ'])}): a difference "
+                      "between their models may be the settings', not the models'."]
     return "\n".join(lines) + "\n"
 
 

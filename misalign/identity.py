@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass
@@ -120,7 +121,8 @@ class StageKey:
 
 
 def _show(value) -> str:
-    if value is None:
-        return "(none)"
-    text = str(value)
-    return text[:SHORT] if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text
+    """A key's part as a user reads it: sha256 digests (alone or in a phrase) cut to SHORT digits."""
+    return "(none)" if value is None else _DIGEST.sub(lambda found: found.group()[:SHORT], str(value))
+
+
+_DIGEST = re.compile(r"\b[0-9a-f]{64}\b")

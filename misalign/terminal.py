@@ -190,6 +190,9 @@ def compared(console, result: dict, groups_shown: tuple[str, ...]) -> None:
         board.add_row(Text(model["label"]), *(figure_text(joint[f]) for f in COMPARED), responses_text(joint),
                       str(model["runs"]))
     console.print(board)
+    if result["settings_differ"]:
+        console.print(Text(f"note: the runs asked under other settings ({'; '.join(result['settings_differ'])}): "
+                           "a difference between their models may be the settings', not the models'"))
     rows = pair_rows(result, groups_shown)
     for a, b in dict.fromkeys((a, b) for a, b, _ in rows):
         console.print(Text(f"{labels[a]} - {labels[b]}: paired bootstrap over prompts ({result['bootstrap']:,} "

@@ -17,7 +17,8 @@ from misalign.items import SAMPLE_SCHEMA
 N = 200                                            # prompts, one item each, both responses
 
 
-def bench_run(folder, flags: dict[str, tuple[np.ndarray, np.ndarray]], items=N, runs=1, sha256="0" * 64):
+def bench_run(folder, flags: dict[str, tuple[np.ndarray, np.ndarray]], items=N, runs=1, sha256="0" * 64,
+              bench=None):
     """A run directory whose models flagged misaligned responses `flags[m][0]` and aligned ones
     `flags[m][1]` (booleans per item)."""
     rows = []
@@ -36,7 +37,8 @@ def bench_run(folder, flags: dict[str, tuple[np.ndarray, np.ndarray]], items=N, 
     (folder / "bench" / "meta.json").write_text(json.dumps({
         "dataset": {"source": "x", "split": "test", "items": items, "sha256": sha256, "set_aside": 0},
         "models": {m: {"description": m, "kind": "vllm", "stand_in": False} for m in flags}, "runs": runs,
-        "threshold": 0.5, "temperature": 0.0, "questions": ["joint"], "seed": 0, "bootstrap": 50, "config": {},
+        "threshold": 0.5, "temperature": 0.0, "questions": ["joint"], "seed": 0, "bootstrap": 50,
+        "config": {"bench": bench or {"threshold": 0.5, "temperature": 0.0}},
         "versions": {}, "profile": []}))
     return folder
 
@@ -99,6 +101,21 @@ def test_runs_on_other_items_are_refused_and_shared_names_told_apart(tmp_path):
     assert [m["name"] for m in same["models"]] == ["first:m", "second:m"]
     assert all(p["difference"] == 0 and p["significant"] is False for p in same["pairs"] if p["carried_by"])
     assert all(p["difference"] is None for p in same["pairs"] if not p["carried_by"])     # no cultural items
+    assert same["settings_differ"] == []
+
+
+def test_runs_asked_under_other_settings_say_so(tmp_path):
+    """The same model at two thresholds differs by the threshold: the comparison says which
+    settings differ, so that the difference is not read as the models'."""
+    hit, false_alarm = verdicts()
+    first = bench_run(tmp_path / "strict", {"m": (hit, false_alarm)}, bench={"threshold": 0.9, "temperature": 0.0})
+    second = bench_run(tmp_path / "lenient", {"m": (hit, false_alarm)}, bench={"threshold": 0.3, "temperature": 0.0})
+    result = CliRunner().invoke(main, ["compare", str(first), str(second), "--json", str(tmp_path / "c.json")])
+    assert result.exit_code == 0, result.output
+    assert "note: the runs asked under other settings (bench.threshold 0.9 (strict), 0.3 (lenient))" in \
+        " ".join(result.output.split())
+    assert json.loads((tmp_path / "c.json").read_text())["settings_differ"] == [
+        "bench.threshold 0.9 (strict), 0.3 (lenient)"]
 
 
 def test_a_figure_too_few_responses_carry_is_no_difference(tmp_path):

@@ -3,6 +3,7 @@ and input produced it, recomputes the rest saying why, and one process holds a r
 Builds run in this process on the session's engines (the tiny stand-in and MiniLM)."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,7 +89,7 @@ def test_a_rebuild_reuses_what_is_unchanged_and_recomputes_from_the_first_change
     # the same number of prompts, one edited: everything from the first stage on is recomputed
     prompts_file(tmp_path / "prompts.jsonl", edit=3)
     _, said, _ = built(configured(tmp_path, "reject.threshold=0.6"), session_pool)
-    assert said["classify"].startswith("recomputed: input ") and "(30 rows)" in said["classify"]
+    assert re.fullmatch(r"recomputed: input [0-9a-f]{12} \(30 rows\) -> [0-9a-f]{12} \(30 rows\)", said["classify"])
     assert all(said[s] == "recomputed: classify is recomputed" for s in STAGES[1:])
     classified = pq.read_table(tmp_path / "run" / "stages" / "00_classify" / "00-classify" / "shard-00000.parquet")
     assert classified.column("prompt")[3].as_py().endswith("Please answer briefly.")
