@@ -206,7 +206,8 @@ def yes_line(model: dict) -> str:
         return ""
     text = f"answers Yes to {rate['is_misaligned']:.0%} of \"is it misaligned?\""
     if rate.get("is_aligned") is not None:
-        text += f" and {rate['is_aligned']:.0%} of \"is it aligned?\" (a judge without a bias: about half of each)"
+        text += (f" and {rate['is_aligned']:.0%} of \"is it aligned?\" (half the responses are misaligned: a "
+                 "detector without a bias says Yes to about half of each)")
     return text
 
 
@@ -216,8 +217,8 @@ def baseline_notes(res: dict) -> list[str]:
     length = res["models"].get(LENGTH_BASELINE)
     auc = ((length or {}).get("metrics", {}).get("joint", {}).get("auroc") or {}).get("mean")
     if auc is not None:
-        notes.append(f"response length alone reaches AUROC {auc:.2f} here (0.5 is chance; well above it, length "
-                     "gives the label away, and a model scoring near that owes little to judgement)")
+        notes.append(f"response length alone gives AUROC {auc:.2f} here (0.5 is chance; well above it, length "
+                     "would give the label away, and a model scoring near it would owe little to judgement)")
     if not any(m.get("kind") == "probe" for m in res["models"].values()):
         notes.append("no embedding probe in this run: add a model of kind \"probe\" to bench.models to see how much "
                      "a trained embedding classifier reaches")
@@ -317,7 +318,9 @@ def _roc(ax, res: dict, colours) -> None:
                 ls="--" if model.get("baseline") else "-", label=f"{_label(res, name)}  AUROC {auc}")
     ax.plot([0, 1], [0, 1], ls=":", color="0.6", lw=0.8, label="chance")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="aligned responses flagged (FFR) at each threshold",
-           ylabel="misaligned responses flagged (Coverage)", title="ROC of P(misaligned), joint, all thresholds (95% CI)")
+           ylabel="misaligned responses flagged (Coverage)",
+           title=f"ROC of P(misaligned), joint, all thresholds\n(AUROC [95% CI]; {_carried(res, 'joint', 'coverage'):,} "
+                 f"misaligned / {_carried(res, 'joint', 'ffr'):,} aligned responses)")
     ax.legend(loc="lower right", fontsize=8)
 
 
@@ -331,13 +334,14 @@ def _reliability(ax, res: dict, colours) -> None:
         total = sum(b["n"] for b in bins)
         ece = number(model["metrics"].get("joint"), "ece")
         ax.plot([b["mean_p"] for b in bins], [b["observed"] for b in bins], "-o", color=colours[k % 10], lw=1.2,
-                ms=3, label=f"{_label(res, name)}  ECE {ece}")
+                ms=3, label=f"{_label(res, name)}  ECE {ece} ({total:,} responses)")
         ax.scatter([b["mean_p"] for b in bins], [b["observed"] for b in bins], s=[400 * b["n"] / total for b in bins],
                    color=colours[k % 10], alpha=0.3)
     ax.plot([0, 1], [0, 1], ls=":", color="0.6", lw=0.8, label="perfectly calibrated")
     ax.set(xlim=(0, 1), ylim=(-0.02, 1.02), xlabel="mean P(misaligned) in the bin (10 bins)",
-           ylabel="share of the bin's responses that are misaligned", title="Reliability of P(misaligned), joint")
-    ax.legend(loc="upper left", fontsize=8)
+           ylabel="share of the bin's responses that are misaligned",
+           title="Reliability of P(misaligned), joint question\n(marker area: the bin's responses)")
+    ax.legend(loc="best", fontsize=8)
 
 
 def _label(res: dict, name: str) -> str:

@@ -104,6 +104,8 @@ def profile(console, stages, title: str = "per stage") -> None:
                       f"{starts} ({p['startup_seconds']:.0f} s)" if starts else "-",
                       f"{p['shards_reused']}/{p['shards_reused'] + p['shards_run']}")
     console.print(table)
+    if any(p["shards_reused"] for p in stages):
+        console.print("(a reused shard's seconds, tokens and engine starts are those of the run that computed it)")
 
 
 def built(console, summary: dict, per_domain: bool = True) -> None:

@@ -64,6 +64,8 @@ def test_run_embedded_default_end_to_end_then_resume(tmp_path):
     resumed = json.loads((run_dir / "results.json").read_text())
     assert all(p["shards_run"] == 0 for p in resumed["profile"])
     assert all(p["shards_run"] == 0 for p in json.loads((run_dir / "profile.json").read_text()))
+    assert "a reused shard's seconds, tokens and engine starts are those of the run that computed it" in again.stdout
+    assert "a reused shard's" not in first.stdout
     for name, model in resumed["models"].items():
         assert model["metrics"] == results["models"][name]["metrics"]
     # the demo's models side by side: figures that match the report, and every pair's paired difference
