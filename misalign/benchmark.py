@@ -5,7 +5,7 @@
                                the length-only shortcut baseline's, beside the models under test)
       bench/meta.json          what produced them: items (source, split, sha256), models, settings
       bench/rejected_items.jsonl   input rows set aside, with their location and reason
-      bench/stages/NN_bench-MODEL/ checkpoints (shards + manifest), for resume
+      bench/stages/bench-MODEL/ checkpoints (shards + manifest), for resume
 
 `misalign.report` turns these into results.json, tables and plots.
 """

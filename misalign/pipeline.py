@@ -208,22 +208,28 @@ class Runner:
         table between two stages is held: every stage's output is in its checkpoint."""
         plan = self.plan(stages, table, chained=True)
         for k, (stage, decision) in enumerate(zip(stages, plan)):
-            table = self._run_stage(self._stage_dir(k, stage), stage, table, decision)
+            table = self._run_stage(self._stage_dir(k, stage, chained=True), stage, table, decision)
         return table
 
     def run_each(self, stages: list[Stage], table: pa.Table) -> Iterator[pa.Table]:
         """Every stage on the same input (Stage II: one stage per model under test), yielding
-        each one's output as it finishes."""
+        each one's output as it finishes.  Their checkpoints are kept by name: one name each."""
+        names = [stage.name for stage in stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stages that read one table need one name each, got {names}")
         plan = self.plan(stages, table, chained=False)
         for k, (stage, decision) in enumerate(zip(stages, plan)):
-            yield self._run_stage(self._stage_dir(k, stage), stage, table, decision)
+            yield self._run_stage(self._stage_dir(k, stage, chained=False), stage, table, decision)
 
     def checkpoints(self) -> list[dict]:
         """Each stage's key (its digest) and what this run did with its checkpoint, for run.json."""
         return [{"stage": d.stage, "key": d.key, "decision": d.text} for d in self.decisions]
 
-    def _stage_dir(self, k: int, stage: Stage) -> Path:
-        return self.run_dir / "stages" / f"{k:02d}_{stage.name}"
+    def _stage_dir(self, k: int, stage: Stage, chained: bool) -> Path:
+        """stages/NN_name where each stage reads the one before (Stage I: the pipeline's order);
+        stages/name where all read one table (Stage II, a stage per model under test): a
+        reordered bench.models keeps every model's checkpoint."""
+        return self.run_dir / "stages" / (f"{k:02d}_{stage.name}" if chained else stage.name)
 
     def plan(self, stages: list[Stage], table: pa.Table, chained: bool) -> list[Decision]:
         """Each stage's decision, from its checkpoint and its key, before any of them runs (and
@@ -235,7 +241,7 @@ class Runner:
         for k, stage in enumerate(stages):
             known = k == 0 or not chained
             key = self.key(stage, table.num_rows, digest if known else None)
-            found = Manifest.read(self._stage_dir(k, stage) / "manifest.json")
+            found = Manifest.read(self._stage_dir(k, stage, chained) / "manifest.json")
             if self.fresh and found is not None:
                 decision = Decision(stage.name, "recompute", "--fresh")
             elif changed is not None:

@@ -41,7 +41,7 @@ def test_bench_on_ray_actors_matches_the_local_run_and_resumes(tmp_path, session
     finally:
         workers.close()
         ray.shutdown()
-    manifest = json.loads((tmp_path / "ray" / "bench" / "stages" / "00_bench-tiny" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "ray" / "bench" / "stages" / "bench-tiny" / "manifest.json").read_text())
     assert sorted(s["index"] for s in manifest["passes"][0]["shards"]) == [0, 1, 2, 3] and manifest["complete"]
     local, spread = verdicts(tmp_path / "local"), verdicts(tmp_path / "ray")
     assert [r["item"] for r in local] == [r["item"] for r in spread]

@@ -95,9 +95,9 @@ class Exclaim(Stage):
     """A row-wise stage with a setting of its own."""
     name = "exclaim"
 
-    def __init__(self, mark="!"):
+    def __init__(self, mark="!", name="exclaim"):
         super().__init__()
-        self.mark = mark
+        self.mark, self.name = mark, name
 
     def settings(self):
         return {"exclaim.mark": self.mark}
@@ -116,11 +116,18 @@ def test_a_changed_setting_recomputes_its_stage_and_those_after_it_not_those_bef
     assert out.column("prompt")[0].as_py() == "PROMPT 0?!"
     # each stage of a set that reads the same input (Stage II) decides alone
     each = Runner(tmp_path / "each", shard_rows=10)
-    list(each.run_each([Exclaim(), Exclaim("?")], prompts(20)))
+    list(each.run_each([Exclaim(name="a"), Exclaim("?", name="b")], prompts(20)))
     again = Runner(tmp_path / "each", shard_rows=10)
-    outputs = list(again.run_each([Exclaim(), Exclaim("!")], prompts(20)))
-    assert decided(again) == [("exclaim", "reused"), ("exclaim", "recomputed: exclaim.mark ? -> !")]
+    outputs = list(again.run_each([Exclaim(name="a"), Exclaim("!", name="b")], prompts(20)))
+    assert decided(again) == [("a", "reused"), ("b", "recomputed: exclaim.mark ? -> !")]
     assert outputs[1].column("prompt")[0].as_py() == "prompt 0!"
+    # listed in another order (bench.models reordered), each keeps its checkpoint
+    swapped = Runner(tmp_path / "each", shard_rows=10)
+    outputs = list(swapped.run_each([Exclaim("!", name="b"), Exclaim(name="a")], prompts(20)))
+    assert decided(swapped) == [("b", "reused"), ("a", "reused")]
+    assert sorted(p.name for p in (tmp_path / "each" / "stages").iterdir()) == ["a", "b", "previous"]
+    with pytest.raises(ValueError, match="one name"):
+        list(swapped.run_each([Exclaim(name="a"), Exclaim("?", name="a")], prompts(20)))
 
 
 def test_bad_rows_are_set_aside_with_reason_and_row(tmp_path):
