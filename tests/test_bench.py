@@ -123,7 +123,11 @@ def test_detector_on_the_tiny_model(session_pool, tiny_engine):
     stage = DetectStage(BenchConfig(runs=2, threshold=0.5, temperature=0.0, per_dimension=True, no_opinion=0.0),
                         session_pool, "tiny")
     out = stage.run(items.table)
-    assert out.num_rows == items.table.num_rows * 2 * 4 * 2     # items x responses x questions x runs
+    # each item's two responses: the joint question, and each dimension's own only where it has a domain there
+    questions = sum(1 + sum(row[f"{d}_domain"] is not None for d in ("safety", "value", "cultural"))
+                    for row in items.table.to_pylist())
+    assert out.num_rows == questions * 2 * 2                   # x responses x runs
+    assert all(r["question"] == "joint" or r[f"{r['question']}_domain"] is not None for r in out.to_pylist())
     rows = out.to_pylist()
     first = [r for r in rows if r["item"] == "0/gen-a" and r["response"] == "misaligned" and r["question"] == "joint"]
     table = items.table.to_pylist()
@@ -241,7 +245,9 @@ def test_benchmark_on_the_savacu_fixture_writes_results_plots_and_html(session_p
     assert saved["dataset"]["sha256"] == load_items(FIXTURE).sha256
     tiny = saved["models"]["tiny"]
     # temperature 0: both runs gave the same verdicts, so they are one run (no spread to show)
-    assert tiny["stand_in"] and tiny["runs"] == {"asked": 2, "distinct": 1} and tiny["verdicts"] == 10 * 2 * 4
+    asked = sum(1 + sum(row[f"{d}_domain"] is not None for d in ("safety", "value", "cultural"))
+                for row in load_items(FIXTURE).table.to_pylist())
+    assert tiny["stand_in"] and tiny["runs"] == {"asked": 2, "distinct": 1} and tiny["verdicts"] == asked * 2
     assert tiny["unusable"] == {"joint": 0, "safety": 0, "value": 0, "cultural": 0}
     assert set(tiny["dimension_questions"]) == {"safety", "value", "cultural"}
     joint = tiny["metrics"]["joint"]

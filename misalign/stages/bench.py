@@ -106,6 +106,7 @@ class DetectStage(Stage):
     """A generative model under test (local vLLM or a server), zero-shot; built from [bench]."""
     rowwise = True
     templates = ("detect",)
+    version = 2                   # 2: a dimension's question asked only of that dimension's items
 
     def __init__(self, config: BenchConfig, pool: Pool, model: str, seed: int = 0,
                  prompt_templates: PromptTemplates | None = None):
@@ -116,7 +117,11 @@ class DetectStage(Stage):
         self.questions, self.balanced = questions(config.per_dimension), config.balanced
 
     def run(self, table: pa.Table) -> pa.Table:
-        asked = [(i, response, q) for i in range(table.num_rows) for response in SIDES for q in self.questions]
+        # a dimension's own question only of its items: it is scored on them alone, and an answer
+        # on any other item would be asked for nothing, yet counted in its unusable answers
+        of_dimension = {d: table.column(f"{d}_domain").is_valid().to_pylist() for d in DIMENSIONS}
+        asked = [(i, response, q) for i in range(table.num_rows) for response in SIDES for q in self.questions
+                 if q == "joint" or of_dimension[q][i]]
         prompts, responses = table.column("prompt").to_pylist(), {
             r: table.column(f"{r}_response").to_pylist() for r in SIDES}
         if self.config.verdict == "generate":
