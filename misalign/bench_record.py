@@ -11,12 +11,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from misalign.errors import InputError
-from misalign.items import SAMPLE_SCHEMA
+from misalign.errors import InputError, MisalignError
+from misalign.items import SAMPLE_SCHEMA, load_items
 from misalign.metrics import Verdicts
 from misalign.identity import file_digest
 from misalign.tables import one_line, read_table
-from misalign.taxonomy import DIMENSIONS
+from misalign.taxonomy import DIMENSIONS, Taxonomy
 
 # samples.parquet columns added after the first release (#14): absent from older runs, read as null
 LATER_COLUMNS = ("id", "yes_to_misaligned", "yes_to_aligned", *(f"misaligned_in_{d}" for d in DIMENSIONS))
@@ -40,11 +40,12 @@ def load(run_dir) -> tuple[dict, pa.Table]:
     problem = _meta_problem(meta)
     if problem:
         raise InputError(meta_path, f"is not a misalign-fast bench record ({problem}); run the benchmark again")
-    changed = _changed_dataset_file(run_dir, meta["dataset"].get("files") or {})
+    changed = _changed_dataset(run_dir, meta)
     if changed:
-        raise InputError(run_dir, f"its Stage II verdicts score {changed} as it was when benchmarked, and it has "
-                                  f"changed since (Stage I rebuilt?): run `misalign-fast bench {run_dir}` to score "
-                                  "it as it is; nothing was redrawn")
+        raise InputError(run_dir, f"its Stage II verdicts score the items of {changed} as they were when benchmarked, "
+                                  "and they have changed since (Stage I rebuilt?): benchmark them again "
+                                  f"(`misalign-fast bench CONFIG --run-dir {run_dir}`, with the config it was "
+                                  "benchmarked with); nothing was redrawn")
     samples = read_table(samples_path, "parquet")
     missing = [name for name in SAMPLE_SCHEMA.names if name not in samples.column_names]
     if set(missing) - set(LATER_COLUMNS):
@@ -54,14 +55,29 @@ def load(run_dir) -> tuple[dict, pa.Table]:
     return meta, samples
 
 
-def _changed_dataset_file(run_dir: Path, digests: dict) -> str | None:
-    """The first dataset file (bench/meta.json's dataset.files) whose bytes are not those the
-    verdicts were made on; a file that is gone is not judged (a run directory copied without it)."""
-    for name, digest in digests.items():
+def _changed_dataset(run_dir: Path, meta: dict) -> str | None:
+    """The dataset file (bench/meta.json's dataset.files) whose items are not those the verdicts
+    were made on, else None.  Bytes first; where they differ, the items themselves, so that a
+    file rewritten with the same items (another compression, another pyarrow) is no change.  A
+    file that is gone is not judged (a run directory copied without it)."""
+    changed = []
+    for name, digest in (meta["dataset"].get("files") or {}).items():
         path = run_dir / name          # a relative name is inside the run directory; an absolute one stays
-        if path.is_file() and file_digest(path) != digest:
-            return str(path)
-    return None
+        try:
+            if path.is_file() and file_digest(path) != digest:
+                changed.append(path)
+        except OSError as exc:
+            raise InputError(path, f"cannot be read to check that it holds the items benchmarked: {exc.strerror}") \
+                from None
+    if not changed:
+        return None
+    try:
+        taxonomy = Taxonomy.load((meta.get("config", {}).get("protocol") or {}).get("taxonomy") or "")
+        if load_items(meta["dataset"]["source"], meta["dataset"]["split"], taxonomy).sha256 == meta["dataset"]["sha256"]:
+            return None
+    except (MisalignError, ValueError, OSError):     # cannot be read as items now: changed
+        pass
+    return str(changed[0])
 
 
 def _meta_problem(meta) -> str | None:

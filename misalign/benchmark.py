@@ -161,6 +161,7 @@ def benchmark(config: Config, pool: Pool, on_progress=None, executor=None, sched
     run_dir = Path(config.run.dir)
     source = bench.dataset or run_dir
     items = load_items(source, bench.split, config.protocol.read_taxonomy())
+    read_files = dataset_files(items.files, run_dir)      # as the items were read, not as they are after the bench
     templates = config.protocol.read_templates()
     items.require_some(bench.split, rejected_items_path(config))
     bench_dir = run_dir / "bench"
@@ -182,7 +183,7 @@ def benchmark(config: Config, pool: Pool, on_progress=None, executor=None, sched
     makers, generators = dataset_makers(config), sorted(set(items.table.column("generator").to_pylist()))
     meta = {"dataset": {"source": items.source, "split": split_of(items.source, bench.split),
                         "items": items.table.num_rows, "sha256": items.sha256, "set_aside": len(items.problems),
-                        "notes": items.notes, "files": dataset_files(items.files, run_dir)},
+                        "notes": items.notes, "files": read_files},
             "models": {name: {"description": pool.describe(name), "kind": config.models[name].kind,
                               "path": config.models[name].path, "base_url": redact_url(config.models[name].base_url),
                               "stand_in": pool.is_stand_in(name), "weak": pool.is_bundled(name),

@@ -62,7 +62,6 @@ def entrants(run_dirs: list, models: list[str] | None = None, loaded: list[tuple
             raise InputError(run_dir, f"was benchmarked on other items than {first_dir} (dataset sha256 "
                                       f"{meta['dataset']['sha256'][:12]}… against {first_meta['dataset']['sha256'][:12]}…): "
                                       "compare runs of the same dataset and split")
-    settings = differing_settings(loaded)
     repeated = _repeated([m for _, meta, _ in loaded for m in meta["models"]])
     for run_dir, meta, samples in loaded:
         for model, record in meta["models"].items():
@@ -75,7 +74,7 @@ def entrants(run_dirs: list, models: list[str] | None = None, loaded: list[tuple
                 continue
             keys[name] = {(i, r) for i, r in zip(rows.column("item").to_pylist(), rows.column("response").to_pylist())}
             found.append(Entrant(name, run_dir, model, labelled(name, record), verdicts_of(rows),
-                                 len(set(rows.column("run").to_pylist())), settings))
+                                 len(set(rows.column("run").to_pylist()))))
     if models:
         missing = [m for m in models if not any(m in (e.model, e.name) for e in found)]
         if missing:
@@ -84,6 +83,9 @@ def entrants(run_dirs: list, models: list[str] | None = None, loaded: list[tuple
     if len(found) < 2:
         raise InputError(run_dirs[0], f"holds {len(found)} model(s) with verdicts: a comparison needs two or more "
                                       "(name more runs, or bench more models)")
+    settings = differing_settings([run for run in loaded if any(e.run_dir == run[0] for e in found)])
+    for entrant in found:
+        entrant.settings_differ = settings
     first = found[0]
     for other in found[1:]:
         if keys[other.name] != keys[first.name]:
@@ -101,10 +103,10 @@ VERDICT_SETTINGS = ("verdict", "threshold", "temperature", "top_p", "max_tokens"
 
 def differing_settings(loaded: list[tuple]) -> list[str]:
     """The settings that decide verdicts and differ between the runs (run_dir, meta, samples), one
-    phrase each: "bench.threshold 0.9 (r1), 0.3 (r5)"; the prompt templates and the taxonomy by
+    phrase each: "bench.threshold 0.9 (runs/a), 0.3 (runs/b)"; the prompt templates and the taxonomy by
     whether they are the same."""
     def values(read) -> dict:
-        return {Path(run_dir).name: read(meta) for run_dir, meta, _ in loaded}
+        return {run_dir: read(meta) for run_dir, meta, _ in loaded}
     found = []
     for key in VERDICT_SETTINGS:
         seen = values(lambda meta: meta.get("config", {}).get("bench", {}).get(key))

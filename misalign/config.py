@@ -122,6 +122,7 @@ class RejectConfig:
 
 
 SPLITS = ("train", "validation", "test")
+LENGTH_BASELINE = "length-only"      # the shortcut baseline Stage II runs beside the models under test
 MODEL_UNDER_TEST = "model under test"   # Stage II's role; every other role makes the dataset
 
 
@@ -507,6 +508,9 @@ def _validate_names(config: Config) -> None:
         _check(bool(names), key, "a list of at least one model name", names)
         twice = sorted({n for n in names if names.count(n) > 1})
         _check(not twice, key, "a list of distinct names", names)
+    _check(LENGTH_BASELINE not in config.bench.models, "bench.models",
+           f"names other than {LENGTH_BASELINE!r} (the shortcut baseline every bench runs beside the models)",
+           config.bench.models)
     if config.classify.method == "llm" and not config.classify.model:
         raise ConfigError('classify.method = "llm" needs classify.model (a name from [models])')
     for name, roles in config.roles().items():

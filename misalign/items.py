@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from misalign import savacu, tables
-from misalign.config import SPLITS
+from misalign.config import LENGTH_BASELINE, SPLITS  # noqa: F401  (LENGTH_BASELINE: imported from here)
 from misalign.errors import ConfigError, InputError
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
@@ -36,7 +36,6 @@ SAMPLE_SCHEMA = pa.schema([("model", pa.string()), ("run", pa.int32()), ("item",
                            ("flagged", pa.bool_()), ("generator", pa.string()), ("safety_domain", pa.string()),
                            ("value_domain", pa.string()), ("cultural_domain", pa.string()),
                            *((name, pa.bool_()) for name in VERIFIED)])
-LENGTH_BASELINE = "length-only"
 
 
 @dataclass

@@ -92,6 +92,7 @@ def test_report_titles_with_brackets_print_as_written(tmp_path):
     ('bench.split="dev"', 'bench.split must be "train" or "validation" or "test" or "all", got \'dev\''),
     ("bench.bootstrap=-1", "bench.bootstrap must be >= 0"),
     ("dedup.tau=70", "dedup.tau must be within [0, 63]"),
+    ('bench.models=["length-only"]', "bench.models must be names other than 'length-only'"),
     ("dedup.tau=inf", "dedup.tau must be a number, got inf"),
     ("respond.candidates=2.7", "respond.candidates must be a whole number, got 2.7"),
     ('respond.models="tiny"', "respond.models must be a list of names"),

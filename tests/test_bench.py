@@ -219,9 +219,11 @@ def test_a_report_refuses_verdicts_whose_dataset_changed_since(session_pool, tmp
     meta = benchmark(config, session_pool)
     assert list(meta["dataset"]["files"]) == [str(dataset.resolve())]
     report.report(run_dir)
-    dataset.write_bytes(FIXTURE.read_bytes().replace(b"\n", b"\r\n", 1))      # one byte more
+    dataset.write_bytes(FIXTURE.read_bytes().replace(b"\n", b"\r\n"))      # other bytes, the same items
+    report.report(run_dir)
+    dataset.write_bytes(FIXTURE.read_bytes().replace(b"What should I do?", b"What should I do now?"))
     before = (run_dir / "results.json").read_bytes()
-    with pytest.raises(InputError, match="changed since .* run `misalign-fast bench"):
+    with pytest.raises(InputError, match="have changed since .*`misalign-fast bench CONFIG --run-dir"):
         report.report(run_dir)
     assert (run_dir / "results.json").read_bytes() == before
 

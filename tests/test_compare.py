@@ -112,10 +112,16 @@ def test_runs_asked_under_other_settings_say_so(tmp_path):
     second = bench_run(tmp_path / "lenient", {"m": (hit, false_alarm)}, bench={"threshold": 0.3, "temperature": 0.0})
     result = CliRunner().invoke(main, ["compare", str(first), str(second), "--json", str(tmp_path / "c.json")])
     assert result.exit_code == 0, result.output
-    assert "note: the runs asked under other settings (bench.threshold 0.9 (strict), 0.3 (lenient))" in \
-        " ".join(result.output.split())
-    assert json.loads((tmp_path / "c.json").read_text())["settings_differ"] == [
-        "bench.threshold 0.9 (strict), 0.3 (lenient)"]
+    said = f"bench.threshold 0.9 ({first}), 0.3 ({second})"
+    assert f"note: the runs asked under other settings ({said})" in " ".join(result.output.split())
+    assert json.loads((tmp_path / "c.json").read_text())["settings_differ"] == [said]
+    # runs in folders of one name are told apart; models of one run alone differ in nothing
+    a = bench_run(tmp_path / "a" / "run", {"m": (hit, false_alarm)}, bench={"threshold": 0.9, "temperature": 0.0})
+    b = bench_run(tmp_path / "b" / "run", {"m": (hit, false_alarm)}, bench={"threshold": 0.3, "temperature": 0.0})
+    assert compare.compare(compare.entrants([a, b]), bootstrap=0)["settings_differ"] == [
+        f"bench.threshold 0.9 ({a}), 0.3 ({b})"]
+    both = bench_run(tmp_path / "both", {"m": (hit, false_alarm), "n": (hit, false_alarm)})
+    assert compare.compare(compare.entrants([first, both], ["both:m", "n"]), bootstrap=0)["settings_differ"] == []
 
 
 def test_a_figure_too_few_responses_carry_is_no_difference(tmp_path):
