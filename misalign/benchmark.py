@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from misalign import config as config_mod
 from misalign import savacu
-from misalign.config import SPLITS, Config, redact_url
+from misalign.config import LENGTH_BASELINE, SPLITS, Config, redact_url
 from misalign.errors import ConfigError
 from misalign.identity import file_digest
 from misalign.inference.base import EMBEDDER, Pool
@@ -28,7 +28,7 @@ from misalign.tables import atomic_path
 from misalign.pipeline import Runner
 from misalign.preflight import check_bench, rejected_items_path
 from misalign.provenance import versions
-from misalign.items import LENGTH_BASELINE, SAMPLE_SCHEMA, Items, load_items
+from misalign.items import SAMPLE_SCHEMA, Items, load_items
 from misalign.stages.bench import DetectStage, LengthBaseline, ProbeStage, questions
 
 
@@ -93,9 +93,11 @@ def dataset_files(files: list[Path], run_dir: Path) -> dict[str, str]:
     """sha256 of each file the items were read from, by path (relative to the run directory where
     inside it, so that a run directory moved whole still checks): a report refuses to redraw
     verdicts whose dataset has been rebuilt since (misalign.bench_record.load)."""
+    root = run_dir.resolve()
+
     def named(path: Path) -> str:
         resolved = Path(path).resolve()
-        return str(resolved.relative_to(run_dir.resolve())) if resolved.is_relative_to(run_dir.resolve()) else str(resolved)
+        return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
     return {named(f): file_digest(f) for f in files}
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
@@ -48,7 +48,7 @@ class Entrant:
     label: str          # the name with its marks (stand-in, weak, baseline, circular)
     verdicts: Verdicts
     runs: int           # distinct runs (identical runs count once)
-    settings_differ: list = field(default_factory=list)     # differing_settings of the runs compared
+    settings: dict      # what decided its run's verdicts besides the model (verdict_settings)
 
 
 def entrants(run_dirs: list, models: list[str] | None = None, loaded: list[tuple] | None = None) -> list[Entrant]:
@@ -74,7 +74,7 @@ def entrants(run_dirs: list, models: list[str] | None = None, loaded: list[tuple
                 continue
             keys[name] = {(i, r) for i, r in zip(rows.column("item").to_pylist(), rows.column("response").to_pylist())}
             found.append(Entrant(name, run_dir, model, labelled(name, record), verdicts_of(rows),
-                                 len(set(rows.column("run").to_pylist()))))
+                                 len(set(rows.column("run").to_pylist())), verdict_settings(meta)))
     if models:
         missing = [m for m in models if not any(m in (e.model, e.name) for e in found)]
         if missing:
@@ -83,9 +83,6 @@ def entrants(run_dirs: list, models: list[str] | None = None, loaded: list[tuple
     if len(found) < 2:
         raise InputError(run_dirs[0], f"holds {len(found)} model(s) with verdicts: a comparison needs two or more "
                                       "(name more runs, or bench more models)")
-    settings = differing_settings([run for run in loaded if any(e.run_dir == run[0] for e in found)])
-    for entrant in found:
-        entrant.settings_differ = settings
     first = found[0]
     for other in found[1:]:
         if keys[other.name] != keys[first.name]:
@@ -101,22 +98,28 @@ def entrants(run_dirs: list, models: list[str] | None = None, loaded: list[tuple
 VERDICT_SETTINGS = ("verdict", "threshold", "temperature", "top_p", "max_tokens", "balanced", "no_opinion")
 
 
-def differing_settings(loaded: list[tuple]) -> list[str]:
-    """The settings that decide verdicts and differ between the runs (run_dir, meta, samples), one
+PROTOCOL_PARTS = {"replaced_templates": "the prompt templates", "taxonomy_sha256": "the taxonomy"}
+
+
+def verdict_settings(meta: dict) -> dict:
+    """A run's VERDICT_SETTINGS (as bench.NAME) and PROTOCOL_PARTS, from its bench/meta.json."""
+    bench, protocol = meta.get("config", {}).get("bench", {}), meta.get("protocol", {})
+    return {**{f"bench.{key}": bench.get(key) for key in VERDICT_SETTINGS},
+            **{what: protocol.get(key) for key, what in PROTOCOL_PARTS.items()}}
+
+
+def differing_settings(found: list[Entrant]) -> list[str]:
+    """The settings that decide verdicts and differ between the runs of the models compared, one
     phrase each: "bench.threshold 0.9 (runs/a), 0.3 (runs/b)"; the prompt templates and the taxonomy by
     whether they are the same."""
-    def values(read) -> dict:
-        return {run_dir: read(meta) for run_dir, meta, _ in loaded}
-    found = []
-    for key in VERDICT_SETTINGS:
-        seen = values(lambda meta: meta.get("config", {}).get("bench", {}).get(key))
-        if len({json.dumps(v) for v in seen.values()}) > 1:
-            found.append(f"bench.{key} " + ", ".join(f"{v} ({run})" for run, v in seen.items()))
-    for key, what in (("replaced_templates", "the prompt templates"), ("taxonomy_sha256", "the taxonomy")):
-        seen = values(lambda meta: meta.get("protocol", {}).get(key))
+    by_run = {e.run_dir: e.settings for e in found}
+    phrases = []
+    for name in found[0].settings:
+        seen = {run: settings[name] for run, settings in by_run.items()}
         if len({json.dumps(v, sort_keys=True) for v in seen.values()}) > 1:
-            found.append(f"{what} differ")
-    return found
+            phrases.append(f"{name} differ" if name in PROTOCOL_PARTS.values() else
+                           f"{name} " + ", ".join(f"{v} ({run})" for run, v in seen.items()))
+    return phrases
 
 
 def _repeated(names: list[str]) -> set[str]:
@@ -161,7 +164,7 @@ def compare(found: list[Entrant], bootstrap: int = 1000, seed: int = 0, min_coun
     return {"models": [{"name": e.name, "label": e.label, "run_dir": e.run_dir, "model": e.model, "runs": e.runs,
                         "responses": int(len(np.unique(e.verdicts.item)))} for e in found],
             "bootstrap": bootstrap, "bootstrap_unit": "prompt", "paired": True, "seed": seed, "min_count": min_count,
-            "settings_differ": found[0].settings_differ, "figures": figures, "pairs": pairs}
+            "settings_differ": differing_settings(found), "figures": figures, "pairs": pairs}
 
 
 # ------------------------------------------------------------------------------------ files

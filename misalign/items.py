@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from misalign import savacu, tables
-from misalign.config import LENGTH_BASELINE, SPLITS  # noqa: F401  (LENGTH_BASELINE: imported from here)
+from misalign.config import SPLITS
 from misalign.errors import ConfigError, InputError
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 

@@ -22,11 +22,10 @@ import numpy as np
 import pyarrow.compute as pc
 
 from misalign.compare import COMPARED, TITLES, compare, difference_text, entrants, pair_rows, responses_text
-from misalign.config import ReportConfig
+from misalign.config import LENGTH_BASELINE, ReportConfig
 from misalign.tables import atomic_path
 from misalign.bench_record import circular, labelled, load, model_samples, verdicts_of
 from misalign.metrics import BOOTSTRAP_UNIT, FIGURES, curves, summarise
-from misalign.items import LENGTH_BASELINE
 from misalign.taxonomy import DIMENSIONS
 
 GROUPS = ("joint", *DIMENSIONS)

@@ -32,9 +32,9 @@ import re
 import numpy as np
 import pyarrow as pa
 
-from misalign.config import BenchConfig
+from misalign.config import LENGTH_BASELINE, BenchConfig
 from misalign.errors import ConfigError
-from misalign.items import LENGTH_BASELINE, SAMPLE_SCHEMA, VERIFIED, Items
+from misalign.items import SAMPLE_SCHEMA, VERIFIED, Items
 from misalign.classifiers import fit_softmax, softmax
 from misalign.prompting import SIDES, PromptTemplates
 from misalign.inference.base import EMBEDDER, Pool, SamplingConfig
